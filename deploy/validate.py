@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Offline checks of deploy/: Kubernetes manifests against the Kubernetes
+schemas (kubernetes-validate ships them), kustomize references, the
+Dockerfile targets, and docker-compose.yml references. Exit 1 on any error.
+Run: python3 deploy/validate.py   (tests/tests/deploy.rs runs it)."""
+import os
+import re
+import sys
+
+import yaml
+import kubernetes_validate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+K8S_VERSION = "1.30.0"
+errors = []
+
+
+def err(msg):
+    errors.append(msg)
+
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+# --- Dockerfile ---
+dockerfile = read(os.path.join(HERE, "Dockerfile"))
+targets = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
+for t in ("builder", "gateway", "loadgen", "mock-upstream"):
+    if t not in targets:
+        err(f"Dockerfile: no stage {t}")
+if "USER 10001" not in dockerfile or "HEALTHCHECK" not in dockerfile:
+    err("Dockerfile: runtime must be non-root with a HEALTHCHECK")
+
+# --- Kubernetes ---
+base = os.path.join(HERE, "k8s", "base")
+docs = []
+kust = yaml.safe_load(read(os.path.join(base, "kustomization.yaml")))
+for r in kust["resources"]:
+    p = os.path.join(base, r)
+    if not os.path.exists(p):
+        err(f"k8s/base: missing resource {r}")
+        continue
+    docs += [(r, d) for d in load_all(p)]
+for g in kust.get("configMapGenerator", []):
+    for f in g["files"]:
+        src = f.split("=", 1)[-1]
+        if not os.path.exists(os.path.join(base, src)):
+            err(f"k8s/base: configMapGenerator file {src} missing")
+crds = {"ServiceMonitor", "PrometheusRule"}
+kinds = {}
+for name, d in docs:
+    kinds.setdefault(d["kind"], []).append(d)
+    if d["kind"] in crds:
+        continue
+    try:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        err(f"{name}: {d['kind']} {d['metadata']['name']}: {e.message} at {list(e.path)}")
+    except Exception as e:  # noqa: BLE001 - schema lookup errors
+        err(f"{name}: {d['kind']}: {e}")
+for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret",
+          "ServiceMonitor", "PrometheusRule", "CronJob", "Job"):
+    if k not in kinds:
+        err(f"k8s/base: no {k}")
+
+# The gateway Deployment: probes on the admin port, grace >= drain + preStop.
+gw = next(d for d in kinds.get("Deployment", []) if d["metadata"]["name"] == "gateway")
+pod = gw["spec"]["template"]["spec"]
+c = pod["containers"][0]
+for probe in ("livenessProbe", "readinessProbe"):
+    if c.get(probe, {}).get("httpGet", {}).get("port") != "admin":
+        err(f"gateway {probe} must hit the admin port")
+m = re.search(r'^drain_timeout\s*=\s*"(\d+)s"', read(os.path.join(base, "gateway.toml")), re.M)
+drain = int(m.group(1)) if m else 0
+pre = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+if pod["terminationGracePeriodSeconds"] < drain + pre:
+    err(f"terminationGracePeriodSeconds < drain_timeout {drain}s + preStop {pre}s")
+if not c.get("resources", {}).get("limits") or not c.get("securityContext"):
+    err("gateway container needs resources and securityContext")
+# The job must be Indexed.
+if not any(j["spec"].get("completionMode") == "Indexed" for j in kinds.get("Job", [])):
+    err("the distributed loadgen Job must be Indexed")
+# ServiceMonitor port exists on the Service.
+svc_ports = {p["name"] for p in kinds["Service"][0]["spec"]["ports"]}
+for ep in kinds["ServiceMonitor"][0]["spec"]["endpoints"]:
+    if ep["port"] not in svc_ports:
+        err(f"ServiceMonitor port {ep['port']} not on the Service")
+# Copies that must stay identical to their source.
+for copy, src in (("gateway.toml", "deploy/config/meetinity.toml"),
+                  ("meetinity-sla.toml", "loadgen/scenarios/meetinity-sla.toml"),
+                  ("prometheusrule.yaml", "monitoring/kubernetes/prometheusrule.yaml")):
+    if read(os.path.join(base, copy)) != read(os.path.join(ROOT, src)):
+        err(f"k8s/base/{copy} differs from {src}: copy it again")
+if not kinds["PrometheusRule"][0]["spec"]["groups"]:
+    err("PrometheusRule has no groups")
+# Overlays reference what exists.
+for ov in ("staging", "production"):
+    d = os.path.join(HERE, "k8s", "overlays", ov)
+    k = yaml.safe_load(read(os.path.join(d, "kustomization.yaml")))
+    for r in k.get("resources", []):
+        if not os.path.exists(os.path.join(d, r)):
+            err(f"overlay {ov}: missing {r}")
+    for p in k.get("patches", []):
+        if "path" in p:
+            pp = os.path.join(d, p["path"])
+            if not os.path.exists(pp):
+                err(f"overlay {ov}: missing patch {p['path']}")
+                continue
+            for doc in load_all(pp):
+                names = [x["metadata"]["name"] for x in kinds.get(doc["kind"], [])]
+                if doc["metadata"]["name"] not in names:
+                    err(f"overlay {ov}: patch targets unknown {doc['kind']} {doc['metadata']['name']}")
+
+# --- docker-compose.yml ---
+compose = yaml.safe_load(read(os.path.join(HERE, "docker-compose.yml")))
+services = compose["services"]
+for s in ("gateway-1", "gateway-2", "redis", "mock-upstream", "prometheus", "alertmanager", "grafana", "loadgen"):
+    if s not in services:
+        err(f"compose: no service {s}")
+for name, s in services.items():
+    deps = s.get("depends_on", [])
+    for dep in (deps if isinstance(deps, list) else deps.keys()):
+        if dep not in services:
+            err(f"compose: {name} depends on unknown {dep}")
+    b = s.get("build")
+    if b:
+        if not os.path.exists(os.path.join(HERE, b["context"], b["dockerfile"])):
+            err(f"compose: {name}: no {b['dockerfile']}")
+        if b.get("target") not in targets:
+            err(f"compose: {name}: no Dockerfile stage {b.get('target')}")
+    for v in s.get("volumes", []):
+        host = v.split(":")[0]
+        if host.startswith(".") and not os.path.exists(os.path.join(HERE, host)) and "reports" not in host:
+            err(f"compose: {name}: volume source {host} missing")
+    env = s.get("environment", {})
+    up = env.get("GATEWAY_UPSTREAM") if isinstance(env, dict) else None
+    if up and up.split(":")[0] not in services:
+        err(f"compose: {name}: GATEWAY_UPSTREAM host {up} is not a service")
+if services["gateway-1"]["environment"]["REDIS_URL"] != services["gateway-2"]["environment"]["REDIS_URL"]:
+    err("compose: the gateway replicas must share Redis")
+prom = yaml.safe_load(read(os.path.join(HERE, "compose", "prometheus.yml")))
+for sc in prom["scrape_configs"]:
+    for st in sc["static_configs"]:
+        for t in st["targets"]:
+            if t.split(":")[0] not in services:
+                err(f"compose prometheus: target {t} is not a service")
+prov = yaml.safe_load(read(os.path.join(ROOT, "monitoring/grafana/provisioning/dashboards/gateway.yml")))
+mounts = [v.split(":")[1] for v in services["grafana"]["volumes"]]
+if prov["providers"][0]["options"]["path"] not in mounts:
+    err("compose: grafana does not mount the dashboards where the provider looks")
+
+for e in errors:
+    print("error:", e)
+print(f"deploy: {len(docs)} Kubernetes objects, {len(services)} compose services, {len(errors)} errors")
+sys.exit(1 if errors else 0)

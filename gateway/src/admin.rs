@@ -1,0 +1,300 @@
+//! The admin listener: `/health` (liveness), `/ready` (config loaded and
+//! every upstream pool has a live endpoint), `/metrics` (Prometheus text, or
+//! OpenMetrics with exemplars when the scraper asks for it), `/slo` (the
+//! live SLO report) and `POST /cache/purge?key=PATH` or `?prefix=PATH`
+//! (removes cached responses by path, on every route).
+
+use std::fmt::Write as _;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::server::{json, Shared};
+use crate::telemetry::{metrics, process};
+
+/// Answers one admin request.
+pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/cache/purge" {
+        return purge(shared, &req);
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method not allowed"}"#.into(),
+        );
+    }
+    match req.uri().path() {
+        "/health" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/ready" => ready(shared),
+        "/metrics" => metrics(shared, req.headers()),
+        "/slo" => slo(shared),
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+    }
+}
+
+fn ready(shared: &Shared) -> Response<Body> {
+    let rt = shared.runtime();
+    let upstreams: serde_json::Map<String, serde_json::Value> = rt
+        .upstreams
+        .iter()
+        .map(|(name, up)| {
+            let eps: Vec<_> = up
+                .endpoints()
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "endpoint": e.authority.as_str(),
+                        "healthy": e.is_healthy(),
+                        "inflight": e.inflight(),
+                    })
+                })
+                .collect();
+            (
+                name.clone(),
+                serde_json::json!({ "ready": up.has_healthy_endpoint(), "endpoints": eps }),
+            )
+        })
+        .collect();
+    let ready = rt.is_ready();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "upstreams": upstreams,
+        "cache": { "entries": rt.cache.len(), "bytes": rt.cache.bytes() },
+        // Decisions the shared limiter could not make (then its on_error
+        // policy applied): the metric until /metrics exists.
+        "rate_limit_redis_failures": rt.redis.as_ref().map(|r| r.failures()),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, body.to_string())
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> {
+    let openmetrics = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let om = render_openmetrics(shared);
+    let (body, ctype) = if openmetrics {
+        (om, OPENMETRICS)
+    } else {
+        (metrics::to_prometheus_text(&om), PROMETHEUS_TEXT)
+    };
+    let mut r = Response::new(Body::full(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// Every family in OpenMetrics text, `# EOF` included.
+pub fn render_openmetrics(shared: &Shared) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    shared.telemetry.metrics.encode_families(&mut out);
+    let rt = shared.runtime();
+
+    let mut health = Vec::new();
+    let mut inflight = Vec::new();
+    let mut idle = Vec::new();
+    let mut circuit = Vec::new();
+    for (name, up) in &rt.upstreams {
+        for ep in up.endpoints() {
+            let labels = format!(
+                "upstream=\"{}\",endpoint=\"{}\"",
+                metrics::escape_label(name),
+                metrics::escape_label(ep.authority.as_str())
+            );
+            health.push((labels.clone(), if ep.is_healthy() { 1.0 } else { 0.0 }));
+            inflight.push((labels.clone(), ep.inflight() as f64));
+            if let Some(state) = ep.circuit_state() {
+                circuit.push((labels.clone(), f64::from(state)));
+            }
+            idle.push((labels, ep.idle_connections() as f64));
+        }
+    }
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_upstream_endpoint_healthy",
+        "1 when the endpoint is in rotation (active health checks), 0 when ejected",
+        &health,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_upstream_endpoint_inflight_requests",
+        "Requests in flight to the endpoint",
+        &inflight,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_upstream_endpoint_idle_connections",
+        "Idle keep-alive connections pooled for the endpoint",
+        &idle,
+    );
+
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_circuit_state",
+        "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
+        &circuit,
+    );
+    if let Some(redis) = &rt.redis {
+        let _ = writeln!(out, "# HELP gateway_redis_errors Redis calls of the shared rate limiter that failed or timed out");
+        let _ = writeln!(out, "# TYPE gateway_redis_errors counter");
+        let _ = writeln!(
+            out,
+            "gateway_redis_errors_total{{op=\"ratelimit\"}} {}",
+            redis.failures()
+        );
+    }
+
+    let now = tokio::time::Instant::now();
+    let mut burn = Vec::new();
+    let mut latency = Vec::new();
+    let mut met = Vec::new();
+    for report in rt.slos.report(now) {
+        let slo = metrics::escape_label(&report.name);
+        for w in &report.windows {
+            if let Some(b) = w.availability_burn_rate {
+                burn.push((
+                    format!("slo=\"{slo}\",sli=\"availability\",window=\"{}\"", w.window),
+                    b,
+                ));
+            }
+            for lb in &w.latency_burn_rates {
+                if let Some(b) = lb.burn_rate {
+                    burn.push((
+                        format!(
+                            "slo=\"{slo}\",sli=\"latency_{}\",window=\"{}\"",
+                            lb.objective, w.window
+                        ),
+                        b,
+                    ));
+                }
+            }
+            for (q, v) in [("0.5", w.p50_ms), ("0.95", w.p95_ms), ("0.99", w.p99_ms)] {
+                if let Some(v) = v {
+                    latency.push((
+                        format!("slo=\"{slo}\",quantile=\"{q}\",window=\"{}\"", w.window),
+                        v / 1000.0,
+                    ));
+                }
+            }
+            for o in &w.objectives {
+                met.push((
+                    format!(
+                        "slo=\"{slo}\",objective=\"{}\",window=\"{}\"",
+                        metrics::escape_label(&o.objective),
+                        w.window
+                    ),
+                    if o.met { 1.0 } else { 0.0 },
+                ));
+            }
+        }
+    }
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_slo_burn_rate",
+        "Error-budget burn rate per SLO, SLI and window (1 = spending the budget exactly over the SLO period)",
+        &burn,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_slo_latency_seconds",
+        "Exact latency quantiles of the live SLO windows (HDR histograms)",
+        &latency,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_slo_objective_met",
+        "1 when the objective holds in the window",
+        &met,
+    );
+    process::write(&mut out);
+    let series = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
+        + 1;
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_metrics_series",
+        "Series exposed on this endpoint, this one included",
+        &[(String::new(), series as f64)],
+    );
+    out.push_str("# EOF\n");
+    out
+}
+
+fn slo(shared: &Shared) -> Response<Body> {
+    let rt = shared.runtime();
+    let report = rt.slos.report(tokio::time::Instant::now());
+    let body = serde_json::json!({ "slos": report });
+    json(StatusCode::OK, body.to_string())
+}
+
+fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::POST && req.method() != Method::DELETE {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"use POST or DELETE"}"#.into(),
+        );
+    }
+    let (mut key, mut prefix) = (None, None);
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("key", v)) => key = Some(percent_decode(v)),
+            Some(("prefix", v)) => prefix = Some(percent_decode(v)),
+            _ => {}
+        }
+    }
+    if key.is_none() && prefix.is_none() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"give key=PATH or prefix=PATH"}"#.into(),
+        );
+    }
+    let n = shared
+        .runtime()
+        .cache
+        .purge(key.as_deref(), prefix.as_deref());
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "purged": n }).to_string(),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

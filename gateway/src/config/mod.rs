@@ -1,0 +1,400 @@
+//! Gateway configuration: serde types, the embedded default, environment
+//! overrides and loading.
+//!
+//! The flow is always *parse, validate, then trust*: [`Config::from_toml`]
+//! deserializes with `deny_unknown_fields`, [`validate::validate`] collects
+//! every semantic error with its key path, and only a config that passed both
+//! is turned into a running [`crate::runtime::Runtime`]. `gateway check`,
+//! start-up and SIGHUP reload all go through [`load`].
+
+mod middleware;
+mod size;
+pub mod telemetry;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use middleware::{
+    AuthKeyConfig, AuthMode, AuthProviderConfig, CacheConfig, CircuitBreakerConfig, JwksConfig,
+    OnRedisError, RateLimitConfig, RateLimitKey, RateLimitPolicyConfig, RateLimitStore,
+    RedisConfig, RetryConfig, RouteAuthConfig, RouteCacheConfig,
+};
+pub use size::ByteSize;
+pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig};
+pub use validate::{ConfigError, ConfigErrors};
+
+/// The embedded default configuration (`deploy/config/local.toml` is a copy).
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Environment variable overriding `server.listen`.
+pub const ENV_LISTEN: &str = "GATEWAY_LISTEN";
+/// Environment variable overriding `server.admin_listen`.
+pub const ENV_ADMIN_LISTEN: &str = "GATEWAY_ADMIN_LISTEN";
+/// Environment variable overriding the endpoints of every upstream pool
+/// (comma-separated `host:port` list).
+pub const ENV_UPSTREAM: &str = "GATEWAY_UPSTREAM";
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and connection-level settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstream pools by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// JWT auth providers by name, referenced by routes.
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthProviderConfig>,
+    /// Settings shared by every rate-limited route.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// The response cache shared by every cached route.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Routes, matched by longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Metrics, access logs.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Service level objectives tracked live; the seed's Meetinity targets
+    /// when absent.
+    #[serde(default = "telemetry::default_slos")]
+    pub slos: Vec<SloConfig>,
+}
+
+/// Listener and connection settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Proxy listener address.
+    pub listen: String,
+    /// Admin listener address (`/health`, `/ready`, `/metrics`, `/slo`).
+    pub admin_listen: String,
+    /// A client that has not sent complete request headers within this time
+    /// gets a 408.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Default request body limit for routes that set none.
+    pub max_body_size: ByteSize,
+    /// Accept HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
+    pub http2: bool,
+    /// Name used in the `Via` header.
+    pub via_name: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            max_body_size: ByteSize(10 * 1024 * 1024),
+            http2: true,
+            via_name: "gateway".into(),
+        }
+    }
+}
+
+/// How an upstream pool picks an endpoint.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each healthy endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, the one with fewer requests in flight.
+    LeastRequest,
+}
+
+/// An upstream pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each endpoint (plain HTTP/1.1 with keep-alive).
+    pub endpoints: Vec<String>,
+    /// Balancing policy.
+    #[serde(default)]
+    pub balance: Balance,
+    /// TCP connect timeout.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers arrive (504 after).
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// At most this many idle connections are kept per endpoint.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Active health checking; endpoints are always in rotation without it.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// A circuit breaker per endpoint; none without it.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+/// Active health check of every endpoint of a pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path requested with GET; a 2xx or 3xx answer is healthy.
+    #[serde(default = "defaults::health_path")]
+    pub path: String,
+    /// Time between two checks of one endpoint.
+    #[serde(default = "defaults::health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check that takes longer failed.
+    #[serde(default = "defaults::health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy endpoint back.
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that eject a healthy endpoint.
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// A route: which requests go to which upstream, and how.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Bounded-cardinality name used in logs and metrics.
+    pub name: String,
+    /// Path prefix; the longest matching prefix wins. Matches on segment
+    /// boundaries: `/api/users` matches `/api/users` and `/api/users/7`,
+    /// not `/api/usersX`.
+    pub prefix: String,
+    /// Upstream pool name.
+    pub upstream: String,
+    /// Allowed methods; empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Required `Host` (without port); absent means any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Remove the matched prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched prefix with this path before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Whole-request deadline until response headers (504 after).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Request body limit; defaults to `server.max_body_size`.
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
+    /// JWT authentication of this route.
+    #[serde(default)]
+    pub auth: Option<RouteAuthConfig>,
+    /// Rate limits of this route, each checked in order.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitPolicyConfig>,
+    /// Response caching of GET and HEAD; none without it.
+    #[serde(default)]
+    pub cache: Option<RouteCacheConfig>,
+    /// Retries of safe requests; none without it.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Requests in flight on this route above which new ones are shed
+    /// with 503 at once.
+    #[serde(default)]
+    pub max_inflight: Option<usize>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn pool_max_idle() -> usize {
+        1024
+    }
+    pub fn health_path() -> String {
+        "/health".into()
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn healthy_threshold() -> u32 {
+        2
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+}
+
+/// Address overrides taken from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replaces `server.listen`.
+    pub listen: Option<String>,
+    /// Replaces `server.admin_listen`.
+    pub admin_listen: Option<String>,
+    /// Replaces every pool's endpoints.
+    pub upstream: Option<Vec<String>>,
+}
+
+impl Overrides {
+    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN` and `GATEWAY_UPSTREAM`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            listen: var(ENV_LISTEN),
+            admin_listen: var(ENV_ADMIN_LISTEN),
+            upstream: var(ENV_UPSTREAM).map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
+        }
+    }
+
+    fn apply(&self, config: &mut Config) {
+        if let Some(l) = &self.listen {
+            config.server.listen.clone_from(l);
+        }
+        if let Some(l) = &self.admin_listen {
+            config.server.admin_listen.clone_from(l);
+        }
+        if let Some(eps) = &self.upstream {
+            for up in config.upstreams.values_mut() {
+                up.endpoints.clone_from(eps);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Makes relative key and secret file paths relative to `base` (the
+    /// config file's directory), so a config works from any directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for provider in self.auth.values_mut() {
+            for key in &mut provider.keys {
+                for p in [&mut key.secret_file, &mut key.pem_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses TOML text (no semantic validation).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
+        toml::from_str(text).map_err(|e| ConfigErrors::parse(e.to_string()))
+    }
+}
+
+/// Where a config comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The embedded default.
+    Embedded,
+    /// A TOML file.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("<embedded default>"),
+            Self::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Reads, parses, applies overrides to and validates a config.
+pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    let text = match source {
+        Source::Embedded => DEFAULT_TOML.to_owned(),
+        Source::File(path) => read(path)?,
+    };
+    let mut config = Config::from_toml(&text)?;
+    if let Source::File(path) = source {
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+    }
+    overrides.apply(&mut config);
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::parse(format!("cannot read {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = load(&Source::Embedded, &Overrides::default()).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.server.admin_listen, "127.0.0.1:9090");
+        assert!(config
+            .upstreams
+            .values()
+            .all(|u| u.endpoints == ["127.0.0.1:18080"]));
+        assert!(config.routes.iter().any(|r| r.prefix == "/api/users"));
+    }
+
+    #[test]
+    fn overrides_replace_addresses_in_any_config() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:1".into()),
+            admin_listen: Some("127.0.0.1:2".into()),
+            upstream: Some(vec!["127.0.0.1:3".into(), "127.0.0.1:4".into()]),
+        };
+        let config = load(&Source::Embedded, &o).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:1");
+        assert_eq!(config.server.admin_listen, "127.0.0.1:2");
+        for up in config.upstreams.values() {
+            assert_eq!(up.endpoints, ["127.0.0.1:3", "127.0.0.1:4"]);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn human_durations_and_sizes_parse() {
+        let c = Config::from_toml(
+            "[server]\nheader_read_timeout = \"250ms\"\nmax_body_size = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.server.max_body_size, ByteSize(1 << 20));
+    }
+}

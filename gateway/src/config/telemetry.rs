@@ -1,0 +1,109 @@
+//! Telemetry settings: metrics, access logs, traces context, and the SLOs
+//! the gateway tracks live.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Record request metrics and SLO windows (off only to measure their cost).
+    pub metrics: bool,
+    /// Latency histogram bucket bounds in seconds. Every SLO latency
+    /// threshold is added as an exact bound, so bucket-ratio SLIs are exact.
+    pub buckets: Vec<f64>,
+    /// Access log settings.
+    pub access_log: AccessLogConfig,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            buckets: DEFAULT_BUCKETS.to_vec(),
+            access_log: AccessLogConfig::default(),
+        }
+    }
+}
+
+/// Default latency buckets (seconds), before SLO thresholds are merged in.
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// `[telemetry.access_log]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Emit access log lines at all.
+    pub enabled: bool,
+    /// Fraction of successful requests logged (0..=1); errors (5xx, and
+    /// 4xx when `always_log_client_errors`) are always logged.
+    pub sample_ratio: f64,
+    /// Log every 4xx too.
+    pub always_log_client_errors: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_ratio: 0.01,
+            always_log_client_errors: false,
+        }
+    }
+}
+
+/// `[[slos]]`: a service level objective tracked live.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SloConfig {
+    /// Name (a metric label).
+    pub name: String,
+    /// Route names covered; empty means every route.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Latency objectives.
+    #[serde(default)]
+    pub latency: Vec<LatencyObjective>,
+    /// Fraction of requests that must not fail with a 5xx (e.g. 0.995).
+    #[serde(default)]
+    pub availability: Option<f64>,
+    /// Minimum sustained request rate (req/s) over a window.
+    #[serde(default)]
+    pub min_throughput: Option<f64>,
+}
+
+/// `p95 <= 350ms` is `{ quantile = 0.95, threshold = "350ms" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyObjective {
+    /// Quantile in (0, 1).
+    pub quantile: f64,
+    /// Latency the quantile must not exceed.
+    #[serde(with = "humantime_serde")]
+    pub threshold: Duration,
+}
+
+/// The SLOs used when a config declares none: the Meetinity targets of the
+/// seed documents (p95 <= 350 ms, p99 <= 650 ms, errors < 0.5 %, >= 900 req/s).
+pub fn default_slos() -> Vec<SloConfig> {
+    vec![SloConfig {
+        name: "gateway".into(),
+        routes: Vec::new(),
+        latency: vec![
+            LatencyObjective {
+                quantile: 0.95,
+                threshold: Duration::from_millis(350),
+            },
+            LatencyObjective {
+                quantile: 0.99,
+                threshold: Duration::from_millis(650),
+            },
+        ],
+        availability: Some(0.995),
+        min_throughput: Some(900.0),
+    }]
+}

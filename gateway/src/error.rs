@@ -1,0 +1,461 @@
+//! THE mapping from error kinds to HTTP responses.
+//!
+//! Layers fail with small typed errors (boxed as [`BoxError`]); [`render`]
+//! walks the cause chain once, picks the status, and writes the JSON body
+//! `{"error": "...", "request_id": "..."}` with the headers the kind calls
+//! for. Internals never leak into the body; the full chain goes to the log.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::middleware::auth::AuthError;
+use crate::middleware::ratelimit::{LimiterUnavailable, RateLimited};
+use crate::request_id::X_REQUEST_ID;
+use crate::upstream::h1::UpstreamError;
+
+/// The error type flowing through the middleware stack.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Who failed, so logs and metrics do not have to guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something wrong or too slowly.
+    Client,
+    /// The upstream failed.
+    Upstream,
+    /// The gateway itself (or its policy) refused.
+    Gateway,
+}
+
+/// Errors raised by the gateway's own layers.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the request's path and host.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// A route matches the path but not the method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The request's declared `Content-Length` exceeds the route's limit.
+    #[error(transparent)]
+    BodyTooLarge(#[from] BodyTooLarge),
+    /// No endpoint of the upstream pool is healthy.
+    #[error("no healthy endpoint in upstream {upstream:?}")]
+    NoHealthyEndpoint {
+        /// Pool name.
+        upstream: Arc<str>,
+    },
+    /// Every healthy endpoint's circuit breaker is open.
+    #[error("every endpoint of upstream {upstream:?} is failing (circuit open)")]
+    CircuitOpen {
+        /// Pool name.
+        upstream: Arc<str>,
+        /// Seconds until the first breaker lets a probe through.
+        retry_after: u64,
+    },
+    /// The route has as many requests in flight as it allows.
+    #[error("route is overloaded")]
+    Overloaded,
+    /// The upstream did not send response headers in time.
+    #[error("upstream {upstream:?} timed out")]
+    UpstreamTimeout {
+        /// Pool name.
+        upstream: Arc<str>,
+    },
+    /// The request is malformed in a way hyper let through.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+/// An error from below a layer whose headers must be on every response of
+/// the route (the rate-limit fields): [`render`] adds `headers` to
+/// whatever response the wrapped error becomes.
+#[derive(Debug, thiserror::Error)]
+#[error("failed below a layer that adds response headers")]
+pub struct WithHeaders {
+    /// Headers for the error response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The actual error.
+    #[source]
+    pub source: BoxError,
+}
+
+/// A request body exceeded the route's limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+/// What [`classify`] decided about an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// Response status.
+    pub status: StatusCode,
+    /// Public message (no internals).
+    pub message: String,
+    /// Who failed.
+    pub blame: Blame,
+    /// `Retry-After` seconds, if any.
+    pub retry_after: Option<u64>,
+    /// Other headers the kind calls for (`WWW-Authenticate`, rate-limit
+    /// fields).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Classified {
+    fn new(status: StatusCode, message: impl Into<String>, blame: Blame) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            blame,
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Walks the cause chain of `err` and decides status, message and blame.
+pub fn classify(err: &(dyn StdError + 'static)) -> Classified {
+    let mut c = classify_kind(err);
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut extra = Vec::new();
+    while let Some(e) = cur {
+        if let Some(w) = e.downcast_ref::<WithHeaders>() {
+            extra.extend(w.headers.iter().cloned());
+        }
+        cur = e.source();
+    }
+    if !extra.is_empty() {
+        // The kind's own headers go last, so they win.
+        extra.append(&mut c.headers);
+        c.headers = extra;
+    }
+    c
+}
+
+fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(g) = e.downcast_ref::<GatewayError>() {
+            return match g {
+                GatewayError::NoRoute => {
+                    Classified::new(StatusCode::NOT_FOUND, g.to_string(), Blame::Client)
+                }
+                GatewayError::MethodNotAllowed => {
+                    Classified::new(StatusCode::METHOD_NOT_ALLOWED, g.to_string(), Blame::Client)
+                }
+                GatewayError::BodyTooLarge(b) => too_large(b),
+                GatewayError::NoHealthyEndpoint { .. } => Classified {
+                    retry_after: Some(1),
+                    ..Classified::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        g.to_string(),
+                        Blame::Upstream,
+                    )
+                },
+                GatewayError::CircuitOpen { retry_after, .. } => Classified {
+                    retry_after: Some(*retry_after),
+                    ..Classified::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        g.to_string(),
+                        Blame::Upstream,
+                    )
+                },
+                GatewayError::Overloaded => Classified {
+                    retry_after: Some(1),
+                    ..Classified::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        g.to_string(),
+                        Blame::Gateway,
+                    )
+                },
+                GatewayError::UpstreamTimeout { .. } => {
+                    Classified::new(StatusCode::GATEWAY_TIMEOUT, g.to_string(), Blame::Upstream)
+                }
+                GatewayError::BadRequest(_) => {
+                    Classified::new(StatusCode::BAD_REQUEST, g.to_string(), Blame::Client)
+                }
+            };
+        }
+        if let Some(b) = e.downcast_ref::<BodyTooLarge>() {
+            return too_large(b);
+        }
+        if let Some(a) = e.downcast_ref::<AuthError>() {
+            let status = match a {
+                AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+                AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+            };
+            let challenge = HeaderValue::from_str(&a.challenge())
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+            return Classified {
+                headers: vec![(WWW_AUTHENTICATE, challenge)],
+                ..Classified::new(status, a.to_string(), Blame::Client)
+            };
+        }
+        if let Some(r) = e.downcast_ref::<RateLimited>() {
+            return Classified {
+                retry_after: Some(r.retry_after.max(1)),
+                headers: r.headers.clone(),
+                ..Classified::new(StatusCode::TOO_MANY_REQUESTS, r.to_string(), Blame::Client)
+            };
+        }
+        if e.is::<LimiterUnavailable>() {
+            return Classified {
+                retry_after: Some(1),
+                ..Classified::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.to_string(),
+                    Blame::Gateway,
+                )
+            };
+        }
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return Classified::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "route timeout exceeded",
+                Blame::Upstream,
+            );
+        }
+        if let Some(u) = e.downcast_ref::<UpstreamError>() {
+            let (status, message) = match u {
+                UpstreamError::Connect(_) => {
+                    (StatusCode::BAD_GATEWAY, "upstream refused the connection")
+                }
+                UpstreamError::ConnectTimeout => {
+                    (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out")
+                }
+                UpstreamError::Closed | UpstreamError::Io(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream closed or reset the connection",
+                ),
+                UpstreamError::Protocol(_) => {
+                    (StatusCode::BAD_GATEWAY, "invalid response from upstream")
+                }
+            };
+            return Classified::new(status, message, Blame::Upstream);
+        }
+        cur = e.source();
+    }
+    Classified::new(StatusCode::BAD_GATEWAY, "bad gateway", Blame::Gateway)
+}
+
+fn too_large(b: &BodyTooLarge) -> Classified {
+    Classified::new(StatusCode::PAYLOAD_TOO_LARGE, b.to_string(), Blame::Client)
+}
+
+/// Renders `err` as the JSON error response for `request_id`.
+pub fn render(err: &(dyn StdError + 'static), request_id: &HeaderValue) -> Response<Body> {
+    let c = classify(err);
+    let mut resp = json_error(c.status, &c.message, request_id);
+    let h = resp.headers_mut();
+    if let Some(secs) = c.retry_after {
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    for (k, v) in c.headers {
+        h.insert(k, v);
+    }
+    resp
+}
+
+/// A JSON error response `{"error": message, "request_id": id}` with the
+/// request id also in `X-Request-Id`.
+pub fn json_error(status: StatusCode, message: &str, request_id: &HeaderValue) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": message,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    })
+    .to_string();
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_REQUEST_ID, request_id.clone());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapper")]
+    struct Wrapper(#[source] BoxError);
+
+    #[test]
+    fn every_kind_maps_to_its_status() {
+        let up: Arc<str> = Arc::from("users");
+        let cases: Vec<(BoxError, StatusCode, Option<u64>)> = vec![
+            (GatewayError::NoRoute.into(), StatusCode::NOT_FOUND, None),
+            (
+                GatewayError::MethodNotAllowed.into(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+            ),
+            (
+                BodyTooLarge { limit: 10 }.into(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+            ),
+            (
+                GatewayError::NoHealthyEndpoint {
+                    upstream: up.clone(),
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1),
+            ),
+            (
+                GatewayError::CircuitOpen {
+                    upstream: up.clone(),
+                    retry_after: 4,
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(4),
+            ),
+            (
+                GatewayError::Overloaded.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1),
+            ),
+            (
+                GatewayError::UpstreamTimeout { upstream: up }.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+            ),
+            (
+                tower::timeout::error::Elapsed::new().into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+            ),
+            (
+                GatewayError::BadRequest("x").into(),
+                StatusCode::BAD_REQUEST,
+                None,
+            ),
+            // Found through the cause chain.
+            (
+                Box::new(Wrapper(BodyTooLarge { limit: 1 }.into())),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+            ),
+            ("something else".into(), StatusCode::BAD_GATEWAY, None),
+            (AuthError::Missing.into(), StatusCode::UNAUTHORIZED, None),
+            (
+                AuthError::Invalid("token expired").into(),
+                StatusCode::UNAUTHORIZED,
+                None,
+            ),
+            (
+                AuthError::Forbidden("a required scope is missing").into(),
+                StatusCode::FORBIDDEN,
+                None,
+            ),
+            (
+                RateLimited {
+                    policy: "p".into(),
+                    retry_after: 3,
+                    headers: vec![(
+                        HeaderName::from_static("ratelimit"),
+                        HeaderValue::from_static("\"p\";r=0;t=3"),
+                    )],
+                }
+                .into(),
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(3),
+            ),
+            (
+                LimiterUnavailable.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1),
+            ),
+        ];
+        let id = HeaderValue::from_static("req-1");
+        for (err, status, retry) in cases {
+            let resp = render(err.as_ref(), &id);
+            assert_eq!(resp.status(), status, "{err}");
+            assert_eq!(resp.headers()[X_REQUEST_ID], "req-1");
+            assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(
+                resp.headers().get(RETRY_AFTER).map(|v| v
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()),
+                retry
+            );
+            let Body::Full(Some(b)) = resp.into_body() else {
+                panic!("not a full body")
+            };
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["request_id"], "req-1");
+            assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()));
+        }
+    }
+
+    #[test]
+    fn kinds_add_their_headers() {
+        let id = HeaderValue::from_static("r");
+        let resp = render(&AuthError::Invalid("token expired"), &id);
+        assert_eq!(
+            resp.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token", error_description="token expired""#
+        );
+        let resp = render(&AuthError::Forbidden("a required scope is missing"), &id);
+        assert!(resp.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains(r#"error="insufficient_scope""#));
+        let resp = render(&AuthError::Missing, &id);
+        assert_eq!(
+            resp.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="gateway""#
+        );
+        let limited = RateLimited {
+            policy: "p".into(),
+            retry_after: 2,
+            headers: vec![(
+                HeaderName::from_static("ratelimit"),
+                HeaderValue::from_static("\"p\";r=0;t=2"),
+            )],
+        };
+        let resp = render(&limited, &id);
+        assert_eq!(resp.headers()["ratelimit"], "\"p\";r=0;t=2");
+        assert_eq!(resp.headers()[RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_kind_and_gain_headers() {
+        let err = WithHeaders {
+            headers: vec![(
+                HeaderName::from_static("x-ratelimit-limit"),
+                HeaderValue::from_static("5"),
+            )],
+            source: GatewayError::UpstreamTimeout {
+                upstream: Arc::from("u"),
+            }
+            .into(),
+        };
+        let resp = render(&err, &HeaderValue::from_static("r"));
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "5");
+    }
+
+    #[test]
+    fn messages_are_json_escaped() {
+        let id = HeaderValue::from_static("a\"b");
+        let resp = json_error(StatusCode::NOT_FOUND, "quote \" and \\", &id);
+        let Body::Full(Some(b)) = resp.into_body() else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"], "quote \" and \\");
+        assert_eq!(v["request_id"], "a\"b");
+    }
+}

@@ -1,0 +1,24 @@
+//! An API gateway with built-in SLO telemetry.
+//!
+//! A reverse proxy built as a stack of tower middleware on hyper and tokio.
+//! The layers and their order are written once, in [`stack`]; the mapping
+//! from errors to responses once, in [`error`].
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod middleware;
+pub mod monitoring;
+pub mod proxy;
+pub mod request_id;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{start, Handle};

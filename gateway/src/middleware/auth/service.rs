@@ -1,0 +1,222 @@
+//! [`AuthLayer`], [`Auth`] and their [`ResponseFuture`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service, ServiceExt};
+
+use super::error::AuthError;
+use super::verify::{has_role, scopes, Checked, Claims, Verifier};
+use crate::body::Body;
+use crate::config::{AuthMode, RouteAuthConfig};
+use crate::error::BoxError;
+
+/// The authenticated subject (`sub`), put in the request's extensions for
+/// the layers below (rate limiting by subject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject(pub Arc<str>);
+
+/// One route's auth policy, built at config load.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    verifier: Arc<Verifier>,
+    mode: AuthMode,
+    scopes: Vec<String>,
+    roles: Vec<String>,
+}
+
+impl RoutePolicy {
+    /// The policy of a route using `verifier`.
+    pub fn new(verifier: Arc<Verifier>, cfg: &RouteAuthConfig) -> Self {
+        Self {
+            verifier,
+            mode: cfg.mode,
+            scopes: cfg.scopes.clone(),
+            roles: cfg.roles.clone(),
+        }
+    }
+
+    fn authorize(&self, claims: &Claims) -> Result<(), AuthError> {
+        if !self.scopes.is_empty() {
+            let granted = scopes(claims);
+            if !self.scopes.iter().all(|s| granted.contains(&s.as_str())) {
+                return Err(AuthError::Forbidden("a required scope is missing"));
+            }
+        }
+        if !self.roles.is_empty() && !self.roles.iter().any(|r| has_role(claims, r)) {
+            return Err(AuthError::Forbidden("a required role is missing"));
+        }
+        Ok(())
+    }
+
+    /// Authorizes and decorates the request with the claims.
+    fn admit<B>(&self, req: &mut Request<B>, claims: &Claims) -> Result<(), AuthError> {
+        self.authorize(claims)?;
+        let h = req.headers_mut();
+        for (claim, header) in &self.verifier.forward {
+            let value = match claims.get(claim) {
+                Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
+                Some(serde_json::Value::Array(a)) => {
+                    let parts: Vec<&str> = a.iter().filter_map(|v| v.as_str()).collect();
+                    HeaderValue::from_str(&parts.join(" ")).ok()
+                }
+                Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    HeaderValue::from_str(&v.to_string()).ok()
+                }
+                _ => None,
+            };
+            if let Some(v) = value {
+                h.insert(header.clone(), v);
+            }
+        }
+        if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
+            req.extensions_mut()
+                .insert(Subject(Arc::from(sub.as_str())));
+        }
+        Ok(())
+    }
+}
+
+/// Applies a [`RoutePolicy`]; see the module docs.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    policy: Arc<RoutePolicy>,
+}
+
+impl AuthLayer {
+    /// A layer enforcing `policy`.
+    pub fn new(policy: RoutePolicy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The auth middleware.
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    policy: Arc<RoutePolicy>,
+}
+
+/// The bearer token of a request, if any (`None` also for other schemes).
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The future of [`Auth`].
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// Admitted: the inner service's future.
+        Inner { #[pin] fut: F },
+        /// Refused without calling the inner service.
+        Refused { err: Option<AuthError> },
+        /// Waiting for a JWKS refresh (unknown `kid`), then the inner service.
+        Refreshing { fut: BoxFuture },
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Inner { fut } => fut.poll(cx).map_err(Into::into),
+            Proj::Refused { err } => Poll::Ready(Err(err
+                .take()
+                .unwrap_or(AuthError::Invalid("polled after completion"))
+                .into())),
+            Proj::Refreshing { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for Auth<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let p = &self.policy;
+        // Claim headers come only from a verified token, never the client.
+        for (_, header) in &p.verifier.forward {
+            req.headers_mut().remove(header);
+        }
+        if p.mode == AuthMode::Off {
+            return ResponseFuture::Inner {
+                fut: self.inner.call(req),
+            };
+        }
+        let checked = match bearer(req.headers()) {
+            None if p.mode == AuthMode::Optional => {
+                return ResponseFuture::Inner {
+                    fut: self.inner.call(req),
+                }
+            }
+            None => Err(AuthError::Missing),
+            Some(token) => p.verifier.check(token).map(|c| (c, token.to_owned())),
+        };
+        match checked {
+            Ok((Checked::Valid(claims), _)) => match p.admit(&mut req, &claims) {
+                Ok(()) => ResponseFuture::Inner {
+                    fut: self.inner.call(req),
+                },
+                Err(e) => ResponseFuture::Refused { err: Some(e) },
+            },
+            Ok((Checked::UnknownKid(kid), token)) => {
+                // Cold path: take the service that was made ready, leave a clone.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let policy = self.policy.clone();
+                ResponseFuture::Refreshing {
+                    fut: Box::pin(async move {
+                        let claims = policy.verifier.check_refreshed(&token, &kid).await?;
+                        policy.admit(&mut req, &claims)?;
+                        inner.oneshot(req).await.map_err(Into::into)
+                    }),
+                }
+            }
+            Err(e) => ResponseFuture::Refused { err: Some(e) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+//! The response cache: GET and HEAD, RFC 9111 basics, shared by replicas
+//! of nothing (in memory, bounded by bytes).
+//!
+//! [`policy`] decides, as pure functions, what may be stored and for how
+//! long (`Cache-Control` `max-age`, `s-maxage`, `no-store`, `no-cache`,
+//! `private`, `public`, `Vary`, authorized requests not shared unless the
+//! response is `public`/`s-maxage` or the route opts in). [`store`] keeps
+//! entries in a moka cache weighed by their bytes, and coalesces concurrent
+//! misses for one key into one upstream request. [`service`] is the layer:
+//! `X-Cache: HIT|MISS|STALE`, an RFC 9211 `Cache-Status`, `Age`,
+//! `stale-while-revalidate` (one background refresh) and `stale-if-error`.
+//! Unsafe methods invalidate the URL. The admin listener purges by key or
+//! prefix.
+//!
+//! One variant per URL is kept: a response that varies is stored with the
+//! request values of its `Vary` headers and served only to requests that
+//! match them; another variant replaces it.
+
+pub mod policy;
+mod service;
+mod store;
+
+pub use service::{Cache, CacheLayer, RouteCache, CACHE_STATUS, X_CACHE};
+pub use store::{Entry, ResponseCache};

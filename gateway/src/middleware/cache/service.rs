@@ -1,0 +1,395 @@
+//! [`CacheLayer`] and [`Cache`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{AGE, HOST};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::policy::{storable, CacheControl, RouteRules};
+use super::store::{self, Entry, Freshness, Lead, ResponseCache};
+use crate::body::Body;
+use crate::config::RouteCacheConfig;
+use crate::error::BoxError;
+
+/// `X-Cache`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// RFC 9211 `Cache-Status`.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// One route's cache settings and the shared store.
+#[derive(Debug)]
+pub struct RouteCache {
+    route: Arc<str>,
+    store: Arc<ResponseCache>,
+    rules: RouteRules,
+    max_body: u64,
+}
+
+impl RouteCache {
+    /// From validated config.
+    pub fn new(route: &str, cfg: &RouteCacheConfig, store: Arc<ResponseCache>) -> Self {
+        Self {
+            route: Arc::from(route),
+            store,
+            rules: RouteRules {
+                default_ttl: cfg.ttl,
+                share_authorized: cfg.share_authorized,
+                stale_while_revalidate: cfg.stale_while_revalidate,
+                stale_if_error: cfg.stale_if_error,
+            },
+            max_body: cfg.max_body.0,
+        }
+    }
+
+    fn key<B>(&self, req: &Request<B>) -> Arc<str> {
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
+            .unwrap_or("");
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        store::key(&self.route, host, pq)
+    }
+}
+
+/// Applies a [`RouteCache`].
+#[derive(Debug, Clone)]
+pub struct CacheLayer {
+    cache: Arc<RouteCache>,
+}
+
+impl CacheLayer {
+    /// A layer caching per `cache`.
+    pub fn new(cache: RouteCache) -> Self {
+        Self {
+            cache: Arc::new(cache),
+        }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Cache<S> {
+        Cache {
+            inner,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// The cache middleware.
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    inner: S,
+    cache: Arc<RouteCache>,
+}
+
+/// The future of [`Cache`] (lookups, coalescing and buffering make it a
+/// state machine clearest as an `async` block).
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+impl<S> Service<Request<Body>> for Cache<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(run(inner, self.cache.clone(), req))
+    }
+}
+
+fn tag(resp: &mut Response<Body>, x_cache: &'static str, status: &str) {
+    let h = resp.headers_mut();
+    h.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    if let Ok(v) = HeaderValue::from_str(status) {
+        h.insert(CACHE_STATUS, v);
+    }
+}
+
+fn from_entry(e: &Entry, head: bool, now: Instant) -> Response<Body> {
+    let mut resp = Response::new(if head || e.body.is_empty() {
+        Body::Empty
+    } else {
+        Body::full(e.body.clone())
+    });
+    *resp.status_mut() = e.status;
+    *resp.headers_mut() = e.headers.clone();
+    resp.headers_mut()
+        .insert(AGE, HeaderValue::from(e.age(now).as_secs()));
+    resp
+}
+
+fn ttl_left(e: &Entry, now: Instant) -> i128 {
+    i128::from(u32::try_from(e.life.ttl.as_secs()).unwrap_or(u32::MAX))
+        - i128::from(u32::try_from(e.age(now).as_secs()).unwrap_or(u32::MAX))
+}
+
+fn copy_request(req: &Request<Body>) -> Request<Body> {
+    let mut r = Request::new(Body::Empty);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    *r.extensions_mut() = req.extensions().clone();
+    r
+}
+
+async fn run<S>(
+    inner: S,
+    cache: Arc<RouteCache>,
+    req: Request<Body>,
+) -> Result<Response<Body>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+{
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        if !method.is_safe() {
+            // RFC 9111 4.4: an unsafe request invalidates the URL.
+            cache.store.invalidate(&cache.key(&req));
+        }
+        return inner.oneshot(req).await.map_err(Into::into);
+    }
+    let head = method == Method::HEAD;
+    let key = cache.key(&req);
+    let req_cc = CacheControl::parse(req.headers());
+    if req_cc.no_store {
+        let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
+        tag(&mut resp, "MISS", "gateway; fwd=bypass");
+        return Ok(resp);
+    }
+    let now = Instant::now();
+    let mut stale = None;
+    if !req_cc.no_cache {
+        if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
+            match e.freshness(now) {
+                Freshness::Fresh => {
+                    let mut resp = from_entry(&e, head, now);
+                    tag(
+                        &mut resp,
+                        "HIT",
+                        &format!("gateway; hit; ttl={}", ttl_left(&e, now)),
+                    );
+                    return Ok(resp);
+                }
+                Freshness::Revalidate => {
+                    if let Lead::Leader(guard) = cache.store.lead(&key) {
+                        let bg = copy_request(&req);
+                        let (inner, cache, key) = (inner.clone(), cache.clone(), key.clone());
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            if let Err(e) = fetch(inner, &cache, key, bg, false).await {
+                                tracing::debug!(error = %e, "background revalidation failed");
+                            }
+                        });
+                    }
+                    let mut resp = from_entry(&e, head, now);
+                    tag(
+                        &mut resp,
+                        "STALE",
+                        &format!("gateway; hit; ttl={}", ttl_left(&e, now)),
+                    );
+                    return Ok(resp);
+                }
+                Freshness::IfError => stale = Some(e),
+                Freshness::Expired => {}
+            }
+        }
+    }
+    // A miss: one request per key goes upstream, the others wait for it.
+    let _guard = match cache.store.lead(&key) {
+        Lead::Leader(g) => Some(g),
+        Lead::Follower(n) => {
+            n.notified().await;
+            if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
+                let now = Instant::now();
+                if e.freshness(now) == Freshness::Fresh {
+                    let mut resp = from_entry(&e, head, now);
+                    tag(
+                        &mut resp,
+                        "HIT",
+                        &format!("gateway; hit; ttl={}", ttl_left(&e, now)),
+                    );
+                    return Ok(resp);
+                }
+            }
+            None
+        }
+    };
+    let result = fetch(inner, &cache, key, req, head).await;
+    let failed = match &result {
+        Ok(r) => r.status().is_server_error(),
+        Err(_) => true,
+    };
+    if let (true, Some(e)) = (failed, stale) {
+        let now = Instant::now();
+        let fwd = result.as_ref().map_or_else(
+            |_| String::new(),
+            |r| format!("; fwd-status={}", r.status().as_u16()),
+        );
+        let mut resp = from_entry(&e, head, now);
+        tag(
+            &mut resp,
+            "STALE",
+            &format!("gateway; fwd=stale{fwd}; ttl={}", ttl_left(&e, now)),
+        );
+        return Ok(resp);
+    }
+    result
+}
+
+/// Sends `req` upstream and stores the answer when allowed; HEAD answers
+/// are passed through, not stored.
+async fn fetch<S>(
+    inner: S,
+    cache: &RouteCache,
+    key: Arc<str>,
+    req: Request<Body>,
+    head: bool,
+) -> Result<Response<Body>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send,
+    S::Error: Into<BoxError>,
+{
+    let req_headers = req.headers().clone();
+    let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
+    let life = (!head)
+        .then(|| storable(&req_headers, resp.status(), resp.headers(), &cache.rules))
+        .flatten();
+    let small = resp
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= cache.max_body);
+    let Some(life) = life.filter(|_| small) else {
+        tag(&mut resp, "MISS", "gateway; fwd=miss");
+        return Ok(resp);
+    };
+    let (parts, body) = resp.into_parts();
+    let body: Bytes = body.collect().await?.to_bytes();
+    let vary_values = life
+        .vary
+        .iter()
+        .map(|n| req_headers.get(n).cloned())
+        .collect();
+    let initial_age = parts
+        .headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    cache.store.insert(
+        key,
+        Entry {
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            stored: Instant::now(),
+            initial_age,
+            life,
+            vary_values,
+        },
+    );
+    let mut resp = Response::from_parts(
+        parts,
+        if body.is_empty() {
+            Body::Empty
+        } else {
+            Body::full(body)
+        },
+    );
+    tag(&mut resp, "MISS", "gateway; fwd=miss; stored");
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ByteSize;
+
+    fn svc(
+        hits: Arc<AtomicUsize>,
+    ) -> Cache<tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>> {
+        let inner =
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_r: Request<Body>| {
+                let n = hits.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut r = Response::new(Body::full(format!("n={n}")));
+                    r.headers_mut()
+                        .insert("cache-control", HeaderValue::from_static("max-age=10"));
+                    Ok::<_, BoxError>(r)
+                }
+            }));
+        let cfg = RouteCacheConfig {
+            ttl: Duration::from_secs(1),
+            max_body: ByteSize(1024),
+            share_authorized: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        let store = Arc::new(ResponseCache::new(1 << 20));
+        CacheLayer::new(RouteCache::new("r", &cfg, store)).layer(inner)
+    }
+
+    fn req(m: Method) -> Request<Body> {
+        Request::builder()
+            .method(m)
+            .uri("/a?b")
+            .header("host", "h")
+            .body(Body::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hits_do_not_reach_the_inner_service_until_expiry_or_invalidation() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let s = svc(hits.clone());
+        let miss = s.clone().oneshot(req(Method::GET)).await.unwrap();
+        assert_eq!(miss.headers()[X_CACHE], "MISS");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let hit = s.clone().oneshot(req(Method::GET)).await.unwrap();
+        assert_eq!(hit.headers()[X_CACHE], "HIT");
+        assert_eq!(hit.headers()[AGE], "9");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            s.clone().oneshot(req(Method::GET)).await.unwrap().headers()[X_CACHE],
+            "MISS"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // An unsafe method invalidates the URL.
+        s.clone().oneshot(req(Method::POST)).await.unwrap();
+        assert_eq!(
+            s.clone().oneshot(req(Method::GET)).await.unwrap().headers()[X_CACHE],
+            "MISS"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+    }
+}

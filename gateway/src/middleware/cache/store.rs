@@ -1,0 +1,207 @@
+//! Entries, the byte-bounded store and miss coalescing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::policy::Storable;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Status.
+    pub status: StatusCode,
+    /// Response headers as received (hop-by-hop already removed).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// When it was stored.
+    pub stored: Instant,
+    /// `Age` it already had upstream, in seconds.
+    pub initial_age: u64,
+    /// Lifetimes and `Vary` names.
+    pub life: Storable,
+    /// The request's values of the `Vary` headers.
+    pub vary_values: Vec<Option<HeaderValue>>,
+}
+
+/// How usable an entry is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within its lifetime.
+    Fresh,
+    /// Past it, within `stale-while-revalidate`.
+    Revalidate,
+    /// Past both; usable only when the upstream fails, within `stale-if-error`.
+    IfError,
+    /// Unusable.
+    Expired,
+}
+
+impl Entry {
+    /// Current age.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored) + Duration::from_secs(self.initial_age)
+    }
+
+    /// How usable the entry is at `now`.
+    pub fn freshness(&self, now: Instant) -> Freshness {
+        let age = self.age(now);
+        let l = &self.life;
+        if age < l.ttl {
+            Freshness::Fresh
+        } else if age < l.ttl + l.stale_while_revalidate {
+            Freshness::Revalidate
+        } else if age < l.ttl + l.stale_if_error {
+            Freshness::IfError
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// Whether the request has the values this variant was stored for.
+    pub fn matches(&self, req: &HeaderMap) -> bool {
+        self.life
+            .vary
+            .iter()
+            .zip(&self.vary_values)
+            .all(|(name, v)| req.get(name) == v.as_ref())
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        u32::try_from(self.body.len() + headers + 128).unwrap_or(u32::MAX)
+    }
+}
+
+/// The store shared by every cached route of a config.
+pub struct ResponseCache {
+    entries: moka::sync::Cache<Arc<str>, Arc<Entry>>,
+    /// Misses in flight, one leader each; bounded by requests in flight.
+    inflight: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .finish()
+    }
+}
+
+/// Result of [`ResponseCache::lead`].
+pub enum Lead {
+    /// This request fetches; followers wake when the guard drops.
+    Leader(LeaderGuard),
+    /// Another request is fetching: wait for it, then look again.
+    Follower(Arc<Notify>),
+}
+
+/// Wakes the followers of one key when dropped (also on cancellation).
+pub struct LeaderGuard {
+    cache: Arc<ResponseCache>,
+    key: Arc<str>,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .cache
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.remove(&self.key) {
+            n.notify_waiters();
+        }
+    }
+}
+
+impl ResponseCache {
+    /// A store of at most `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_k: &Arc<str>, e: &Arc<Entry>| e.weight())
+                .build(),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The entry under `key`.
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.entries.get(key)
+    }
+
+    /// Stores `entry` under `key`.
+    pub fn insert(&self, key: Arc<str>, entry: Entry) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Removes `key`.
+    pub fn invalidate(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
+    /// Becomes the one request fetching `key`, or learns who is.
+    pub fn lead(self: &Arc<Self>, key: &Arc<str>) -> Lead {
+        let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get(key) {
+            return Lead::Follower(n.clone());
+        }
+        map.insert(key.clone(), Arc::new(Notify::new()));
+        Lead::Leader(LeaderGuard {
+            cache: self.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Removes entries whose path (and query) equals `exact` or starts with
+    /// `prefix`; returns how many.
+    pub fn purge(&self, exact: Option<&str>, prefix: Option<&str>) -> usize {
+        let mut n = 0;
+        for (k, _) in &self.entries {
+            let path = k.rsplit('\0').next().unwrap_or("");
+            let hit = exact.is_some_and(|e| path == e || path.split('?').next() == Some(e))
+                || prefix.is_some_and(|p| path.starts_with(p));
+            if hit {
+                self.entries.invalidate(&*k);
+                n += 1;
+            }
+        }
+        self.entries.run_pending_tasks();
+        n
+    }
+
+    /// Entries stored (approximate until pending tasks ran).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes stored (by the weigher).
+    pub fn bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+/// The cache key of a request on a route: `route \0 host \0 path?query`.
+pub fn key(route: &str, host: &str, path_query: &str) -> Arc<str> {
+    Arc::from(format!("{route}\0{host}\0{path_query}"))
+}

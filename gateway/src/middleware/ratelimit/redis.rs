@@ -1,0 +1,110 @@
+//! The shared limiter: one `EVALSHA` of a GCRA script per decision over a
+//! multiplexed, self-reconnecting connection, bounded by a timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::gcra::{Gcra, Outcome};
+use crate::config::{OnRedisError, RedisConfig};
+
+/// The same arithmetic as [`Gcra::decide`], atomically in Redis, with
+/// Redis's clock so every replica agrees on "now". The key expires when its
+/// bucket is full again, so idle keys cost no Redis memory.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local nxt = tat + interval
+if nxt - now <= window then
+  redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.ceil((nxt - now) / 1000) + 1)
+  return {1, nxt - now}
+end
+return {0, tat - now}
+";
+
+/// A Redis-backed limiter shared by every route of a config.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    script: Script,
+    /// Prefix of every key.
+    pub prefix: String,
+    timeout: Duration,
+    /// What to do when Redis does not answer in time.
+    pub on_error: OnRedisError,
+    failures: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// Connects lazily (start-up does not wait for Redis; must run inside
+    /// a tokio runtime).
+    pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        Ok(Self {
+            conn,
+            script: Script::new(GCRA_LUA),
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.timeout,
+            on_error: cfg.on_error,
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Decisions that failed (timeout or error) since start: the metric of
+    /// the fallback policy.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// One decision for the full Redis `key`, or `None` when Redis failed
+    /// or was slower than the timeout.
+    pub async fn decide(&self, gcra: &Gcra, key: &str) -> Option<Outcome> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.script.key(key);
+        inv.arg(gcra.interval_us).arg(gcra.window_us);
+        let r = tokio::time::timeout(self.timeout, inv.invoke_async::<(u8, i64)>(&mut conn)).await;
+        match r {
+            Ok(Ok((allowed, ahead))) => {
+                Some(gcra.outcome(allowed == 1, u64::try_from(ahead).unwrap_or(0)))
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed("timed out");
+                None
+            }
+        }
+    }
+
+    fn failed(&self, why: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed);
+        // Every failure is counted; only some are logged.
+        if n.is_power_of_two() || n % 1000 == 0 {
+            tracing::warn!(error = why, failures = n + 1, policy = ?self.on_error, "redis rate limiter failed");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! [`RateLimitLayer`], [`RateLimit`] and their [`ResponseFuture`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::error::{LimiterUnavailable, RateLimited};
+use super::gcra::{Gcra, Outcome};
+use super::headers::{self, ceil_secs};
+use super::key::{KeySource, TrustedProxies};
+use super::redis::RedisLimiter;
+use super::store::LocalStore;
+use crate::body::Body;
+use crate::config::{OnRedisError, RateLimitPolicyConfig, RateLimitStore};
+use crate::error::{BoxError, WithHeaders};
+
+/// One policy of a route, with its own state.
+#[derive(Debug)]
+pub struct Policy {
+    name: Arc<str>,
+    gcra: Gcra,
+    key: KeySource,
+    local: LocalStore,
+    redis: Option<Arc<RedisLimiter>>,
+}
+
+impl Policy {
+    /// From validated config; `redis` is used when the policy's store is
+    /// Redis (the local store then serves the `local` fallback).
+    pub fn new(
+        cfg: &RateLimitPolicyConfig,
+        max_keys: usize,
+        redis: Option<Arc<RedisLimiter>>,
+    ) -> Self {
+        Self {
+            name: Arc::from(cfg.name.as_str()),
+            gcra: Gcra::new(cfg.limit, cfg.window),
+            key: KeySource::new(&cfg.key),
+            local: LocalStore::new(max_keys),
+            redis: redis.filter(|_| cfg.store == RateLimitStore::Redis),
+        }
+    }
+}
+
+/// Every policy of one route, built at config load.
+#[derive(Debug)]
+pub struct RoutePolicies {
+    route: Arc<str>,
+    policies: Vec<Policy>,
+    policy_header: HeaderValue,
+    trusted: TrustedProxies,
+    any_redis: bool,
+    epoch: Instant,
+}
+
+impl RoutePolicies {
+    /// The policies of route `route`.
+    pub fn new(route: &str, policies: Vec<Policy>, trusted: TrustedProxies) -> Self {
+        let desc: Vec<(&str, u32, u64)> = policies
+            .iter()
+            .map(|p| (&*p.name, p.gcra.limit, ceil_secs(p.gcra.window_us)))
+            .collect();
+        let policy_header =
+            headers::policy_value(&desc).unwrap_or_else(|| HeaderValue::from_static(""));
+        Self {
+            route: Arc::from(route),
+            any_redis: policies.iter().any(|p| p.redis.is_some()),
+            policies,
+            policy_header,
+            trusted,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX / 4)
+    }
+
+    /// Decides every policy in order; stops at the first refusal (later
+    /// policies are not charged for a refused request).
+    fn decide_local(&self, keys: &[String]) -> Decision {
+        let now = self.now_us();
+        let mut applied = Vec::with_capacity(self.policies.len());
+        for (p, k) in self.policies.iter().zip(keys) {
+            let o = p.local.decide(&p.gcra, k, now);
+            applied.push((p, o));
+            if !o.allowed {
+                break;
+            }
+        }
+        self.finish(&applied)
+    }
+
+    async fn decide(&self, keys: Vec<String>) -> Result<Decision, LimiterUnavailable> {
+        let mut applied = Vec::with_capacity(self.policies.len());
+        for (p, k) in self.policies.iter().zip(&keys) {
+            let o = match &p.redis {
+                None => Some(p.local.decide(&p.gcra, k, self.now_us())),
+                Some(r) => {
+                    let full = format!("{}{}:{}:{}", r.prefix, self.route, p.name, k);
+                    match r.decide(&p.gcra, &full).await {
+                        Some(o) => Some(o),
+                        None => match r.on_error {
+                            OnRedisError::FailOpen => None,
+                            OnRedisError::FailClosed => return Err(LimiterUnavailable),
+                            OnRedisError::Local => Some(p.local.decide(&p.gcra, k, self.now_us())),
+                        },
+                    }
+                }
+            };
+            if let Some(o) = o {
+                applied.push((p, o));
+                if !o.allowed {
+                    break;
+                }
+            }
+        }
+        Ok(self.finish(&applied))
+    }
+
+    fn finish(&self, applied: &[(&Policy, Outcome)]) -> Decision {
+        let view: Vec<(&str, u32, Outcome)> = applied
+            .iter()
+            .map(|(p, o)| (&*p.name, p.gcra.limit, *o))
+            .collect();
+        let headers = headers::render(&self.policy_header, &view);
+        match applied.iter().find(|(_, o)| !o.allowed) {
+            Some((p, o)) => Decision::Refused(RateLimited {
+                policy: p.name.to_string(),
+                retry_after: ceil_secs(o.reset_us).max(1),
+                headers,
+            }),
+            None => Decision::Allowed(headers),
+        }
+    }
+
+    fn keys<B>(&self, req: &Request<B>) -> Vec<String> {
+        self.policies
+            .iter()
+            .map(|p| p.key.key(req, &self.trusted))
+            .collect()
+    }
+}
+
+enum Decision {
+    Allowed(Vec<(HeaderName, HeaderValue)>),
+    Refused(RateLimited),
+}
+
+/// Applies a route's [`RoutePolicies`].
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    policies: Arc<RoutePolicies>,
+}
+
+impl RateLimitLayer {
+    /// A layer enforcing `policies`.
+    pub fn new(policies: RoutePolicies) -> Self {
+        Self {
+            policies: Arc::new(policies),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            policies: self.policies.clone(),
+        }
+    }
+}
+
+/// The rate-limit middleware.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    policies: Arc<RoutePolicies>,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The future of [`RateLimit`].
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// Admitted by local policies: the inner future, then the headers.
+        Inner { #[pin] fut: F, headers: Vec<(HeaderName, HeaderValue)> },
+        /// Refused without calling the inner service.
+        Refused { err: Option<BoxError> },
+        /// Waiting for Redis, then the inner service.
+        Deciding { fut: BoxFuture },
+    }
+}
+
+fn add_headers(resp: &mut Response<Body>, headers: Vec<(HeaderName, HeaderValue)>) {
+    let h = resp.headers_mut();
+    for (k, v) in headers {
+        h.insert(k, v);
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Inner { fut, headers } => {
+                let out = std::task::ready!(fut.poll(cx));
+                // Taken only once ready: a pending poll must keep them.
+                let headers = std::mem::take(headers);
+                Poll::Ready(match out {
+                    Ok(mut resp) => {
+                        add_headers(&mut resp, headers);
+                        Ok(resp)
+                    }
+                    // An error below still reports the limits.
+                    Err(e) => Err(Box::new(WithHeaders {
+                        headers,
+                        source: e.into(),
+                    })),
+                })
+            }
+            Proj::Refused { err } => Poll::Ready(Err(err
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
+            Proj::Deciding { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for RateLimit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let keys = self.policies.keys(&req);
+        if !self.policies.any_redis {
+            return match self.policies.decide_local(&keys) {
+                Decision::Allowed(headers) => ResponseFuture::Inner {
+                    fut: self.inner.call(req),
+                    headers,
+                },
+                Decision::Refused(e) => ResponseFuture::Refused {
+                    err: Some(e.into()),
+                },
+            };
+        }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let policies = self.policies.clone();
+        ResponseFuture::Deciding {
+            fut: Box::pin(async move {
+                match policies.decide(keys).await? {
+                    Decision::Allowed(headers) => match inner.oneshot(req).await {
+                        Ok(mut resp) => {
+                            add_headers(&mut resp, headers);
+                            Ok(resp)
+                        }
+                        Err(e) => Err(Box::new(WithHeaders {
+                            headers,
+                            source: e.into(),
+                        }) as BoxError),
+                    },
+                    Decision::Refused(e) => Err(e.into()),
+                }
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

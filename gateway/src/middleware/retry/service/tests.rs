@@ -1,0 +1,93 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::config::ByteSize;
+
+fn cfg(attempts: u32) -> RetryConfig {
+    RetryConfig {
+        attempts,
+        on_status: vec![502, 503, 504],
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        max_retry_after: Duration::from_secs(2),
+        budget_ratio: 1.0,
+        budget_min_per_sec: 100,
+        max_replay_body: ByteSize(1024),
+    }
+}
+
+/// Answers with `statuses` in turn (then 200), or a connect error for 0.
+fn stub(
+    statuses: Vec<u16>,
+    hits: Arc<AtomicUsize>,
+) -> tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError> {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+        let n = hits.fetch_add(1, Ordering::SeqCst);
+        let status = statuses.get(n).copied().unwrap_or(200);
+        assert!(req.extensions().get::<Tried>().is_some());
+        async move {
+            if status == 0 {
+                return Err::<Response<Body>, BoxError>(
+                    UpstreamError::Connect(std::io::ErrorKind::ConnectionRefused.into()).into(),
+                );
+            }
+            let mut r = Response::new(Body::Empty);
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            if status == 503 {
+                r.headers_mut()
+                    .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            Ok(r)
+        }
+    }))
+}
+
+fn req(method: Method) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri("/x")
+        .body(Body::Empty)
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_idempotent_statuses_honouring_retry_after() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = RetryLayer::new(RetryPolicy::new(&cfg(3))).layer(stub(vec![502, 503], hits.clone()));
+    let start = tokio::time::Instant::now();
+    let resp = svc.oneshot(req(Method::GET)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    // The 503 asked for 1 s.
+    assert!(start.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_that_reached_the_upstream_is_not_retried_but_a_refused_one_is() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = RetryLayer::new(RetryPolicy::new(&cfg(3))).layer(stub(vec![502], hits.clone()));
+    assert_eq!(svc.oneshot(req(Method::POST)).await.unwrap().status(), 502);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = RetryLayer::new(RetryPolicy::new(&cfg(3))).layer(stub(vec![0, 0], hits.clone()));
+    assert_eq!(svc.oneshot(req(Method::POST)).await.unwrap().status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_and_budget_bound_the_retries() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = RetryLayer::new(RetryPolicy::new(&cfg(2))).layer(stub(vec![502; 10], hits.clone()));
+    assert_eq!(svc.oneshot(req(Method::GET)).await.unwrap().status(), 502);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // An empty budget: no retry at all.
+    let mut c = cfg(5);
+    c.budget_ratio = 0.0;
+    c.budget_min_per_sec = 0;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = RetryLayer::new(RetryPolicy::new(&c)).layer(stub(vec![502; 10], hits.clone()));
+    assert_eq!(svc.oneshot(req(Method::GET)).await.unwrap().status(), 502);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,295 @@
+//! The innermost service: forwards a request to an endpoint of its upstream
+//! pool and streams the response back.
+//!
+//! Bodies are never buffered whole: the client's body streams to the
+//! upstream and the upstream's body streams to the client, so memory stays
+//! flat whatever their size. Protocol upgrades (WebSocket) are tunnelled
+//! byte for byte once the upstream answers `101`.
+
+pub mod headers;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, HOST};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::error::{BoxError, GatewayError};
+use crate::telemetry::UpstreamInfo;
+use crate::upstream::h1::{self, Conn, Exchange, UpstreamError};
+use crate::upstream::Upstream;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Instant;
+
+pub use headers::{ClientAddr, Via};
+
+/// Endpoints already tried for one client request (set by the retry
+/// layer, shared by its attempts), so a retry goes to another endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<std::sync::Mutex<Vec<http::uri::Authority>>>);
+
+impl Tried {
+    fn snapshot(&self) -> Vec<http::uri::Authority> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn push(&self, a: http::uri::Authority) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(a);
+    }
+}
+
+/// How the matched prefix is rewritten before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Forward the path as received.
+    Keep,
+    /// Replace the matched `prefix` with `with` (empty = strip it).
+    Replace {
+        /// The route's prefix (normalized, no trailing slash).
+        prefix: String,
+        /// Replacement (empty to strip).
+        with: String,
+    },
+}
+
+impl Rewrite {
+    /// Applies the rewrite to a path and query.
+    pub fn apply(&self, pq: Option<&PathAndQuery>) -> Result<PathAndQuery, GatewayError> {
+        let Self::Replace { prefix, with } = self else {
+            return Ok(pq
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")));
+        };
+        let path = pq.map_or("/", PathAndQuery::path);
+        let rest = if prefix == "/" {
+            path
+        } else {
+            path.strip_prefix(prefix.as_str()).unwrap_or(path)
+        };
+        let mut out = String::with_capacity(with.len() + rest.len() + 16);
+        if rest.is_empty() {
+            // The prefix itself: forward the replacement exactly as written.
+            out.push_str(if with.is_empty() { "/" } else { with });
+        } else {
+            out.push_str(with.trim_end_matches('/'));
+            if !rest.starts_with('/') {
+                out.push('/');
+            }
+            out.push_str(rest);
+        }
+        if let Some(q) = pq.and_then(PathAndQuery::query) {
+            out.push('?');
+            out.push_str(q);
+        }
+        PathAndQuery::try_from(out).map_err(|_| GatewayError::BadRequest("invalid rewritten path"))
+    }
+}
+
+/// Forwards requests to one upstream pool.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    upstream: Arc<Upstream>,
+    rewrite: Rewrite,
+    via: Via,
+    latency: Option<Histogram>,
+}
+
+impl Proxy {
+    /// A proxy to `upstream`, rewriting paths with `rewrite` and naming
+    /// itself `via` in the `Via` header.
+    pub fn new(
+        upstream: Arc<Upstream>,
+        rewrite: Rewrite,
+        via: Via,
+        latency: Option<Histogram>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                upstream,
+                rewrite,
+                via,
+                latency,
+            }),
+        }
+    }
+}
+
+/// The future of [`Proxy`].
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+impl Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.forward(req).await })
+    }
+}
+
+impl Inner {
+    async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let up = &self.upstream;
+        let guard = match req.extensions().get::<Tried>() {
+            Some(tried) => {
+                let avoid = tried.snapshot();
+                let g = up.pick(&avoid)?;
+                tried.push(g.endpoint().authority.clone());
+                g
+            }
+            None => up.pick(&[])?,
+        };
+        let endpoint = guard.endpoint().clone();
+        let upgrade = headers::is_upgrade(req.headers()) && req.version() != Version::HTTP_2;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.remove(HOST).or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        if let Some(client) = parts.extensions.get::<ClientAddr>() {
+            headers::set_forwarded(&mut parts.headers, client, host);
+        }
+        self.via.append(&mut parts.headers, parts.version);
+        parts.uri = Uri::from(self.rewrite.apply(parts.uri.path_and_query())?);
+        parts.version = Version::HTTP_11;
+        let req = Request::from_parts(parts, body);
+
+        let sent = Instant::now();
+        let exchange = tokio::time::timeout(up.request_timeout, h1::send(guard, up.pool, req))
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout {
+                upstream: up.name.clone(),
+            });
+        let head = sent.elapsed();
+        // The breaker counts what the endpoint did: errors, timeouts and
+        // 502/503/504 are failures.
+        let ok = match &exchange {
+            Ok(Ok(Exchange::Response(r))) => !matches!(r.status().as_u16(), 502..=504),
+            Ok(Ok(Exchange::Upgrade(..))) => true,
+            _ => false,
+        };
+        endpoint.record(ok);
+        let exchange = exchange??;
+        if let Some(h) = &self.latency {
+            h.observe(head.as_secs_f64());
+        }
+        let info = UpstreamInfo {
+            upstream: up.name.clone(),
+            endpoint: endpoint.authority.clone(),
+            head,
+        };
+
+        match exchange {
+            Exchange::Response(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers, false);
+                self.via.append(&mut parts.headers, parts.version);
+                parts.extensions.insert(info);
+                Ok(Response::from_parts(parts, body))
+            }
+            Exchange::Upgrade(resp, conn) => {
+                let (mut parts, _) = resp.into_parts();
+                let Some(on_client) = client_upgrade else {
+                    // A 101 nobody asked for: refuse to switch.
+                    return Err(
+                        UpstreamError::Protocol("unexpected 101 Switching Protocols").into(),
+                    );
+                };
+                tokio::spawn(tunnel(on_client, conn));
+                self.via.append(&mut parts.headers, Version::HTTP_11);
+                Ok(Response::from_parts(parts, Body::Empty))
+            }
+        }
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Conn) {
+    let (mut up, early) = upstream.into_parts();
+    let mut client = match client.await {
+        Ok(c) => TokioIo::new(c),
+        Err(e) => {
+            tracing::debug!(error = %e, "client upgrade failed");
+            return;
+        }
+    };
+    // Bytes the upstream sent right after its 101 belong to the new protocol.
+    if !early.is_empty() {
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+            tracing::debug!(error = %e, "upgraded connection closed early");
+            return;
+        }
+    }
+    match tokio::io::copy_bidirectional(&mut client, &mut up).await {
+        Ok((to_up, to_client)) => tracing::debug!(to_up, to_client, "upgraded connection closed"),
+        Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pq(s: &str) -> PathAndQuery {
+        PathAndQuery::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn rewrites_keep_strip_and_replace() {
+        assert_eq!(
+            Rewrite::Keep.apply(Some(&pq("/a/b?x=1"))).unwrap(),
+            "/a/b?x=1"
+        );
+        assert_eq!(Rewrite::Keep.apply(None).unwrap(), "/");
+        let strip = Rewrite::Replace {
+            prefix: "/api".into(),
+            with: String::new(),
+        };
+        assert_eq!(
+            strip.apply(Some(&pq("/api/users?x=1"))).unwrap(),
+            "/users?x=1"
+        );
+        assert_eq!(strip.apply(Some(&pq("/api"))).unwrap(), "/");
+        let replace = Rewrite::Replace {
+            prefix: "/old".into(),
+            with: "/v2/".into(),
+        };
+        assert_eq!(replace.apply(Some(&pq("/old/x"))).unwrap(), "/v2/x");
+        assert_eq!(replace.apply(Some(&pq("/old?q"))).unwrap(), "/v2/?q");
+        let exact = Rewrite::Replace {
+            prefix: "/v2/echo".into(),
+            with: "/headers".into(),
+        };
+        assert_eq!(
+            exact.apply(Some(&pq("/v2/echo?q=2"))).unwrap(),
+            "/headers?q=2"
+        );
+        assert_eq!(exact.apply(Some(&pq("/v2/echo/x"))).unwrap(), "/headers/x");
+    }
+}

@@ -1,0 +1,133 @@
+//! A config compiled for serving: routes with their built stacks, upstream
+//! pools with their clients and health checkers. Swapped atomically on
+//! reload; the old one lives on until its last in-flight request ends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::{Config, ConfigErrors};
+use crate::middleware;
+use crate::proxy::Via;
+use crate::routing::{Matcher, Router};
+use crate::stack::{self, RouteService};
+use crate::telemetry::{RouteTelemetry, SloEngine, Telemetry};
+use crate::upstream::{spawn_health_checks, Upstream};
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Configured name (metric label).
+    pub name: Arc<str>,
+    /// Request body limit in bytes.
+    pub max_body: u64,
+    /// The route's middleware stack.
+    pub service: RouteService,
+    /// Metric handles and SLOs of the route.
+    pub telemetry: Arc<RouteTelemetry>,
+}
+
+/// Everything a request needs, built from one validated config.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The config this was built from.
+    pub config: Config,
+    /// Routes, most specific first.
+    pub router: Router<Route>,
+    /// Upstream pools by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The live SLOs.
+    pub slos: SloEngine,
+    /// Telemetry of requests that matched no route.
+    pub unmatched: Arc<RouteTelemetry>,
+    /// The response cache (purged from the admin listener).
+    pub cache: Arc<middleware::cache::ResponseCache>,
+    /// The shared rate limiter, if configured (its failure count is
+    /// reported on the admin listener).
+    pub redis: Option<Arc<middleware::ratelimit::RedisLimiter>>,
+    _health: DropGuard,
+}
+
+impl Runtime {
+    /// Builds a runtime from a *validated* config and starts its health
+    /// checks and JWKS refreshers (must run inside a tokio runtime). Fails only
+    /// when a secret or key file changed since validation. Endpoint health carries over
+    /// from `previous` so a reload does not put ejected endpoints back.
+    pub fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        telemetry: &Telemetry,
+    ) -> Result<Self, ConfigErrors> {
+        let stop = CancellationToken::new();
+        let shared = middleware::Shared::build(&config, &stop)?;
+        let upstreams: BTreeMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, cfg)| {
+                let prev = previous
+                    .and_then(|p| p.upstreams.get(name))
+                    .map(AsRef::as_ref);
+                let up = Arc::new(Upstream::new(name, cfg, prev));
+                spawn_health_checks(&up, &stop);
+                (name.clone(), up)
+            })
+            .collect();
+        let via = Via::new(&config.server.via_name);
+        let slos = SloEngine::new(
+            &config.slos,
+            previous.map(|p| &p.slos),
+            tokio::time::Instant::now(),
+        );
+        let metrics = &telemetry.metrics;
+        let route_telemetry = |name: &Arc<str>, slos: Vec<_>| {
+            Arc::new(RouteTelemetry {
+                name: name.clone(),
+                metrics: metrics.route(name),
+                slos,
+                enabled: config.telemetry.metrics,
+                access_log: config.telemetry.access_log.clone(),
+            })
+        };
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let up = upstreams.get(&r.upstream)?.clone();
+                let matcher = Matcher::new(&r.prefix, r.host.as_deref(), &r.methods);
+                let name: Arc<str> = Arc::from(r.name.as_str());
+                let route_metrics = config.telemetry.metrics.then_some(metrics);
+                let route = Route {
+                    telemetry: route_telemetry(&name, slos.for_route(&r.name)),
+                    max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
+                    service: stack::route_service(
+                        r,
+                        &matcher,
+                        up,
+                        via.clone(),
+                        &shared,
+                        route_metrics,
+                    ),
+                    name,
+                };
+                Some((matcher, route))
+            })
+            .collect();
+        let unmatched = route_telemetry(&Arc::from("unmatched"), Vec::new());
+        Ok(Self {
+            router: Router::new(routes),
+            cache: shared.cache.clone(),
+            redis: shared.redis.clone(),
+            upstreams,
+            slos,
+            unmatched,
+            config,
+            _health: stop.drop_guard(),
+        })
+    }
+
+    /// Whether every upstream pool has a healthy endpoint.
+    pub fn is_ready(&self) -> bool {
+        self.upstreams.values().all(|u| u.has_healthy_endpoint())
+    }
+}

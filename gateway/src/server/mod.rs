@@ -1,0 +1,447 @@
+//! Listeners, the HTTP/1.1 + h2c accept loop, the edge of the request path,
+//! graceful drain and config reload.
+
+mod io;
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::config::{self, Config, ConfigErrors, Overrides, Source};
+use crate::error::{self, BodyTooLarge};
+use crate::proxy::ClientAddr;
+use crate::request_id::{self, X_REQUEST_ID};
+use crate::runtime::Runtime;
+use crate::stack::RouteService;
+use crate::telemetry::{Record, Telemetry, TimedBody, UpstreamInfo};
+use crate::{admin, error::GatewayError};
+use tokio::time::Instant;
+
+use io::{ConnStats, CountingStream};
+
+/// State shared by every connection: the current runtime and where the
+/// config came from.
+#[derive(Debug)]
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    /// Metrics that live across reloads.
+    pub telemetry: Telemetry,
+    source: Source,
+    overrides: Overrides,
+}
+
+impl Shared {
+    /// The runtime new requests use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Validates `config` and, only if valid, swaps it in for new requests.
+    /// In-flight requests finish on the runtime they started with.
+    pub fn apply(&self, config: Config) -> Result<(), ConfigErrors> {
+        config::validate::validate(&config)?;
+        let old = self.runtime.load_full();
+        if old.config.server.listen != config.server.listen
+            || old.config.server.admin_listen != config.server.admin_listen
+        {
+            tracing::warn!("listener addresses changed: they take effect only on restart");
+        }
+        if crate::telemetry::buckets(&config) != self.telemetry.metrics.buckets() {
+            tracing::warn!("histogram buckets or SLO thresholds changed: new buckets take effect only on restart");
+        }
+        let new = Runtime::build(config, Some(&old), &self.telemetry)?;
+        self.runtime.store(Arc::new(new));
+        Ok(())
+    }
+
+    /// Re-reads the config source; keeps the running config on any error.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let config = config::load(&self.source, &self.overrides)?;
+        self.apply(config)
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Handle {
+    /// Where the proxy listener is bound.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Handle {
+    /// The shared state (runtime, reload).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Re-reads the config source and applies it if valid (SIGHUP).
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let r = self.shared.reload();
+        self.shared.telemetry.metrics.reload(r.is_ok());
+        match &r {
+            Ok(()) => tracing::info!(source = %self.shared.source, "config reloaded"),
+            Err(errs) => {
+                for e in &errs.0 {
+                    tracing::error!(error = %e, "config reload rejected; the old config keeps serving");
+                }
+            }
+        }
+        r
+    }
+
+    /// Stops accepting and starts draining in-flight requests.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the gateway has drained and stopped.
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "server task failed");
+        }
+    }
+}
+
+/// Binds both listeners and starts serving `config` (already validated).
+pub async fn start(
+    config: Config,
+    source: Source,
+    overrides: Overrides,
+) -> std::io::Result<Handle> {
+    let proxy = TcpListener::bind(&config.server.listen).await?;
+    let admin = TcpListener::bind(&config.server.admin_listen).await?;
+    let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
+    let server_cfg = config.server.clone();
+    let telemetry = Telemetry::new(&config);
+    let runtime = Runtime::build(config, None, &telemetry)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(runtime),
+        telemetry,
+        source,
+        overrides,
+    });
+    let shutdown = CancellationToken::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server_cfg.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = if server_cfg.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    };
+    let ctx = Arc::new(ConnCtx {
+        shared: shared.clone(),
+        builder,
+        header_timeout: server_cfg.header_read_timeout,
+    });
+    let task = tokio::spawn(run(
+        ctx,
+        proxy,
+        admin,
+        shutdown.clone(),
+        server_cfg.drain_timeout,
+    ));
+    Ok(Handle {
+        proxy_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        task,
+    })
+}
+
+struct ConnCtx {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    header_timeout: Duration,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Proxy,
+    Admin,
+}
+
+async fn run(
+    ctx: Arc<ConnCtx>,
+    proxy: TcpListener,
+    admin: TcpListener,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (accepted, kind) = tokio::select! {
+            () = stop.cancelled() => break,
+            r = proxy.accept() => (r, Kind::Proxy),
+            r = admin.accept() => (r, Kind::Admin),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_conn(
+                    ctx.clone(),
+                    stream,
+                    peer,
+                    kind,
+                    graceful.watcher(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop((proxy, admin));
+    tracing::info!(connections = graceful.count(), ?drain, "draining");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+}
+
+async fn serve_conn(
+    ctx: Arc<ConnCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    // A second handle on the socket, to answer 408 after hyper gave it up.
+    let raw: Option<std::net::TcpStream> = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from);
+    let stats = Arc::new(ConnStats::default());
+    let io = TokioIo::new(CountingStream::new(stream, stats.clone()));
+    let svc = {
+        let ctx = ctx.clone();
+        let stats = stats.clone();
+        let client = ClientAddr::new(peer);
+        hyper::service::service_fn(move |req| {
+            dispatch(ctx.clone(), stats.clone(), client.clone(), kind, req)
+        })
+    };
+    let conn = watcher.watch(
+        ctx.builder
+            .serve_connection_with_upgrades(io, svc)
+            .into_owned(),
+    );
+    tokio::pin!(conn);
+    // hyper's header timeout starts with HTTP/1 parsing; this one also covers
+    // a client that never sends enough bytes to pick a protocol.
+    let result = match tokio::time::timeout(ctx.header_timeout, &mut conn).await {
+        Ok(r) => r,
+        Err(_) if stats.requests() == 0 => {
+            if stats.has_partial_request() {
+                send_408(raw.as_ref());
+            }
+            return;
+        }
+        Err(_) => conn.await,
+    };
+    if let Err(e) = result {
+        let header_timeout = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout);
+        if header_timeout && stats.has_partial_request() {
+            send_408(raw.as_ref());
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+async fn dispatch(
+    ctx: Arc<ConnCtx>,
+    stats: Arc<ConnStats>,
+    client: ClientAddr,
+    kind: Kind,
+    req: Request<Incoming>,
+) -> Result<Response<TimedBody>, Infallible> {
+    stats.request_started();
+    let resp = match kind {
+        Kind::Proxy => handle(ctx.shared.clone(), client, req).await,
+        Kind::Admin => admin::handle(&ctx.shared, req).map(TimedBody::plain),
+    };
+    stats.request_done();
+    Ok(resp)
+}
+
+fn send_408(raw: Option<&std::net::TcpStream>) {
+    let Some(mut s) = raw else { return };
+    let id = request_id::generate();
+    let body = format!(
+        r#"{{"error":"client did not send complete request headers in time","request_id":"{}"}}"#,
+        id.to_str().unwrap_or_default()
+    );
+    let msg = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len(),
+        id.to_str().unwrap_or_default(),
+    );
+    // Best effort: the socket's send buffer is empty while headers are read.
+    let _ = s.write_all(msg.as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// The edge of the request path (layer 1 of `stack`): request id, routing,
+/// body limit, client context; then the route's stack; errors rendered once.
+async fn handle(
+    shared: Arc<Shared>,
+    client: ClientAddr,
+    req: Request<Incoming>,
+) -> Response<TimedBody> {
+    let start = Instant::now();
+    let id = request_id::accept_or_generate(req.headers());
+    let (record, routed) = prepare(&shared, client, req, &id, start);
+    let mut resp = match routed {
+        Ok((svc, req)) => match tower::ServiceExt::oneshot(svc, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let c = error::classify(e.as_ref());
+                let route = record.as_ref().map_or("", |r| r.route_name());
+                if c.blame == error::Blame::Client {
+                    // 401/403/429 floods must not flood the log too.
+                    tracing::debug!(request_id = ?id, route, status = c.status.as_u16(), error = %ErrorChain(e.as_ref()), "request refused");
+                } else {
+                    tracing::warn!(request_id = ?id, route, status = c.status.as_u16(), blame = ?c.blame, error = %ErrorChain(e.as_ref()), "request failed");
+                }
+                error::render(e.as_ref(), &id)
+            }
+        },
+        Err(e) => error::render(&e, &id),
+    };
+    resp.headers_mut().insert(X_REQUEST_ID, id);
+    let (mut parts, body) = resp.into_parts();
+    match record {
+        Some(mut r) => {
+            let upstream = parts.extensions.remove::<UpstreamInfo>();
+            r.head(parts.status.as_u16(), &parts.headers, upstream);
+            Response::from_parts(parts, TimedBody::new(body, r))
+        }
+        None => Response::from_parts(parts, TimedBody::plain(body)),
+    }
+}
+
+/// Routing and the edge checks, without holding borrows across an await.
+/// Returns the request's telemetry record (for the matched route, or the
+/// `unmatched` one) and either the route's service with the request or the
+/// error to answer.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    shared: &Shared,
+    client: ClientAddr,
+    req: Request<Incoming>,
+    id: &HeaderValue,
+    start: Instant,
+) -> (
+    Option<Record>,
+    Result<(RouteService, Request<Body>), GatewayError>,
+) {
+    let rt = shared.runtime.load();
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
+    let routed = rt.router.route(req.method(), host, req.uri().path());
+    let telemetry = match &routed {
+        Ok(route) => &route.telemetry,
+        Err(_) => &rt.unmatched,
+    };
+    let record = (telemetry.enabled || telemetry.access_log.enabled).then(|| {
+        Record::start(
+            telemetry.clone(),
+            &shared.telemetry.metrics,
+            start,
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers(),
+            id.clone(),
+            client.clone(),
+        )
+    });
+    let route = match routed {
+        Ok(r) => r,
+        Err(e) => return (record, Err(e)),
+    };
+    if content_length(req.headers()).is_some_and(|len| len > route.max_body) {
+        return (
+            record,
+            Err(BodyTooLarge {
+                limit: route.max_body,
+            }
+            .into()),
+        );
+    }
+    let (mut parts, body) = req.into_parts();
+    parts.headers.insert(X_REQUEST_ID, id.clone());
+    parts.extensions.insert(client);
+    let req = Request::from_parts(parts, Body::limited(body, route.max_body));
+    (record, Ok((route.service.clone(), req)))
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Displays an error with its whole cause chain.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// A JSON response for the admin listener.
+pub(crate) fn json(status: http::StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

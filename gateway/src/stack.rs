@@ -1,0 +1,123 @@
+//! THE middleware order. Every route's service is built here, once per
+//! config load, never per request.
+//!
+//! Request path, outermost first (the README's diagram copies this list):
+//!
+//! 1. `server` (edge, per connection): request id accepted or generated,
+//!    route matched (404/405), `Content-Length` checked against the route's
+//!    body limit (413) and the body wrapped so a streamed body that grows
+//!    past it fails with 413 too, `X-Forwarded-*` context attached.
+//! 2. `timeout` (per route): the whole deadline until response headers, so
+//!    everything below it, retries included, fits in it (504).
+//! 3. `auth` (per route): JWT verified, scopes/roles checked (401/403),
+//!    claim headers stripped then set; before rate limiting so limits can
+//!    key on the subject, and so a refused token costs no quota.
+//! 4. `rate limit` (per route): GCRA policies, local or Redis (429); after
+//!    auth, before anything that costs the upstream.
+//! 5. `cache` (per route): GET/HEAD served from memory (X-Cache,
+//!    Cache-Status), misses coalesced; after auth and limits so both always
+//!    apply, before retry so a hit costs no attempt.
+//! 6. `load shed` (per route): at most `max_inflight` requests in flight,
+//!    503 at once beyond; outside retry so a retried request counts once.
+//! 7. `retry` (per route): idempotent or never-reached requests, budgeted,
+//!    backoff with jitter, another endpoint each time; inside the deadline.
+//! 8. `proxy` (innermost): endpoint pick (round-robin / P2C, healthy and
+//!    circuit breaker not open, so each retry attempt is gated by the
+//!    breakers; 503 with `Retry-After` at once when none), hop-by-hop
+//!    headers stripped, `Via` added, path rewritten, upstream request with
+//!    its own header deadline (504), connect/reset errors (502), upgrades
+//!    tunnelled; the outcome is recorded with the endpoint's breaker.
+
+use std::sync::Arc;
+
+use crate::telemetry::Metrics;
+use http::{Request, Response};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+
+use crate::body::Body;
+use crate::config::RouteConfig;
+use crate::error::BoxError;
+use crate::middleware::auth::{AuthLayer, RoutePolicy};
+use crate::middleware::cache::{CacheLayer, RouteCache};
+use crate::middleware::ratelimit::{Policy, RateLimitLayer, RoutePolicies};
+use crate::middleware::retry::{RetryLayer, RetryPolicy};
+use crate::middleware::shed::LoadShedLayer;
+use crate::middleware::Shared;
+use crate::proxy::{Proxy, Rewrite, Via};
+use crate::routing::Matcher;
+use crate::upstream::Upstream;
+
+/// A route's complete service.
+pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// Builds the service of one route (validated config: an auth provider it
+/// names exists in `shared`).
+pub fn route_service(
+    route: &RouteConfig,
+    matcher: &Matcher,
+    upstream: Arc<Upstream>,
+    via: Via,
+    shared: &Shared,
+    metrics: Option<&Arc<Metrics>>,
+) -> RouteService {
+    let rewrite = match (&route.rewrite, route.strip_prefix) {
+        (Some(with), _) => Rewrite::Replace {
+            prefix: matcher.prefix.clone(),
+            with: with.clone(),
+        },
+        (None, true) => Rewrite::Replace {
+            prefix: matcher.prefix.clone(),
+            with: String::new(),
+        },
+        (None, false) => Rewrite::Keep,
+    };
+    let auth = route.auth.as_ref().and_then(|a| {
+        let verifier = shared.verifiers.get(&a.provider)?.clone();
+        Some(AuthLayer::new(RoutePolicy::new(verifier, a)))
+    });
+    let limits = (!route.rate_limits.is_empty()).then(|| {
+        let policies = route
+            .rate_limits
+            .iter()
+            .map(|p| Policy::new(p, shared.max_keys, shared.redis.clone()))
+            .collect();
+        RateLimitLayer::new(RoutePolicies::new(
+            &route.name,
+            policies,
+            shared.trusted.clone(),
+        ))
+    });
+    let svc = ServiceBuilder::new()
+        // Route deadline: outermost, so it bounds everything below.
+        .option_layer(route.timeout.map(tower::timeout::TimeoutLayer::new))
+        // Who is calling: 401/403 before any quota or upstream is spent.
+        .option_layer(auth)
+        // How often: after auth (keys by subject), before the upstream.
+        .option_layer(limits)
+        // Served from memory when fresh: a hit costs no upstream request.
+        .option_layer(
+            route
+                .cache
+                .as_ref()
+                .map(|c| CacheLayer::new(RouteCache::new(&route.name, c, shared.cache.clone()))),
+        )
+        // How many at once: shed fast rather than queue without bound.
+        .option_layer(route.max_inflight.map(LoadShedLayer::new))
+        // Again, safely: each attempt goes through the breaker-gated pick.
+        .option_layer(route.retry.as_ref().map(|r| {
+            let policy = RetryPolicy::new(r);
+            RetryLayer::new(match metrics {
+                Some(m) => policy.with_counters(m.retry_counters(&upstream.name)),
+                None => policy,
+            })
+        }))
+        // Forwarding: innermost.
+        .service(Proxy::new(
+            upstream.clone(),
+            rewrite,
+            via,
+            metrics.map(|m| m.upstream(&upstream.name)),
+        ));
+    BoxCloneSyncService::new(svc)
+}

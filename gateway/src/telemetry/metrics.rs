@@ -1,0 +1,575 @@
+//! Prometheus metrics (`prometheus-client`, the Prometheus project's own
+//! crate: it is the one that can attach exemplars to histogram buckets).
+//!
+//! Label sets are bounded by construction: route names and upstream names
+//! come from the config, methods are folded to a fixed set, statuses are
+//! three-digit codes. Families persist across config reloads; each route
+//! keeps lazily resolved handles to its own series so the hot path does one
+//! labelled lookup (the request counter) and otherwise touches handles.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+
+use http::Method;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Methods are folded to these (and `OTHER`) to bound cardinality.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// The method label for `m`.
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// A `&'static str` label value from a fixed table.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Fixed(pub &'static str);
+
+impl EncodeLabelValue for Fixed {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.0, encoder)
+    }
+}
+
+/// `{route, method, status}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    route: Arc<str>,
+    method: Fixed,
+    status: u16,
+}
+
+/// `{route, method, status_class}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    route: Arc<str>,
+    method: Fixed,
+    status_class: Fixed,
+}
+
+/// `{route}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    route: Arc<str>,
+}
+
+/// `{upstream}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Upstream pool name.
+    pub upstream: Arc<str>,
+}
+
+/// `{trace_id}`, the exemplar of a latency observation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    /// W3C trace id (32 hex digits).
+    pub trace_id: String,
+}
+
+/// A labelled decision counter: `{route, decision}` style families used by
+/// the middleware layers (rate limit, cache, JWT).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The decision or reason.
+    pub decision: Fixed,
+}
+
+/// `{result}` of a config reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: Fixed,
+}
+
+type DurationHistogram = HistogramWithExemplars<TraceLabel>;
+
+/// Every metric family of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    buckets: Arc<[f64]>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<DurationLabels, DurationHistogram, Latency>,
+    upstream_duration: Family<UpstreamLabels, Histogram, Latency>,
+    overhead: Family<RouteLabels, Histogram, Overhead>,
+    request_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    response_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    inflight: Gauge,
+    /// Rate-limit decisions: `allowed`, `limited`, `backend_error`.
+    pub ratelimit: Family<DecisionLabels, Counter>,
+    /// Cache lookups: `hit`, `miss`, `stale`, `bypass`.
+    pub cache: Family<DecisionLabels, Counter>,
+    /// JWT rejections by reason.
+    pub jwt_rejections: Family<DecisionLabels, Counter>,
+    /// Retries by upstream.
+    pub retries: Family<UpstreamLabels, Counter>,
+    /// Retries refused because the budget was spent.
+    pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
+    /// Config reloads by result.
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+/// Builds latency histograms with the configured bounds.
+#[derive(Debug, Clone)]
+pub struct Latency(Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for Latency {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+impl MetricConstructor<DurationHistogram> for Latency {
+    fn new_metric(&self) -> DurationHistogram {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+/// Overhead histograms: the gateway's own time is small, so finer bounds
+/// below 1 ms, then the latency bounds.
+#[derive(Debug, Clone)]
+pub struct Overhead(Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for Overhead {
+    fn new_metric(&self) -> Histogram {
+        let mut v: Vec<f64> = vec![0.00005, 0.0001, 0.00025, 0.0005];
+        v.extend(self.0.iter().copied().filter(|x| *x > 0.0005));
+        Histogram::new(v)
+    }
+}
+
+fn size_histogram() -> Histogram {
+    // 64 B to 64 MiB.
+    Histogram::new(exponential_buckets(64.0, 4.0, 11))
+}
+
+impl Metrics {
+    /// Registers every family; `buckets` are the latency bounds in seconds.
+    pub fn new(buckets: &[f64]) -> Self {
+        let buckets: Arc<[f64]> = Arc::from(buckets);
+        let mut registry = Registry::default();
+        let duration = Family::new_with_constructor(Latency(buckets.clone()));
+        let upstream_duration = Family::new_with_constructor(Latency(buckets.clone()));
+        let overhead = Family::new_with_constructor(Overhead(buckets.clone()));
+        let m = Self {
+            requests: Family::default(),
+            duration,
+            upstream_duration,
+            overhead,
+            request_size: Family::new_with_constructor(size_histogram),
+            response_size: Family::new_with_constructor(size_histogram),
+            inflight: Gauge::default(),
+            ratelimit: Family::default(),
+            cache: Family::default(),
+            jwt_rejections: Family::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            config_reloads: Family::default(),
+            buckets,
+            registry: Registry::default(),
+        };
+        registry.register(
+            "gateway_requests",
+            "Requests answered, by route, method and status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time from request head received to the last response byte, by route, method and status class",
+            m.duration.clone(),
+        );
+        registry.register(
+            "gateway_upstream_request_duration_seconds",
+            "Time from sending a request upstream to its response head, by upstream",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "gateway_overhead_duration_seconds",
+            "Time the gateway itself added to a request (its head-to-head time minus the upstream's, same clock)",
+            m.overhead.clone(),
+        );
+        registry.register(
+            "gateway_request_size_bytes",
+            "Request body sizes (when declared), by route",
+            m.request_size.clone(),
+        );
+        registry.register(
+            "gateway_response_size_bytes",
+            "Response body bytes sent, by route",
+            m.response_size.clone(),
+        );
+        registry.register(
+            "gateway_inflight_requests",
+            "Requests being served",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions (allowed, limited, backend_error) by route",
+            m.ratelimit.clone(),
+        );
+        registry.register(
+            "gateway_cache_requests",
+            "Cache lookups (hit, miss, stale, bypass) by route",
+            m.cache.clone(),
+        );
+        registry.register(
+            "gateway_jwt_rejections",
+            "Requests rejected by JWT authentication, by route and reason",
+            m.jwt_rejections.clone(),
+        );
+        registry.register(
+            "gateway_retries",
+            "Upstream retries, by upstream",
+            m.retries.clone(),
+        );
+        registry.register(
+            "gateway_retry_budget_exhausted",
+            "Retries refused because the retry budget was spent, by upstream",
+            m.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "gateway_config_reloads",
+            "Config reloads by result (success, failure)",
+            m.config_reloads.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Latency bucket bounds in seconds.
+    pub fn buckets(&self) -> &[f64] {
+        &self.buckets
+    }
+
+    /// Handles for one route.
+    pub fn route(&self, name: &Arc<str>) -> RouteMetrics {
+        RouteMetrics {
+            route: name.clone(),
+            duration: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            per_route: OnceLock::new(),
+        }
+    }
+
+    /// The upstream latency histogram of pool `name`.
+    pub fn upstream(&self, name: &Arc<str>) -> Histogram {
+        self.upstream_duration.get_or_create_owned(&UpstreamLabels {
+            upstream: name.clone(),
+        })
+    }
+
+    /// The retry counters of pool `name`: (retries, refused by the budget).
+    pub fn retry_counters(&self, name: &Arc<str>) -> (Counter, Counter) {
+        let l = UpstreamLabels {
+            upstream: name.clone(),
+        };
+        (
+            self.retries.get_or_create_owned(&l),
+            self.retry_budget_exhausted.get_or_create_owned(&l),
+        )
+    }
+
+    /// One more request in flight until the guard drops.
+    pub fn inflight(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.inc();
+        InflightGuard(self.clone())
+    }
+
+    /// Records a finished request.
+    pub fn record(&self, rm: &RouteMetrics, r: &Finished<'_>) {
+        let m = method_index(r.method);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: rm.route.clone(),
+                method: Fixed(METHODS[m]),
+                status: r.status,
+            })
+            .inc();
+        let c = class_index(r.status);
+        let h = rm.duration[m][c].get_or_init(|| {
+            self.duration.get_or_create_owned(&DurationLabels {
+                route: rm.route.clone(),
+                method: Fixed(METHODS[m]),
+                status_class: Fixed(CLASSES[c]),
+            })
+        });
+        let exemplar = r.trace_id.map(|t| TraceLabel {
+            trace_id: t.to_owned(),
+        });
+        h.observe(r.total.as_secs_f64(), exemplar, None);
+        // Series of a route appear with its first request, not at load.
+        let per = rm.per_route.get_or_init(|| {
+            let labels = RouteLabels {
+                route: rm.route.clone(),
+            };
+            PerRoute {
+                overhead: self.overhead.get_or_create_owned(&labels),
+                request_size: self.request_size.get_or_create_owned(&labels),
+                response_size: self.response_size.get_or_create_owned(&labels),
+            }
+        });
+        let own = match r.upstream_head {
+            Some(up) => r.head.saturating_sub(up),
+            None => r.head,
+        };
+        per.overhead.observe(own.as_secs_f64());
+        if let Some(n) = r.bytes_in {
+            per.request_size.observe(n as f64);
+        }
+        per.response_size.observe(r.bytes_out as f64);
+    }
+
+    /// Counts one middleware decision in `family`.
+    pub fn decision(
+        &self,
+        family: &Family<DecisionLabels, Counter>,
+        route: &Arc<str>,
+        decision: &'static str,
+    ) {
+        family
+            .get_or_create(&DecisionLabels {
+                route: route.clone(),
+                decision: Fixed(decision),
+            })
+            .inc();
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: Fixed(if ok { "success" } else { "failure" }),
+            })
+            .inc();
+    }
+
+    /// Encodes the registry in OpenMetrics text, without the final `# EOF`.
+    pub fn encode_families(&self, out: &mut String) {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_ok() {
+            out.push_str(s.trim_end().trim_end_matches("# EOF").trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Metrics>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+/// One route's series, resolved lazily.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    duration: [[OnceLock<DurationHistogram>; 6]; 8],
+    per_route: OnceLock<PerRoute>,
+}
+
+#[derive(Debug)]
+struct PerRoute {
+    overhead: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+/// What is known about a request once its response is complete.
+#[derive(Debug)]
+pub struct Finished<'a> {
+    /// Request method.
+    pub method: &'a Method,
+    /// Response status.
+    pub status: u16,
+    /// Head received to last byte sent.
+    pub total: std::time::Duration,
+    /// Head received to response head ready.
+    pub head: std::time::Duration,
+    /// Upstream send to upstream response head, if the request went upstream.
+    pub upstream_head: Option<std::time::Duration>,
+    /// Declared request body size.
+    pub bytes_in: Option<u64>,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Trace id for the exemplar.
+    pub trace_id: Option<&'a str>,
+}
+
+/// Appends a gauge family by hand (for values computed at scrape time).
+pub fn write_gauge_family(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// Escapes a label value for the text formats.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Converts OpenMetrics text to the Prometheus text format 0.0.4: counter
+/// families named with `_total`, no exemplars, no `# UNIT`, no `# EOF`.
+pub fn to_prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut pending_help: Option<&str> = None;
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            pending_help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if let Some(h) = pending_help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        // Strip an exemplar: `sample value # {labels} value [ts]`.
+        let sample = match line.find(" # {") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(status: u16, total_ms: u64) -> Finished<'static> {
+        Finished {
+            method: &Method::GET,
+            status,
+            total: std::time::Duration::from_millis(total_ms),
+            head: std::time::Duration::from_millis(total_ms),
+            upstream_head: Some(std::time::Duration::from_millis(total_ms.saturating_sub(1))),
+            bytes_in: None,
+            bytes_out: 10,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0736ae"),
+        }
+    }
+
+    fn scrape(m: &Metrics) -> String {
+        let mut s = String::new();
+        m.encode_families(&mut s);
+        s
+    }
+
+    #[test]
+    fn le_is_inclusive_at_an_slo_boundary() {
+        let m = Metrics::new(&[0.1, 0.35, 0.65]);
+        let rm = m.route(&Arc::from("users"));
+        m.record(&rm, &finished(200, 350));
+        let text = scrape(&m);
+        let le = |b: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("gateway_request_duration_seconds_bucket")
+                        && l.contains(&format!("le=\"{b}\""))
+                })
+                .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+                .unwrap()
+        };
+        assert_eq!(le("0.1"), "0");
+        assert_eq!(le("0.35"), "1", "350 ms counts in le=0.35:\n{text}");
+        assert_eq!(le("0.65"), "1");
+    }
+
+    #[test]
+    fn series_are_labelled_by_route_method_and_status() {
+        let m = Metrics::new(&[0.1]);
+        let rm = m.route(&Arc::from("users"));
+        m.record(&rm, &finished(200, 5));
+        m.record(&rm, &finished(503, 5));
+        m.record(
+            &rm,
+            &Finished {
+                method: &Method::from_bytes(b"PURGE").unwrap(),
+                ..finished(200, 5)
+            },
+        );
+        let text = scrape(&m);
+        assert!(
+            text.contains(r#"gateway_requests_total{route="users",method="GET",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_requests_total{route="users",method="GET",status="503"} 1"#)
+        );
+        assert!(
+            text.contains(r#"method="OTHER""#),
+            "unknown methods fold into OTHER"
+        );
+        assert!(text.contains(r#"status_class="5xx""#));
+        assert!(
+            text.contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0736ae\""),
+            "exemplar present"
+        );
+        let prom = to_prometheus_text(&text);
+        assert!(
+            prom.contains("# TYPE gateway_requests_total counter"),
+            "{prom}"
+        );
+        assert!(
+            !prom.contains("trace_id"),
+            "no exemplars in the 0.0.4 text format"
+        );
+        assert!(!prom.contains("# EOF"));
+    }
+}

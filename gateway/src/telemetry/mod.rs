@@ -1,0 +1,395 @@
+//! Telemetry: request metrics, the live SLO engine, access logs and W3C
+//! trace context, recorded once per request at the outermost layer.
+//!
+//! The request clock starts when the edge receives a request head and stops
+//! when the last response byte has been handed to the connection (when the
+//! response body is dropped), so one clock gives total latency, the
+//! gateway's own overhead (head-to-head minus the upstream's head time) and
+//! the SLO observation. Recording happens in [`TimedBody`]'s `Drop`: no
+//! allocation, no lock held across an await.
+
+pub mod metrics;
+pub mod process;
+pub mod slo;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::config::{AccessLogConfig, Config};
+use crate::error::BoxError;
+use crate::middleware::cache::{CACHE_STATUS, X_CACHE};
+use crate::middleware::ratelimit::RATELIMIT_POLICY;
+use crate::proxy::ClientAddr;
+
+pub use metrics::{Metrics, RouteMetrics};
+pub use slo::{Slo, SloEngine};
+
+/// `traceparent` (W3C Trace Context).
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// Telemetry state that lives as long as the process (across reloads).
+#[derive(Debug)]
+pub struct Telemetry {
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Telemetry {
+    /// Families with the config's latency buckets, every SLO latency
+    /// threshold added as an exact bound.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            metrics: Arc::new(Metrics::new(&buckets(config))),
+        }
+    }
+}
+
+/// The latency buckets of `config`: its own plus every SLO threshold.
+pub fn buckets(config: &Config) -> Vec<f64> {
+    let mut b: Vec<f64> = config.telemetry.buckets.clone();
+    for slo in &config.slos {
+        for o in &slo.latency {
+            b.push(o.threshold.as_secs_f64());
+        }
+    }
+    b.retain(|x| x.is_finite() && *x > 0.0);
+    b.sort_by(f64::total_cmp);
+    b.dedup();
+    b
+}
+
+/// Per-route telemetry handles, built with the route.
+#[derive(Debug)]
+pub struct RouteTelemetry {
+    /// Route name.
+    pub name: Arc<str>,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+    /// SLOs covering the route.
+    pub slos: Vec<Arc<Slo>>,
+    /// Whether to record at all.
+    pub enabled: bool,
+    /// Access log settings.
+    pub access_log: AccessLogConfig,
+}
+
+/// What the proxy learned about the upstream exchange (a response
+/// extension).
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    /// Pool name.
+    pub upstream: Arc<str>,
+    /// Endpoint authority.
+    pub endpoint: http::uri::Authority,
+    /// Send to response head.
+    pub head: Duration,
+}
+
+/// Returns the trace id of a valid, sampled `traceparent`.
+pub fn sampled_trace_id(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(TRACEPARENT)?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    sampled.then_some(trace)
+}
+
+/// A request being measured; finished when its response body is dropped.
+#[derive(Debug)]
+pub struct Record {
+    route: Arc<RouteTelemetry>,
+    metrics: Arc<Metrics>,
+    _inflight: metrics::InflightGuard,
+    start: Instant,
+    head: Duration,
+    upstream: Option<UpstreamInfo>,
+    method: Method,
+    uri: Uri,
+    status: u16,
+    bytes_in: Option<u64>,
+    bytes_out: u64,
+    trace_id: Option<Box<str>>,
+    request_id: HeaderValue,
+    client: ClientAddr,
+    cache: Option<HeaderValue>,
+    decisions: Decisions,
+}
+
+/// Middleware decisions read off the response head (the layers mark their
+/// responses: `X-Cache`/`Cache-Status`, `RateLimit-Policy`,
+/// `WWW-Authenticate`), so recording them costs the layers nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct Decisions {
+    cache: Option<&'static str>,
+    ratelimit: Option<&'static str>,
+    jwt: Option<&'static str>,
+}
+
+impl Decisions {
+    fn of(status: u16, headers: &HeaderMap) -> Self {
+        let cache = headers.get(X_CACHE).map(|v| match v.as_bytes() {
+            b"HIT" => "hit",
+            b"STALE" => "stale",
+            _ => {
+                let bypass = headers
+                    .get(CACHE_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("fwd=bypass"));
+                if bypass {
+                    "bypass"
+                } else {
+                    "miss"
+                }
+            }
+        });
+        let ratelimit = headers
+            .contains_key(RATELIMIT_POLICY)
+            .then_some(if status == 429 { "limited" } else { "allowed" });
+        let jwt = headers
+            .contains_key(http::header::WWW_AUTHENTICATE)
+            .then_some(match status {
+                401 => "invalid_token",
+                403 => "insufficient_scope",
+                _ => "other",
+            })
+            .filter(|_| status == 401 || status == 403);
+        Self {
+            cache,
+            ratelimit,
+            jwt,
+        }
+    }
+}
+
+impl Record {
+    /// Starts measuring a request routed to `route`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        route: Arc<RouteTelemetry>,
+        metrics: &Arc<Metrics>,
+        start: Instant,
+        method: Method,
+        uri: Uri,
+        headers: &HeaderMap,
+        request_id: HeaderValue,
+        client: ClientAddr,
+    ) -> Self {
+        let bytes_in = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Self {
+            route,
+            _inflight: metrics.inflight(),
+            metrics: metrics.clone(),
+            start,
+            head: Duration::ZERO,
+            upstream: None,
+            method,
+            uri,
+            status: 0,
+            bytes_in,
+            bytes_out: 0,
+            trace_id: sampled_trace_id(headers).map(Box::from),
+            request_id,
+            client,
+            cache: None,
+            decisions: Decisions::default(),
+        }
+    }
+
+    /// The route's name.
+    pub fn route_name(&self) -> &str {
+        &self.route.name
+    }
+
+    /// The response head is ready.
+    pub fn head(&mut self, status: u16, headers: &HeaderMap, upstream: Option<UpstreamInfo>) {
+        self.head = self.start.elapsed();
+        self.status = status;
+        self.upstream = upstream;
+        self.cache = headers.get(X_CACHE).cloned();
+        self.decisions = Decisions::of(status, headers);
+    }
+
+    fn finish(&mut self) {
+        let total = self.start.elapsed();
+        let rt = &self.route;
+        if rt.enabled {
+            self.metrics.record(
+                &rt.metrics,
+                &metrics::Finished {
+                    method: &self.method,
+                    status: self.status,
+                    total,
+                    head: self.head,
+                    upstream_head: self.upstream.as_ref().map(|u| u.head),
+                    bytes_in: self.bytes_in,
+                    bytes_out: self.bytes_out,
+                    trace_id: self.trace_id.as_deref(),
+                },
+            );
+            let d = self.decisions;
+            let m = &self.metrics;
+            for (family, decision) in [
+                (&m.cache, d.cache),
+                (&m.ratelimit, d.ratelimit),
+                (&m.jwt_rejections, d.jwt),
+            ] {
+                if let Some(decision) = decision {
+                    m.decision(family, &rt.name, decision);
+                }
+            }
+            let now = Instant::now();
+            for slo in &rt.slos {
+                slo.record(now, total, self.status >= 500);
+            }
+        }
+        let log = &rt.access_log;
+        if log.enabled
+            && (self.status >= 500
+                || (log.always_log_client_errors && self.status >= 400)
+                || (log.sample_ratio > 0.0 && fastrand::f64() < log.sample_ratio))
+        {
+            self.access_log(total);
+        }
+    }
+
+    fn access_log(&self, total: Duration) {
+        // The path only: query strings may carry secrets; headers never logged.
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            trace_id = self.trace_id.as_deref().unwrap_or_default(),
+            client = %self.client.addr,
+            route = %self.route.name,
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status,
+            latency_ms = total.as_secs_f64() * 1000.0,
+            upstream = self.upstream.as_ref().map_or("", |u| &*u.upstream),
+            endpoint = self.upstream.as_ref().map_or("", |u| u.endpoint.as_str()),
+            upstream_ms = self.upstream.as_ref().map_or(0.0, |u| u.head.as_secs_f64() * 1000.0),
+            bytes_in = self.bytes_in.unwrap_or(0),
+            bytes_out = self.bytes_out,
+            cache = self.cache.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
+            "request"
+        );
+    }
+}
+
+/// A response body that finishes its request's [`Record`] when dropped.
+#[derive(Debug)]
+pub struct TimedBody {
+    inner: Body,
+    record: Option<Record>,
+}
+
+impl TimedBody {
+    /// A body with nothing to record (admin answers, early errors).
+    pub fn plain(inner: Body) -> Self {
+        Self {
+            inner,
+            record: None,
+        }
+    }
+
+    /// A body whose completion finishes `record`.
+    pub fn new(inner: Body, record: Record) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+        }
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.as_mut() {
+            r.finish();
+        }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(rec)) = (&r, this.record.as_mut()) {
+            if let Some(d) = f.data_ref() {
+                rec.bytes_out += d.len() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_validated_and_only_sampled_traces_are_used() {
+        let mut h = HeaderMap::new();
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01";
+        h.insert(TRACEPARENT, HeaderValue::from_static(ok));
+        assert_eq!(
+            sampled_trace_id(&h),
+            Some("4bf92f3577b34da6a3ce929d0e0736ae")
+        );
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-00", // not sampled
+            "ff-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01", // bad version
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace
+            "00-4BF92F3577B34DA6A3CE929D0E0736AE-00f067aa0ba902b7-01", // upper case
+            "00-4bf92f3577b34da6a3ce929d0e0736ae-0000000000000000-01", // zero parent
+            "garbage",
+        ] {
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            assert_eq!(sampled_trace_id(&h), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn slo_thresholds_become_exact_bucket_bounds() {
+        let c = crate::config::load(&crate::config::Source::Embedded, &Default::default()).unwrap();
+        let b = buckets(&c);
+        assert!(b.contains(&0.35) && b.contains(&0.65), "{b:?}");
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+    }
+}

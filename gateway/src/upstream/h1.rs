@@ -1,0 +1,866 @@
+//! A lean HTTP/1.1 client for upstream connections.
+//!
+//! Unlike a general-purpose client, it runs inside the task that serves the
+//! downstream request: the request head and body are written and the
+//! response is read by that task, and the response body reads straight from
+//! the upstream socket when the server polls it. No connection task, no
+//! channels, no extra wake-ups: that is where a proxy built on a general
+//! client spends its time. Connections are kept alive in a small LIFO pool
+//! per endpoint ([`super::Endpoint`]) and returned as soon as a response is
+//! complete.
+//!
+//! Framing follows RFC 9112: `Content-Length`, `chunked`, close-delimited;
+//! no body for `HEAD`, 1xx, 204 and 304; interim 1xx responses (other than
+//! 101) are skipped. A request that failed on a reused connection before a
+//! single response byte arrived is retried once on a fresh connection when
+//! it is safe (idempotent, or no body was sent): the classic keep-alive race
+//! with an upstream closing an idle connection.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{Endpoint, InflightGuard};
+use crate::body::Body;
+use crate::error::BoxError;
+
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response header fields accepted.
+const MAX_HEADERS: usize = 128;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// Pending request bytes are flushed past this size.
+const WRITE_FLUSH: usize = 64 * 1024;
+
+/// Why talking to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connection could not be established.
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    /// The TCP connection was not established in time.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// The upstream closed the connection before a complete response head.
+    #[error("upstream closed the connection before responding")]
+    Closed,
+    /// The connection failed while exchanging the request or response.
+    #[error("upstream connection error: {0}")]
+    Io(#[source] io::Error),
+    /// The upstream sent something that is not valid HTTP/1.1.
+    #[error("invalid response from upstream: {0}")]
+    Protocol(&'static str),
+}
+
+/// An open upstream connection.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Opens a connection to `ep`.
+    pub async fn open(ep: &Endpoint, timeout: Duration) -> Result<Self, UpstreamError> {
+        let io = tokio::time::timeout(timeout, TcpStream::connect(ep.authority.as_str()))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Connect)?;
+        let _ = io.set_nodelay(true);
+        Ok(Self {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Whether a pooled connection looks unusable: the upstream closed it or
+    /// sent unsolicited bytes. Uses readiness the runtime already has (no
+    /// system call): a healthy idle connection is never readable.
+    fn looks_closed(&self) -> bool {
+        match self.io.ready(Interest::READABLE).now_or_never() {
+            Some(Ok(r)) => !r.is_empty(),
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+
+    /// The raw stream and any bytes already read past the response head,
+    /// for a tunnel after `101 Switching Protocols`.
+    pub fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+}
+
+/// Idle keep-alive connections of one endpoint, newest first.
+#[derive(Debug, Default)]
+pub struct IdlePool {
+    conns: std::sync::Mutex<Vec<Conn>>,
+}
+
+impl IdlePool {
+    fn take(&self, idle_timeout: Duration) -> Option<Conn> {
+        loop {
+            let conn = self.conns.lock().ok()?.pop()?;
+            if conn.idle_since.elapsed() < idle_timeout && !conn.looks_closed() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn put(&self, mut conn: Conn, max_idle: usize) {
+        conn.idle_since = Instant::now();
+        if let Ok(mut conns) = self.conns.lock() {
+            if conns.len() < max_idle {
+                conns.push(conn);
+            }
+        }
+    }
+
+    /// Idle connections currently pooled.
+    pub fn len(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Whether no connection is pooled.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Pool settings of an upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// TCP connect deadline.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint.
+    pub max_idle: usize,
+}
+
+/// What came back from an upstream.
+#[derive(Debug)]
+pub enum Exchange {
+    /// A response whose body streams from the upstream.
+    Response(Response<Body>),
+    /// `101 Switching Protocols`: the response head and the raw connection.
+    Upgrade(Response<Body>, Conn),
+}
+
+/// Sends `req` (whose URI is origin-form path and query) to the endpoint
+/// held by `guard`, reusing a pooled connection when one is available.
+pub async fn send(
+    guard: InflightGuard,
+    pool: PoolConfig,
+    req: Request<Body>,
+) -> Result<Exchange, BoxError> {
+    let (parts, mut body) = req.into_parts();
+    let ep = guard.endpoint().clone();
+    let framing = RequestFraming::of(&parts.headers, &body);
+    let head = encode_head(&parts, &ep.authority, framing, body.size_hint().exact());
+    let is_head = parts.method == Method::HEAD;
+    let replayable_method = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let mut fresh_only = false;
+    let (mut conn, resp) = loop {
+        let (mut conn, reused) = match (!fresh_only)
+            .then(|| ep.idle.take(pool.idle_timeout))
+            .flatten()
+        {
+            Some(c) => (c, true),
+            None => (Conn::open(&ep, pool.connect_timeout).await?, false),
+        };
+        let mut body_started = false;
+        let wrote = write_request(&mut conn, &head, &mut body, framing, &mut body_started).await;
+        let retry_ok =
+            reused && !body_started && (replayable_method || framing == RequestFraming::Empty);
+        match wrote {
+            Ok(()) => {}
+            Err(WriteError::Body(e)) => return Err(e),
+            Err(WriteError::Io(_)) if retry_ok => {
+                fresh_only = true;
+                continue;
+            }
+            Err(WriteError::Io(e)) => return Err(UpstreamError::Io(e).into()),
+        }
+        match read_head(&mut conn, is_head).await {
+            Ok(r) => break (conn, r),
+            Err(ReadError::NothingReceived(_)) if retry_ok && framing == RequestFraming::Empty => {
+                fresh_only = true;
+            }
+            Err(ReadError::NothingReceived(e) | ReadError::Failed(e)) => return Err(e.into()),
+        }
+    };
+    let Head {
+        parts,
+        framing,
+        keep_alive,
+    } = resp;
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Exchange::Upgrade(
+            Response::from_parts(parts, Body::Empty),
+            conn,
+        ));
+    }
+    let body = match framing {
+        ResponseFraming::Empty => {
+            release(&ep, conn, keep_alive, pool);
+            Body::Empty
+        }
+        ResponseFraming::Length(n) if conn.buf.len() as u64 >= n => {
+            // The whole body arrived with the head: hand the connection back now.
+            let data = conn.buf.split_to(n as usize).freeze();
+            release(&ep, conn, keep_alive, pool);
+            Body::full(data)
+        }
+        framing => Body::H1(H1Body {
+            conn: Some(conn),
+            decoder: match framing {
+                ResponseFraming::Length(n) => Decoder::Length(n),
+                ResponseFraming::Chunked => Decoder::Chunked(Chunk::Size),
+                _ => Decoder::Close,
+            },
+            keep_alive,
+            pool,
+            guard,
+        }),
+    };
+    Ok(Exchange::Response(Response::from_parts(parts, body)))
+}
+
+fn release(ep: &Arc<Endpoint>, conn: Conn, keep_alive: bool, pool: PoolConfig) {
+    // Leftover bytes mean the upstream sent more than one response: unusable.
+    if keep_alive && conn.buf.is_empty() {
+        ep.idle.put(conn, pool.max_idle);
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestFraming {
+    Empty,
+    Length,
+    Chunked,
+}
+
+impl RequestFraming {
+    fn of(headers: &HeaderMap, body: &Body) -> Self {
+        if body.is_end_stream() {
+            Self::Empty
+        } else if headers.contains_key(header::CONTENT_LENGTH) || body.size_hint().exact().is_some()
+        {
+            Self::Length
+        } else {
+            Self::Chunked
+        }
+    }
+}
+
+fn encode_head(
+    parts: &http::request::Parts,
+    authority: &http::uri::Authority,
+    framing: RequestFraming,
+    exact_len: Option<u64>,
+) -> BytesMut {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let mut out = BytesMut::with_capacity(256 + parts.headers.len() * 48);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::Length if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+            // An exact size without the header (an h2 client, a buffered body).
+            out.extend_from_slice(
+                format!("content-length: {}\r\n", exact_len.unwrap_or(0)).as_bytes(),
+            );
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+enum WriteError {
+    Io(io::Error),
+    Body(BoxError),
+}
+
+async fn write_request(
+    conn: &mut Conn,
+    head: &[u8],
+    body: &mut Body,
+    framing: RequestFraming,
+    started: &mut bool,
+) -> Result<(), WriteError> {
+    if framing == RequestFraming::Empty {
+        return conn.io.write_all(head).await.map_err(WriteError::Io);
+    }
+    let mut out = BytesMut::from(head);
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
+                flush(&mut conn.io, &mut out).await?;
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(WriteError::Body)?;
+        *started = true;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == RequestFraming::Chunked {
+            // Chunk size line straight into the buffer, no allocation.
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{:x}\r\n", data.len()));
+        }
+        if data.len() >= WRITE_FLUSH / 4 {
+            flush(&mut conn.io, &mut out).await?;
+            conn.io.write_all(&data).await.map_err(WriteError::Io)?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if framing == RequestFraming::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= WRITE_FLUSH {
+            flush(&mut conn.io, &mut out).await?;
+        }
+    }
+    if framing == RequestFraming::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    flush(&mut conn.io, &mut out).await
+}
+
+async fn flush(io: &mut TcpStream, out: &mut BytesMut) -> Result<(), WriteError> {
+    if !out.is_empty() {
+        io.write_all(out).await.map_err(WriteError::Io)?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// How the response body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+struct Head {
+    parts: http::response::Parts,
+    framing: ResponseFraming,
+    keep_alive: bool,
+}
+
+enum ReadError {
+    /// Failed before a single response byte arrived (safe to retry).
+    NothingReceived(UpstreamError),
+    Failed(UpstreamError),
+}
+
+async fn read_head(conn: &mut Conn, is_head_request: bool) -> Result<Head, ReadError> {
+    let mut received_any = false;
+    loop {
+        if !conn.buf.is_empty() {
+            received_any = true;
+            if let Some(head) =
+                parse_head(&mut conn.buf, is_head_request).map_err(ReadError::Failed)?
+            {
+                return Ok(head);
+            }
+            if conn.buf.len() > MAX_HEAD {
+                return Err(ReadError::Failed(UpstreamError::Protocol(
+                    "response head too large",
+                )));
+            }
+        }
+        conn.buf.reserve(READ_CHUNK);
+        let fail = |e| {
+            if received_any {
+                ReadError::Failed(e)
+            } else {
+                ReadError::NothingReceived(e)
+            }
+        };
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) => return Err(fail(UpstreamError::Closed)),
+            Ok(_) => {}
+            Err(e) => return Err(fail(UpstreamError::Io(e))),
+        }
+    }
+}
+
+/// Parses one response head from the front of `buf` (skipping interim 1xx
+/// responses); `None` when more bytes are needed.
+fn parse_head(buf: &mut BytesMut, is_head_request: bool) -> Result<Option<Head>, UpstreamError> {
+    loop {
+        // Most responses carry a handful of headers: try a small array first
+        // (cheap to initialize), the full one only when it overflows.
+        let mut small = [httparse::EMPTY_HEADER; 24];
+        let mut large;
+        let mut resp = httparse::Response::new(&mut small);
+        let mut parsed = resp.parse(buf);
+        if matches!(parsed, Err(httparse::Error::TooManyHeaders)) {
+            large = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            resp = httparse::Response::new(&mut large);
+            parsed = resp.parse(buf);
+        }
+        let len = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(UpstreamError::Protocol("too many response headers"))
+            }
+            Err(_) => return Err(UpstreamError::Protocol("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| UpstreamError::Protocol("invalid status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            continue;
+        }
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Offsets of names and values, so the head can be frozen once and the
+        // values shared without copying.
+        let base = buf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            spans.push((n, h.name.len(), v, h.value.len()));
+        }
+        let head = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(spans.len());
+        for (n, nl, v, vl) in spans {
+            let name = HeaderName::from_bytes(&head[n..n + nl])
+                .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                .map_err(|_| UpstreamError::Protocol("invalid header value"))?;
+            map.append(name, value);
+        }
+        let framing = framing_of(&map, status, is_head_request)?;
+        let keep_alive = framing != ResponseFraming::Close && keeps_alive(&map, version);
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = map;
+        return Ok(Some(Head {
+            parts,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+fn framing_of(
+    h: &HeaderMap,
+    status: StatusCode,
+    is_head_request: bool,
+) -> Result<ResponseFraming, UpstreamError> {
+    if is_head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(ResponseFraming::Empty);
+    }
+    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let last = te
+            .to_str()
+            .ok()
+            .and_then(|s| s.rsplit(',').next())
+            .map(str::trim);
+        return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            ResponseFraming::Chunked
+        } else {
+            ResponseFraming::Close
+        });
+    }
+    let mut len: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v
+            .to_str()
+            .map_err(|_| UpstreamError::Protocol("invalid content-length"))?
+            .split(',')
+        {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| UpstreamError::Protocol("invalid content-length"))?;
+            if len.is_some_and(|l| l != n) {
+                return Err(UpstreamError::Protocol("conflicting content-length"));
+            }
+            len = Some(n);
+        }
+    }
+    Ok(match len {
+        Some(0) => ResponseFraming::Empty,
+        Some(n) => ResponseFraming::Length(n),
+        None => ResponseFraming::Close,
+    })
+}
+
+fn keeps_alive(h: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+/// Chunked decoding state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Reading trailer lines until the empty one.
+    Trailer,
+}
+
+#[derive(Debug)]
+enum Decoder {
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+}
+
+/// One step of the chunked decoder over `buf`.
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    Done,
+}
+
+fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, UpstreamError> {
+    loop {
+        match *state {
+            Chunk::Size | Chunk::Trailer => {
+                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() > 4096 {
+                        return Err(UpstreamError::Protocol("chunk line too long"));
+                    }
+                    return Ok(Step::NeedMore);
+                };
+                let line = buf.split_to(end + 2);
+                let line = &line[..end];
+                if *state == Chunk::Trailer {
+                    if line.is_empty() {
+                        return Ok(Step::Done);
+                    }
+                    continue;
+                }
+                let hex = line.split(|&b| b == b';').next().unwrap_or_default();
+                let hex = std::str::from_utf8(hex)
+                    .map_err(|_| UpstreamError::Protocol("invalid chunk size"))?
+                    .trim();
+                let size = u64::from_str_radix(hex, 16)
+                    .map_err(|_| UpstreamError::Protocol("invalid chunk size"))?;
+                *state = if size == 0 {
+                    Chunk::Trailer
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = left.min(buf.len() as u64);
+                let data = buf.split_to(n as usize).freeze();
+                *state = if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                };
+                return Ok(Step::Data(data));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(UpstreamError::Protocol("missing CRLF after chunk"));
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+        }
+    }
+}
+
+/// A response body read from the upstream connection as the client
+/// consumes it; the connection goes back to the pool when it is complete.
+#[derive(Debug)]
+pub struct H1Body {
+    conn: Option<Conn>,
+    decoder: Decoder,
+    keep_alive: bool,
+    pool: PoolConfig,
+    guard: InflightGuard,
+}
+
+impl H1Body {
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            release(self.guard.endpoint(), conn, self.keep_alive, self.pool);
+        }
+    }
+
+    /// Polls the next frame.
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.decoder {
+                Decoder::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Decoder::Length(left) if !conn.buf.is_empty() => {
+                    let n = (*left).min(conn.buf.len() as u64);
+                    *left -= n;
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    if *left == 0 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decoder::Chunked(state) if !conn.buf.is_empty() => {
+                    match decode_chunked(state, &mut conn.buf) {
+                        Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                        Ok(Step::Done) => {
+                            self.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(Step::NeedMore) => {}
+                        Err(e) => {
+                            self.conn = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                Decoder::Close if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
+            }
+            conn.buf.reserve(READ_CHUNK);
+            let n = match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                &mut conn.buf
+            )) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamError::Io(e).into())));
+                }
+            };
+            if n == 0 {
+                self.conn = None;
+                return Poll::Ready(match self.decoder {
+                    Decoder::Close => None,
+                    _ => Some(Err(
+                        UpstreamError::Protocol("upstream closed mid-body").into()
+                    )),
+                });
+            }
+        }
+    }
+
+    /// Whether the body is known to be complete.
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.decoder, Decoder::Length(0))
+    }
+
+    /// Exact size when known.
+    pub fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) if self.conn.is_some() => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head_req: bool) -> Result<Option<Head>, UpstreamError> {
+        let mut buf = BytesMut::from(raw);
+        parse_head(&mut buf, head_req)
+    }
+
+    #[test]
+    fn parses_heads_and_picks_framing() {
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.parts.status, 200);
+        assert_eq!(h.parts.headers["x-a"], "b");
+        assert_eq!(h.framing, ResponseFraming::Length(5));
+        assert!(h.keep_alive);
+
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+        let h = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let h = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, ResponseFraming::Close);
+        assert!(!h.keep_alive);
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, ResponseFraming::Empty);
+        let h = parse(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, ResponseFraming::Empty);
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn skips_interim_responses_but_not_101() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(h.parts.status, 201);
+        let h = parse(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.parts.status, 101);
+    }
+
+    #[test]
+    fn rejects_bad_heads() {
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        assert!(parse(b"garbage\r\n\r\n", false).is_err());
+        let many: String = (0..200).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(parse(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes(), false).is_err());
+    }
+
+    fn dechunk(input: &[&[u8]]) -> Result<(Vec<u8>, bool), UpstreamError> {
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input {
+            buf.extend_from_slice(piece);
+            loop {
+                match decode_chunked(&mut state, &mut buf)? {
+                    Step::Data(d) => out.extend_from_slice(&d),
+                    Step::NeedMore => break,
+                    Step::Done => return Ok((out, true)),
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    #[test]
+    fn decodes_chunked_bodies_split_anywhere() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n";
+        for split in 0..wire.len() {
+            let (a, b) = wire.split_at(split);
+            let (out, done) = dechunk(&[a, b]).unwrap();
+            assert_eq!(out, b"hello world", "split at {split}");
+            assert!(done);
+        }
+        assert!(dechunk(&[b"zz\r\n"]).is_err());
+        assert!(dechunk(&[b"2\r\nabXX"]).is_err());
+        let (out, done) = dechunk(&[b"3\r\nab"]).unwrap();
+        assert_eq!(out, b"ab");
+        assert!(!done);
+    }
+}

@@ -1,0 +1,233 @@
+//! Upstream pools: endpoints, balancing, the keep-alive client, health.
+//!
+//! An [`Upstream`] picks an endpoint per request (round-robin, or
+//! least-request by power of two random choices), skipping endpoints that
+//! active health checks ejected; each [`Endpoint`] keeps its own pool of idle
+//! keep-alive connections for the in-task HTTP/1.1 client in [`h1`].
+
+mod balance;
+pub mod breaker;
+pub mod h1;
+mod health;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::uri::Authority;
+use tokio::time::Instant;
+
+use crate::config::{validate::check_endpoint, Balance, HealthCheckConfig, UpstreamConfig};
+use crate::error::GatewayError;
+use breaker::Breaker;
+
+pub use h1::PoolConfig;
+pub use health::spawn_health_checks;
+
+/// One endpoint of a pool.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub authority: Authority,
+    healthy: AtomicBool,
+    inflight: AtomicUsize,
+    idle: h1::IdlePool,
+    /// Short critical sections only, never across an await.
+    breaker: Option<Mutex<Breaker>>,
+    epoch: Instant,
+}
+
+impl Endpoint {
+    fn new(authority: Authority, healthy: bool, breaker: Option<Breaker>, epoch: Instant) -> Self {
+        Self {
+            authority,
+            healthy: AtomicBool::new(healthy),
+            inflight: AtomicUsize::new(0),
+            idle: h1::IdlePool::default(),
+            breaker: breaker.map(Mutex::new),
+            epoch,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX / 4)
+    }
+
+    fn with_breaker<T>(&self, none: T, f: impl FnOnce(&mut Breaker, u64) -> T) -> T {
+        match &self.breaker {
+            None => none,
+            Some(b) => {
+                let now = self.now_us();
+                f(&mut b.lock().unwrap_or_else(PoisonError::into_inner), now)
+            }
+        }
+    }
+
+    /// Whether the breaker lets a request through (always without one).
+    pub fn breaker_available(&self) -> bool {
+        self.with_breaker(true, |b, now| b.available(now))
+    }
+
+    /// Breaker state for metrics: 0 closed, 1 open, 2 half-open; `None`
+    /// without a breaker.
+    pub fn circuit_state(&self) -> Option<u8> {
+        self.with_breaker(None, |b, now| {
+            Some(match b.state(now) {
+                breaker::State::Closed => 0,
+                breaker::State::Open { .. } => 1,
+                breaker::State::HalfOpen { .. } => 2,
+            })
+        })
+    }
+
+    /// Records a request's outcome with the breaker.
+    pub fn record(&self, ok: bool) {
+        self.with_breaker((), |b, now| b.record(ok, now));
+    }
+
+    /// Idle keep-alive connections pooled for this endpoint.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Whether the endpoint is in rotation.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Requests currently in flight to this endpoint.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against an endpoint until dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Endpoint>);
+
+impl InflightGuard {
+    fn new(ep: Arc<Endpoint>) -> Self {
+        ep.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(ep)
+    }
+
+    /// The endpoint this request went to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream pool.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Pool name (a metric label).
+    pub name: Arc<str>,
+    endpoints: Box<[Arc<Endpoint>]>,
+    balance: Balance,
+    next: AtomicUsize,
+    /// Connection pool settings.
+    pub pool: PoolConfig,
+    /// Deadline for response headers.
+    pub request_timeout: Duration,
+    /// Active health check settings.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+impl Upstream {
+    /// Builds a pool; `previous` carries endpoint health over a reload.
+    pub fn new(name: &str, cfg: &UpstreamConfig, previous: Option<&Upstream>) -> Self {
+        let epoch = Instant::now();
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .filter_map(|e| check_endpoint(e).ok())
+            .map(|auth| {
+                let healthy = previous
+                    .and_then(|p| p.endpoints.iter().find(|e| e.authority == auth))
+                    .is_none_or(|e| e.is_healthy());
+                let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
+                Arc::new(Endpoint::new(auth, healthy, breaker, epoch))
+            })
+            .collect();
+        Self {
+            name: Arc::from(name),
+            endpoints,
+            balance: cfg.balance,
+            next: AtomicUsize::new(0),
+            pool: PoolConfig {
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.pool_idle_timeout,
+                max_idle: cfg.pool_max_idle,
+            },
+            request_timeout: cfg.request_timeout,
+            health_check: cfg.health_check.clone(),
+        }
+    }
+
+    /// Every endpoint of the pool.
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Whether at least one endpoint is in rotation.
+    pub fn has_healthy_endpoint(&self) -> bool {
+        self.endpoints.iter().any(|e| e.is_healthy())
+    }
+
+    /// Picks an endpoint for one request: healthy, breaker not open, and
+    /// not in `avoid` when another qualifies (a retry goes elsewhere). Fails
+    /// at once when none can take it: 503, with `Retry-After` the time until
+    /// the first breaker half-opens.
+    pub fn pick(&self, avoid: &[Authority]) -> Result<InflightGuard, GatewayError> {
+        let usable = |e: &Arc<Endpoint>| e.is_healthy() && e.breaker_available();
+        let idx = self
+            .choose(|e| usable(e) && !avoid.contains(&e.authority))
+            .or_else(|| self.choose(usable));
+        let ep = idx.and_then(|i| self.endpoints.get(i));
+        if let Some(ep) = ep {
+            // The probe slot of a half-open breaker is taken here.
+            if ep.with_breaker(true, |b, now| b.acquire(now)) {
+                return Ok(InflightGuard::new(ep.clone()));
+            }
+        }
+        let open: Vec<u64> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.is_healthy())
+            .filter_map(|e| {
+                e.breaker
+                    .as_ref()
+                    .map(|_| e.with_breaker(0, |b, now| b.retry_in(now)))
+            })
+            .collect();
+        if open.is_empty() {
+            return Err(GatewayError::NoHealthyEndpoint {
+                upstream: self.name.clone(),
+            });
+        }
+        let wait_us = open.into_iter().min().unwrap_or(0);
+        Err(GatewayError::CircuitOpen {
+            upstream: self.name.clone(),
+            retry_after: wait_us.div_ceil(1_000_000).max(1),
+        })
+    }
+
+    fn choose(&self, ok: impl Fn(&Arc<Endpoint>) -> bool) -> Option<usize> {
+        match self.balance {
+            Balance::RoundRobin => balance::round_robin(&self.endpoints, &self.next, ok),
+            Balance::LeastRequest => {
+                balance::p2c(&self.endpoints, ok, |e| e.inflight(), fastrand::usize)
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Runs a plan: starts and stops simulated users (closed model, stages) or dispatches
+//! iterations at their intended times (open model), ticks the per-second series and the
+//! live view, schedules faults, and stops at the run time, the request budget or Ctrl-C,
+//! abandoning requests in flight so the run ends on time.
+
+use std::io::{IsTerminal, Write as _};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::Full;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{Conn, Target};
+use crate::metrics::{LiveLine, Recorder, RunResult};
+use crate::monitor::{self, Monitor};
+use crate::plan::Plan;
+use crate::scenario::Scenario;
+use crate::user::{stop, Budget, Outcome, Shared, User};
+
+/// How often the controller looks at the plan.
+const CONTROL_PERIOD: Duration = Duration::from_millis(100);
+/// Most time on_start may be retried for before a user gives up.
+const ON_START_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The scenario.
+    pub scenario: Arc<Scenario>,
+    /// Indices of the classes that run.
+    pub classes: Vec<usize>,
+    /// The load shape.
+    pub plan: Plan,
+    /// Where the load goes.
+    pub target: Target,
+    /// Default per-request timeout.
+    pub timeout: Duration,
+    /// Stop after this many requests.
+    pub max_requests: Option<u64>,
+    /// Threshold expressions to judge.
+    pub thresholds: Vec<String>,
+    /// Print the live line.
+    pub live: bool,
+    /// `mock-upstream`'s address for scheduled faults.
+    pub control: Option<Target>,
+    /// Worker threads of the runtime (for the CPU check).
+    pub workers: usize,
+    /// How long `on_stop` requests may take at the end.
+    pub stop_timeout: Duration,
+    /// `i/n` when this is one shard of a distributed run.
+    pub shard: Option<(u64, u64)>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A running closed-model user.
+struct Running {
+    class: usize,
+    stop: watch::Sender<u8>,
+    handle: JoinHandle<()>,
+}
+
+/// Picks the class whose share is furthest below its weight (Locust's even spread).
+fn pick_class(classes: &[usize], scenario: &Scenario, counts: &[u64]) -> usize {
+    let mut best = classes.first().copied().unwrap_or(0);
+    let mut best_ratio = f64::MAX;
+    for &c in classes {
+        let w = f64::from(scenario.classes.get(c).map_or(1, |k| k.weight.max(1)));
+        let ratio = counts.get(c).copied().unwrap_or(0) as f64 / w;
+        if ratio < best_ratio {
+            best_ratio = ratio;
+            best = c;
+        }
+    }
+    best
+}
+
+/// Waits `d` or until the stop level reaches `level`; true when stopped.
+async fn pause(d: Duration, stop: &mut watch::Receiver<u8>, level: u8) -> bool {
+    if d.is_zero() {
+        return *stop.borrow() >= level;
+    }
+    let stopped = tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        _ = stop.wait_for(|s| *s >= level) => Some(true),
+    };
+    stopped.unwrap_or_else(|| *stop.borrow() >= level)
+}
+
+/// One closed-model user from start to stop.
+async fn user_loop(
+    shared: Arc<Shared>,
+    class: usize,
+    index: u64,
+    mut stop_rx: watch::Receiver<u8>,
+) {
+    let scenario = Arc::clone(&shared.scenario);
+    let Some(kind) = scenario.classes.get(class) else {
+        return;
+    };
+    let mut user = User::new(&scenario, class, index);
+    loop {
+        match user.lifecycle(&shared, true, &mut stop_rx).await {
+            Outcome::Ok => break,
+            Outcome::Stopped => return,
+            Outcome::Failed => {
+                let wait = kind.wait.after(Duration::ZERO).min(ON_START_RETRY);
+                let wait = wait.max(Duration::from_millis(100));
+                if pause(wait, &mut stop_rx, stop::SOFT).await {
+                    return;
+                }
+            }
+        }
+    }
+    while *stop_rx.borrow() == stop::RUN {
+        let Some(task) = kind.pick_task() else { break };
+        let started = Instant::now();
+        if user.task(&shared, task, None, &mut stop_rx).await == Outcome::Stopped {
+            break;
+        }
+        if pause(kind.wait.after(started.elapsed()), &mut stop_rx, stop::SOFT).await {
+            break;
+        }
+    }
+    user.lifecycle(&shared, false, &mut stop_rx).await;
+}
+
+/// The open model's pool of idle users per class, and the cap on iterations in flight.
+struct OpenPool {
+    idle: Vec<Mutex<Vec<User>>>,
+    in_flight: Semaphore,
+    max: u64,
+    next_index: std::sync::atomic::AtomicU64,
+}
+
+impl OpenPool {
+    fn take(&self, class: usize) -> Option<User> {
+        self.idle
+            .get(class)?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    fn give(&self, user: User) {
+        if let Some(slot) = self.idle.get(user.class) {
+            slot.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(user);
+        }
+    }
+
+    fn busy(&self) -> u64 {
+        self.max
+            .saturating_sub(self.in_flight.available_permits() as u64)
+    }
+}
+
+/// One open-model iteration, measured from `intended`.
+async fn iteration(
+    shared: Arc<Shared>,
+    pool: Arc<OpenPool>,
+    class: usize,
+    intended: Instant,
+    mut stop_rx: watch::Receiver<u8>,
+) {
+    let permit = tokio::select! {
+        p = pool.in_flight.acquire() => p,
+        _ = stop_rx.wait_for(|s| *s >= stop::HARD) => return,
+    };
+    let Ok(_permit) = permit else { return };
+    let scenario = Arc::clone(&shared.scenario);
+    let mut user = match pool.take(class) {
+        Some(u) => u,
+        None => {
+            let index = pool
+                .next_index
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut u = User::new(&scenario, class, index);
+            if u.lifecycle(&shared, true, &mut stop_rx).await != Outcome::Ok {
+                return;
+            }
+            u
+        }
+    };
+    let Some(task) = scenario.classes.get(class).and_then(|c| c.pick_task()) else {
+        return;
+    };
+    if user.task(&shared, task, Some(intended), &mut stop_rx).await != Outcome::Stopped {
+        pool.give(user);
+    }
+}
+
+/// Picks a class by weight.
+fn weighted_class(classes: &[usize], scenario: &Scenario) -> usize {
+    let total: u64 = classes
+        .iter()
+        .map(|c| u64::from(scenario.classes.get(*c).map_or(0, |k| k.weight)))
+        .sum();
+    let mut r = fastrand::u64(..total.max(1));
+    for &c in classes {
+        let w = u64::from(scenario.classes.get(c).map_or(0, |k| k.weight));
+        if r < w {
+            return c;
+        }
+        r -= w;
+    }
+    classes.first().copied().unwrap_or(0)
+}
+
+/// Sends the scenario's faults to `mock-upstream` at their times.
+fn schedule_faults(cfg: &RunConfig, shared: &Arc<Shared>, start: Instant) -> Vec<JoinHandle<()>> {
+    let Some(control) = cfg.control.clone() else {
+        if !cfg.scenario.faults.is_empty() {
+            eprintln!(
+                "loadgen: the scenario schedules {} fault(s) but no --control URL of mock-upstream was given: skipped",
+                cfg.scenario.faults.len()
+            );
+        }
+        return Vec::new();
+    };
+    cfg.scenario
+        .faults
+        .iter()
+        .cloned()
+        .map(|fault| {
+            let shared = Arc::clone(shared);
+            let control = control.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + fault.at).await;
+                if let Err(e) = post_fault(&control, &fault.body).await {
+                    shared
+                        .recorder
+                        .exception(&format!("scheduling a fault failed: {e}"));
+                }
+            })
+        })
+        .collect()
+}
+
+async fn post_fault(control: &Target, body: &serde_json::Value) -> Result<(), String> {
+    let addr = control.resolve()?;
+    let req = http::Request::post(format!("{}/_mock/faults", control.base_path))
+        .header(http::header::HOST, control.authority.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let res = tokio::time::timeout(Duration::from_secs(5), Conn::default().send(addr, req))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if res.status().as_u16() == 201 {
+        Ok(())
+    } else {
+        Err(format!("{} answered {}", control.url, res.status()))
+    }
+}
+
+fn print_live(line: &LiveLine, elapsed: Duration, total: Option<Duration>, users: u64, warn: &str) {
+    let tty = std::io::stderr().is_terminal();
+    let total = total.map_or_else(String::new, |t| format!("/{}s", t.as_secs()));
+    let fail = if line.requests == 0 {
+        0.0
+    } else {
+        line.failures as f64 * 100.0 / line.requests as f64
+    };
+    let text = format!(
+        "[{:>4}s{total}] users {users:>5} | {:>8.1} req/s | {:>9} reqs | fail {fail:>5.2}% | p50 {:>7.1}ms p95 {:>7.1}ms p99 {:>7.1}ms{warn}",
+        elapsed.as_secs(),
+        line.rps,
+        line.requests,
+        line.p50,
+        line.p95,
+        line.p99
+    );
+    let mut err = std::io::stderr().lock();
+    let _ = if tty {
+        write!(err, "\r\x1b[2K{text}")
+    } else {
+        writeln!(err, "{text}")
+    };
+}
+
+/// Runs the whole plan and returns what it measured.
+pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
+    let addr = cfg.target.resolve()?;
+    let recorder = Recorder::new(&cfg.scenario.stat_names).map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        scenario: Arc::clone(&cfg.scenario),
+        target: cfg.target.clone(),
+        addr,
+        recorder,
+        timeout: cfg.timeout,
+        budget: cfg.max_requests.map(Budget::new),
+    });
+    let monitor = Arc::new(Monitor::default());
+    let probe = {
+        let m = Arc::clone(&monitor);
+        tokio::spawn(async move { m.probe_lag().await })
+    };
+    let (interrupt_tx, interrupt_rx) = watch::channel(false);
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = interrupt_tx.send(true);
+        }
+    });
+    let started_unix = unix_now();
+    let start = Instant::now();
+    let faults = schedule_faults(&cfg, &shared, start);
+    let (hard_tx, hard_rx) = watch::channel(stop::RUN);
+    let duration = cfg.plan.duration();
+
+    let mut users: Vec<Running> = Vec::new();
+    let mut stopping: Vec<Running> = Vec::new();
+    let mut counts = vec![0u64; cfg.scenario.classes.len()];
+    let mut next_index = 0u64;
+    let pool = Arc::new(OpenPool {
+        idle: (0..cfg.scenario.classes.len())
+            .map(|_| Mutex::new(Vec::new()))
+            .collect(),
+        in_flight: Semaphore::new(match &cfg.plan {
+            Plan::Open { max_vus, .. } => usize::try_from(*max_vus).unwrap_or(usize::MAX >> 4),
+            _ => 0,
+        }),
+        max: match &cfg.plan {
+            Plan::Open { max_vus, .. } => *max_vus,
+            _ => 0,
+        },
+        next_index: std::sync::atomic::AtomicU64::new(0),
+    });
+    let dispatcher = cfg.plan.is_open().then(|| {
+        let shared = Arc::clone(&shared);
+        let pool = Arc::clone(&pool);
+        let plan = cfg.plan.clone();
+        let classes = cfg.classes.clone();
+        let monitor = Arc::clone(&monitor);
+        let hard_rx = hard_rx.clone();
+        tokio::spawn(async move {
+            let mut at = Duration::ZERO;
+            loop {
+                let intended = start + at;
+                tokio::time::sleep_until(intended).await;
+                if *hard_rx.borrow() >= stop::HARD {
+                    break;
+                }
+                monitor.arrival(intended.elapsed());
+                let class = weighted_class(&classes, &shared.scenario);
+                tokio::spawn(iteration(
+                    Arc::clone(&shared),
+                    Arc::clone(&pool),
+                    class,
+                    intended,
+                    hard_rx.clone(),
+                ));
+                match plan.next_arrival(at) {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            }
+        })
+    });
+
+    let mut ticker = tokio::time::interval(CONTROL_PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_second = start + Duration::from_secs(1);
+    let mut cpu_mark = (Instant::now(), monitor::process_cpu_ticks());
+    let mut cpu_warn = false;
+    let interrupted = loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let elapsed = now - start;
+        if *interrupt_rx.borrow() {
+            break true;
+        }
+        let budget_spent = cfg
+            .max_requests
+            .is_some_and(|m| shared.recorder.requests() >= m);
+        let time_up = duration.is_some_and(|d| elapsed >= d);
+        let open_done =
+            dispatcher.as_ref().is_some_and(JoinHandle::is_finished) && pool.busy() == 0;
+        if budget_spent || time_up || open_done {
+            break false;
+        }
+        if !cfg.plan.is_open() {
+            let target = cfg.plan.users_at(elapsed);
+            while (users.len() as u64) < target {
+                let class = pick_class(&cfg.classes, &cfg.scenario, &counts);
+                if let Some(c) = counts.get_mut(class) {
+                    *c += 1;
+                }
+                let (tx, rx) = watch::channel(stop::RUN);
+                let handle = tokio::spawn(user_loop(Arc::clone(&shared), class, next_index, rx));
+                next_index += 1;
+                users.push(Running {
+                    class,
+                    stop: tx,
+                    handle,
+                });
+            }
+            while (users.len() as u64) > target {
+                let Some(u) = users.pop() else { break };
+                if let Some(c) = counts.get_mut(u.class) {
+                    *c = c.saturating_sub(1);
+                }
+                let _ = u.stop.send(stop::SOFT);
+                stopping.push(u);
+            }
+            stopping.retain(|u| !u.handle.is_finished());
+        }
+        if now >= next_second {
+            next_second += Duration::from_secs(1);
+            if let (Some(before), Some(after)) = (cpu_mark.1, monitor::process_cpu_ticks()) {
+                cpu_warn =
+                    monitor.cpu_sample(after.saturating_sub(before), now - cpu_mark.0, cfg.workers);
+            }
+            cpu_mark = (now, monitor::process_cpu_ticks());
+            let active = if cfg.plan.is_open() {
+                pool.busy()
+            } else {
+                users.len() as u64
+            };
+            let line = shared
+                .recorder
+                .tick(unix_now(), elapsed.as_secs_f64(), active);
+            if cfg.live {
+                let mut warn = String::new();
+                if cpu_warn {
+                    warn.push_str(" | WARNING: generator CPU saturated");
+                }
+                if monitor.late_share() > 0.05 {
+                    warn.push_str(" | WARNING: generator behind schedule");
+                }
+                print_live(&line, elapsed, duration, active, &warn);
+            }
+        }
+    };
+    let measured = start.elapsed();
+    let active = if cfg.plan.is_open() {
+        pool.busy()
+    } else {
+        users.len() as u64
+    };
+    shared
+        .recorder
+        .tick(unix_now(), measured.as_secs_f64(), active);
+    if cfg.live && std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+
+    // Stop: abandon requests in flight, then let on_stop run within the stop timeout.
+    let _ = hard_tx.send(stop::HARD);
+    for u in users.iter().chain(&stopping) {
+        let _ = u.stop.send(stop::HARD);
+    }
+    if let Some(d) = dispatcher {
+        d.abort();
+    }
+    for f in faults {
+        f.abort();
+    }
+    let deadline = Instant::now() + cfg.stop_timeout;
+    for u in users.into_iter().chain(stopping) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, u.handle).await.is_err() {
+            // Still in its on_stop past the stop timeout: stop waiting for it.
+        }
+    }
+    if cfg.plan.is_open() {
+        let mut stop_rx = hard_rx.clone();
+        for class in 0..cfg.scenario.classes.len() {
+            while let Some(mut u) = pool.take(class) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, u.lifecycle(&shared, false, &mut stop_rx))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    probe.abort();
+    ctrl_c.abort();
+
+    let mut result = shared.recorder.result(measured);
+    result.scenario = cfg.scenario.name.clone();
+    result.host = cfg.target.url.clone();
+    result.plan = cfg.plan.describe();
+    result.started_unix = started_unix;
+    result.thresholds = cfg.thresholds.clone();
+    result.interrupted = interrupted;
+    result.reliability = monitor.reliability();
+    if let Some((i, n)) = cfg.shard {
+        result.shards = vec![format!("{i}/{n}")];
+    }
+    Ok(result)
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Installs or starts what the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# monitoring tests drive promtool, amtool and a real prometheus (Debian's
+# prometheus and prometheus-alertmanager packages); install them once.
+if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v prometheus >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "installing prometheus and prometheus-alertmanager (monitoring tests)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            prometheus prometheus-alertmanager >/dev/null
+    else
+        echo "warning: promtool/amtool/prometheus missing and cannot apt-get install them" >&2
+    fi
+fi
+# Kubernetes schema validation of deploy/k8s (a PyPI package shipping the schemas).
+if command -v python3 >/dev/null && ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+    python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 \
+        || echo "warning: cannot pip install kubernetes-validate" >&2
+fi
+
+# The rate-limit tests run their own redis-server (and use one on :6379).
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+  redis-server --port 6379 --save "" --appendonly no --daemonize yes >/dev/null
+fi
+# The end-to-end tests drive the real binaries (gateway, mock-upstream, loadgen).
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast -- --test-threads 4

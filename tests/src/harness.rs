@@ -1,0 +1,343 @@
+//! Test harness: start the gateway in process or as a real process, on
+//! ports the OS picks, and talk to it with a plain hyper client. Every wait
+//! is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Generous bound for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Installs a compact log subscriber once (RUST_LOG to change the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A gateway config with both listeners on free ports; `body` adds
+/// upstreams and routes (and may add to `[server]` via `server_extra`).
+pub fn config(server_extra: &str, body: &str) -> gateway::Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n{body}"
+    );
+    let c = gateway::Config::from_toml(&text)
+        .unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
+    gateway::config::validate::validate(&c)
+        .unwrap_or_else(|e| panic!("invalid test config: {e}\n{text}"));
+    c
+}
+
+/// One upstream `name` with `endpoints`, and one catch-all route to it.
+pub fn simple(name: &str, endpoints: &[SocketAddr], upstream_extra: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[upstreams.{name}]\nendpoints = [{}]\n{upstream_extra}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"{name}\"\n",
+        eps.join(", ")
+    )
+}
+
+/// Starts a gateway in this process.
+pub async fn start_gateway(config: gateway::Config) -> gateway::Handle {
+    gateway::start(
+        config,
+        gateway::config::Source::Embedded,
+        Default::default(),
+    )
+    .await
+    .expect("gateway starts")
+}
+
+/// The plain HTTP client of the tests.
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive HTTP/1.1 client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A response with its body collected.
+#[derive(Debug)]
+pub struct Got {
+    /// Status and headers.
+    pub head: http::response::Parts,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Got {
+    /// The status code as a number.
+    pub fn status(&self) -> u16 {
+        self.head.status.as_u16()
+    }
+
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.head
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends `req` and collects the response, bounded by [`WAIT`].
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Got {
+    let resp: Response<_> = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("response within the bound")
+        .expect("request succeeds at the HTTP level");
+    let (head, body) = resp.into_parts();
+    let body = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("body within the bound")
+        .expect("body completes")
+        .to_bytes();
+    Got { head, body }
+}
+
+/// `GET http://{addr}{path}`.
+pub async fn get(client: &TestClient, addr: SocketAddr, path: &str) -> Got {
+    send(
+        client,
+        Request::get(format!("http://{addr}{path}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Waits until `cond` holds, polling every 20 ms, for at most [`WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `f` every 20 ms until it yields a value, for at most [`WAIT`];
+/// `what` names the condition in the panic message.
+pub async fn poll_until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The admin listener's `/metrics` (Prometheus text).
+pub async fn metrics_text(client: &TestClient, admin: SocketAddr) -> String {
+    String::from_utf8(get(client, admin, "/metrics").await.body.to_vec())
+        .expect("metrics are UTF-8")
+}
+
+/// The value of the first sample whose line starts with `series`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Path of a workspace binary built next to the test executable
+/// (`scripts/test.sh` builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A gateway running as a real process (for signals and memory).
+pub struct GatewayProcess {
+    /// The child process.
+    pub child: Child,
+    /// Proxy listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Lines the process wrote to stderr (its logs), collected in the background.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Runs `gateway serve --config FILE` (or the embedded default) with
+    /// both listeners on free ports and extra environment variables.
+    pub fn spawn(config: Option<&Path>, env: &[(&str, String)]) -> Self {
+        Self::spawn_with_args(config, env, &[])
+    }
+
+    /// Like [`GatewayProcess::spawn`], with extra command-line arguments.
+    pub fn spawn_with_args(config: Option<&Path>, env: &[(&str, String)], args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("gateway"));
+        cmd.args(args).arg("serve").arg("--workers").arg("2");
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("gateway spawns");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "gateway did not report its addresses; logs: {:?}",
+                logs.lock().unwrap()
+            )
+        });
+        // "gateway listening on A (admin B)"
+        let rest = line
+            .strip_prefix("gateway listening on ")
+            .expect("listening line");
+        let (a, b) = rest.split_once(" (admin ").unwrap();
+        Self {
+            child,
+            addr: a.parse().unwrap(),
+            admin: b.trim_end_matches(')').parse().unwrap(),
+            logs,
+        }
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, …) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Whether a log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits for the process to exit, bounded; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Duration::from_secs(30);
+        let start = std::time::SystemTime::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(start.elapsed().unwrap() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of an external tool (`promtool`, `amtool`, `prometheus`) on PATH,
+/// or `None`.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Like [`find_tool`], failing with what to install when it is absent.
+pub fn tool(name: &str, package: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| {
+        panic!(
+            "`{name}` not found on PATH: install Debian's `{package}` package \
+             (scripts/test.sh installs it: apt-get install {package})"
+        )
+    })
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}

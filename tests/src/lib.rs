@@ -1,0 +1,4 @@
+pub mod harness;
+pub mod mock;
+
+pub use mock::{MockOptions, MockUpstream};

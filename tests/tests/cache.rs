@@ -1,0 +1,194 @@
+//! The response cache through the real gateway against `mock-upstream`:
+//! hit, miss, Age, no-store/private, Vary, Authorization, coalescing,
+//! stale-if-error, stale-while-revalidate and purge on the admin listener.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use e2e::harness::{self, client, config, get, send, start_gateway, Got, TestClient};
+use e2e::mock::{Fault, MockOptions, MockUpstream};
+use http::Request;
+use http_body_util::Full;
+
+async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient) {
+    harness::init_logs();
+    let m = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let gw = start_gateway(config(
+        "",
+        &format!(
+            r#"
+            [cache]
+            max_size = "1MiB"
+            [upstreams.mock]
+            endpoints = ["{}"]
+            [[routes]]
+            name = "cached"
+            prefix = "/"
+            upstream = "mock"
+            cache = {route_cache}
+            "#,
+            m.addr()
+        ),
+    ))
+    .await;
+    (m, gw, client())
+}
+
+async fn get_with(c: &TestClient, gw: &gateway::Handle, path: &str, h: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(format!("http://{}{path}", gw.proxy_addr));
+    for (k, v) in h {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::default()).unwrap()).await
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_age_and_cache_status() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s" }"#).await;
+    let first = get(&c, gw.proxy_addr, "/cache/60").await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(first.header("cache-status"), "gateway; fwd=miss; stored");
+    let second = get(&c, gw.proxy_addr, "/cache/60").await;
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert!(second
+        .header("cache-status")
+        .starts_with("gateway; hit; ttl="));
+    assert_eq!(second.header("age"), "0");
+    assert_eq!(second.body, first.body);
+    assert_eq!(m.hits("/cache"), 1);
+    // HEAD is answered from the stored GET, without a body.
+    let head = send(
+        &c,
+        Request::head(format!("http://{}/cache/60", gw.proxy_addr))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.header("x-cache"), "HIT");
+    assert!(head.body.is_empty());
+    assert_eq!(m.hits("/cache"), 1);
+}
+
+#[tokio::test]
+async fn no_store_private_and_authorization_are_not_shared() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s" }"#).await;
+    for path in [
+        "/response-headers?Cache-Control=no-store",
+        "/response-headers?Cache-Control=private%2C%20max-age%3D60",
+    ] {
+        for _ in 0..2 {
+            assert_eq!(get(&c, gw.proxy_addr, path).await.header("x-cache"), "MISS");
+        }
+    }
+    assert_eq!(m.hits("/response-headers"), 4);
+    // A response to an authorized request is not shared...
+    let auth = [("authorization", "Bearer abc")];
+    let p = "/response-headers?Cache-Control=max-age%3D60";
+    for _ in 0..2 {
+        assert_eq!(get_with(&c, &gw, p, &auth).await.header("x-cache"), "MISS");
+    }
+    // ...unless it says public.
+    let p = "/response-headers?Cache-Control=public%2C%20max-age%3D60";
+    assert_eq!(get_with(&c, &gw, p, &auth).await.header("x-cache"), "MISS");
+    assert_eq!(get_with(&c, &gw, p, &auth).await.header("x-cache"), "HIT");
+    assert_eq!(m.hits("/response-headers"), 7);
+    // The client can ask to bypass.
+    let got = get_with(&c, &gw, p, &[("cache-control", "no-store")]).await;
+    assert_eq!(got.header("x-cache"), "MISS");
+    assert_eq!(m.hits("/response-headers"), 8);
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s" }"#).await;
+    let p = "/response-headers?Cache-Control=max-age%3D60&Vary=Accept-Language";
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(get_with(&c, &gw, p, &en).await.header("x-cache"), "MISS");
+    assert_eq!(get_with(&c, &gw, p, &en).await.header("x-cache"), "HIT");
+    // Never the English variant for a French request.
+    assert_eq!(get_with(&c, &gw, p, &fr).await.header("x-cache"), "MISS");
+    assert_eq!(get_with(&c, &gw, p, &fr).await.header("x-cache"), "HIT");
+    assert_eq!(m.hits("/response-headers"), 2);
+    // One variant per URL is kept: French replaced English.
+    assert_eq!(get_with(&c, &gw, p, &en).await.header("x-cache"), "MISS");
+    assert_eq!(m.hits("/response-headers"), 3);
+}
+
+#[tokio::test]
+async fn concurrent_misses_are_coalesced_into_one_upstream_request() {
+    let (m, gw, _) = setup(r#"{ ttl = "30s" }"#).await;
+    let addr = gw.proxy_addr;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client();
+            tokio::spawn(async move { get(&c, addr, "/delay/300").await })
+        })
+        .collect();
+    let mut x = Vec::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status(), 200);
+        x.push(got.header("x-cache").to_owned());
+    }
+    assert_eq!(m.hits("/delay"), 1, "{x:?}");
+    assert_eq!(x.iter().filter(|s| *s == "MISS").count(), 1, "{x:?}");
+}
+
+#[tokio::test]
+async fn stale_if_error_and_stale_while_revalidate() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s", stale_if_error = "60s" }"#).await;
+    let first = get(&c, gw.proxy_addr, "/cache/1").await;
+    assert_eq!(first.json()["served"], 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    m.set_fault(Fault {
+        path_prefix: "/cache".into(),
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    let stale = get(&c, gw.proxy_addr, "/cache/1").await;
+    assert_eq!(stale.status(), 200);
+    assert_eq!(stale.header("x-cache"), "STALE");
+    assert!(stale
+        .header("cache-status")
+        .contains("fwd=stale; fwd-status=503"));
+    assert_eq!(stale.json()["served"], 1);
+    assert_eq!(m.hits("/cache"), 2);
+
+    // stale-while-revalidate: served stale at once, refreshed behind.
+    m.clear_faults();
+    let p = "/response-headers?Cache-Control=max-age%3D1%2C%20stale-while-revalidate%3D30";
+    assert_eq!(get(&c, gw.proxy_addr, p).await.header("x-cache"), "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&c, gw.proxy_addr, p).await.header("x-cache"), "STALE");
+    harness::wait_until("the background revalidation", || async {
+        m.hits("/response-headers") == 2
+    })
+    .await;
+    assert_eq!(get(&c, gw.proxy_addr, p).await.header("x-cache"), "HIT");
+}
+
+#[tokio::test]
+async fn purge_by_prefix_and_key_on_the_admin_listener() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s" }"#).await;
+    for p in ["/cache/60", "/cache/61", "/response-headers?a=1"] {
+        get(&c, gw.proxy_addr, p).await;
+        assert_eq!(get(&c, gw.proxy_addr, p).await.header("x-cache"), "HIT");
+    }
+    let purge = |q: &str| {
+        Request::post(format!("http://{}/cache/purge?{q}", gw.admin_addr))
+            .body(Full::default())
+            .unwrap()
+    };
+    let got = send(&c, purge("prefix=%2Fcache")).await;
+    assert_eq!(got.json()["purged"], 2);
+    let got = send(&c, purge("key=/response-headers")).await;
+    assert_eq!(got.json()["purged"], 1);
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(m.hits("/cache"), 3);
+    assert_eq!(send(&c, purge("")).await.status(), 400);
+}

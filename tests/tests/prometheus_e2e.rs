@@ -1,0 +1,306 @@
+//! End-to-end proof of monitoring/: a real Prometheus (Debian's package)
+//! scrapes a live gateway process in front of `mock-upstream` while a client
+//! loop drives traffic and a fault is injected. Every rule and dashboard
+//! query must parse, recording rules and dashboard queries must return data
+//! (except those documented below as empty without the feature's traffic),
+//! and the error-rate and page burn-rate alerts must fire during the fault
+//! and resolve after it.
+//!
+//! The rules are the generator's, rendered with `time_scale = 60` (every
+//! window and `for:` divided by 60: 5m -> 5s, 1h -> 60s), so the whole
+//! cycle fits in about a minute and a half. The shipped rules use 1.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::harness::{client, find_tool, send, GatewayProcess, TestClient};
+use e2e::mock::{MockOptions, MockUpstream};
+use gateway::monitoring::{self, dashboards, rules, Options};
+use http::Request;
+use http_body_util::Full;
+use serde_json::Value;
+
+/// Queries that return nothing until the middleware they watch has
+/// traffic: this test has no JWT, rate limit, cache, retries, circuit
+/// breaker, Redis, reloads, nor request bodies.
+const EMPTY_WITHOUT_FEATURE: [&str; 9] = [
+    "gateway_circuit_state",
+    "gateway_ratelimit_decisions_total",
+    "gateway_cache_requests_total",
+    "gateway_jwt_rejections_total",
+    "gateway_retries_total",
+    "gateway_retry_budget_exhausted_total",
+    "gateway_redis_errors_total",
+    "gateway_config_reloads_total",
+    "gateway_request_size_bytes",
+];
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_json(c: &TestClient, url: &str) -> Option<Value> {
+    let req = Request::get(url).body(Full::new(Bytes::new())).ok()?;
+    let got = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = http_body_util::BodyExt::collect(got.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+async fn query(c: &TestClient, prom: &str, expr: &str) -> Value {
+    let url = format!("http://{prom}/api/v1/query?query={}", urlencode(expr));
+    get_json(c, &url)
+        .await
+        .unwrap_or_else(|| panic!("no answer from Prometheus for {expr}"))
+}
+
+async fn firing(c: &TestClient, prom: &str) -> Vec<(String, String, String)> {
+    let Some(v) = get_json(c, &format!("http://{prom}/api/v1/alerts")).await else {
+        return Vec::new();
+    };
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| {
+            let l = &a["labels"];
+            let s = |k: &str| l[k].as_str().unwrap_or("").to_owned();
+            (s("alertname"), s("severity"), s("sli"))
+        })
+        .collect()
+}
+
+fn page_burn(a: &(String, String, String)) -> bool {
+    a.0 == "GatewaySLOErrorBudgetBurn" && a.1 == "page" && a.2 == "availability"
+}
+
+fn high_error(a: &(String, String, String)) -> bool {
+    a.0 == "APIGatewayHighErrorRate"
+}
+
+/// Polls `cond` on the firing alerts every second for at most `secs`.
+async fn wait_alerts(
+    c: &TestClient,
+    prom: &str,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&[(String, String, String)]) -> bool,
+) -> u64 {
+    let start = tokio::time::Instant::now();
+    loop {
+        let f = firing(c, prom).await;
+        if cond(&f) {
+            return start.elapsed().as_secs();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}; firing: {f:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn start_prometheus(bin: &Path, dir: &Path, admin: std::net::SocketAddr) -> Prometheus {
+    let port = free_port();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}/*.yml\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{admin}']\n",
+        rules = dir.join("rules").display()
+    );
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let child = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    Prometheus {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_gateway_evaluates_every_rule_and_alerts_fire_and_resolve() {
+    let Some(prom_bin) = find_tool("prometheus") else {
+        eprintln!(
+            "SKIPPED: `prometheus` not on PATH (Debian's `prometheus` package; scripts/test.sh installs it)"
+        );
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("gw-prom-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let cfg =
+        gateway::config::load(&gateway::config::Source::Embedded, &Default::default()).unwrap();
+    let opts = Options {
+        time_scale: 60,
+        ..Options::default()
+    };
+    monitoring::write(&dir, &monitoring::generate(&cfg, &opts)).unwrap();
+
+    let mock = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let gw = GatewayProcess::spawn(None, &[("GATEWAY_UPSTREAM", mock.addr().to_string())]);
+    let prom = start_prometheus(&prom_bin, &dir, gw.admin);
+    let c = client();
+    let p = prom.addr.clone();
+
+    // Traffic: a bounded client loop (stops on the flag, or after 150 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let c = client();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                let path = if n % 2 == 0 {
+                    "/api/hello"
+                } else {
+                    "/api/users"
+                };
+                let req = Request::get(format!("http://{addr}{path}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.request(req)).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+
+    // Prometheus up and scraping the gateway.
+    let start = tokio::time::Instant::now();
+    loop {
+        let v = get_json(&c, &format!("http://{p}/api/v1/query?query=up")).await;
+        if v.as_ref()
+            .is_some_and(|v| v["data"]["result"][0]["value"][1] == "1")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "Prometheus never scraped the gateway: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Clean traffic first, so the windows have a baseline.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(firing(&c, &p)
+        .await
+        .iter()
+        .all(|a| !page_burn(a) && !high_error(a)));
+
+    // Fault: half the /api requests answer 502.
+    let fault = Request::post(format!("http://{}/_mock/faults", mock.addr()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"path_prefix":"/api","error_rate":0.5,"status":502,"duration":"60s"}"#,
+        )))
+        .unwrap();
+    assert_eq!(send(&c, fault).await.status(), 201);
+    let fired = wait_alerts(&c, &p, 40, "error-rate and page burn-rate alerts", |f| {
+        f.iter().any(high_error) && f.iter().any(page_burn)
+    })
+    .await;
+    eprintln!("alerts fired {fired}s after the fault started");
+
+    // Every rule and dashboard query, while every kind of data exists.
+    let mut checked = 0;
+    let mut empty = Vec::new();
+    let rule_list = rules::all(&cfg, &opts);
+    let mut exprs: Vec<(String, String, bool)> = rule_list
+        .iter()
+        .map(|r| (r.name.clone(), r.expr.clone(), !r.alert))
+        .collect();
+    exprs.extend(dashboards::queries(&cfg, &opts).into_iter().map(|(n, e)| {
+        let e = e
+            .replace("$__rate_interval", "5s")
+            .replace("$route", ".*")
+            .replace("$upstream", ".*");
+        (n, e, true)
+    }));
+    for (name, expr, wants_data) in &exprs {
+        let v = query(&c, &p, expr).await;
+        assert_eq!(v["status"], "success", "{name}: {expr}\n{v}");
+        checked += 1;
+        let has_data = v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty());
+        if *wants_data && !has_data {
+            if EMPTY_WITHOUT_FEATURE.iter().any(|m| expr.contains(m)) {
+                empty.push(name.clone());
+            } else {
+                panic!("{name} returned no data: {expr}");
+            }
+        }
+    }
+    eprintln!(
+        "{checked} expressions parsed; {} legitimately empty: {empty:?}",
+        empty.len()
+    );
+
+    // Fault off: both alerts resolve (the 5s and 30s short windows recover).
+    let clear = Request::delete(format!("http://{}/_mock/faults", mock.addr()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(send(&c, clear).await.status() < 300);
+    let resolved = wait_alerts(&c, &p, 60, "the alerts to resolve", |f| {
+        !f.iter().any(high_error) && !f.iter().any(page_burn)
+    })
+    .await;
+    eprintln!("alerts resolved {resolved}s after the fault ended");
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.await.unwrap();
+    eprintln!("{sent} requests sent");
+    drop(prom);
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,421 @@
+//! Rate limiting through the real gateway: headers, 429, recovery,
+//! exactness under concurrency (local, and shared by two gateways through
+//! Redis), and Redis going away and coming back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use e2e::harness::{self, client, config, get, start_gateway, wait_until, WAIT};
+use e2e::mock::{MockOptions, MockUpstream};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+async fn mock() -> MockUpstream {
+    MockUpstream::start(MockOptions::default()).await.unwrap()
+}
+
+/// A unique Redis key prefix per test run.
+fn prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("gw-e2e:{test}:{}:{nanos}:", std::process::id())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn limited(m: SocketAddr, limits: &str, redis: &str) -> gateway::Config {
+    config(
+        "",
+        &format!(
+            r#"
+            {redis}
+            [upstreams.mock]
+            endpoints = ["{m}"]
+            [[routes]]
+            name = "limited"
+            prefix = "/headers"
+            upstream = "mock"
+            rate_limits = [{limits}]
+            [[routes]]
+            name = "free"
+            prefix = "/"
+            upstream = "mock"
+            "#
+        ),
+    )
+}
+
+/// Opens `n` HTTP/1.1 connections first, then sends one GET on each at
+/// once; returns the statuses.
+async fn burst(addrs: &[SocketAddr], n: usize, path: &str) -> Vec<u16> {
+    let mut senders = Vec::new();
+    for i in 0..n {
+        let addr = addrs[i % addrs.len()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        senders.push((addr, tx));
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|(addr, mut tx)| {
+            let start = start.clone();
+            let path = path.to_owned();
+            tokio::spawn(async move {
+                let req = Request::get(format!("http://{addr}{path}"))
+                    .header("host", addr.to_string())
+                    .body(Empty::new())
+                    .unwrap();
+                start.wait().await;
+                let resp = tokio::time::timeout(WAIT, tx.send_request(req))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                status
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], s: u16) -> usize {
+    statuses.iter().filter(|x| **x == s).count()
+}
+
+#[tokio::test]
+async fn headers_on_every_response_429_with_retry_after_then_recovery() {
+    harness::init_logs();
+    let m = mock().await;
+    let gw = start_gateway(limited(
+        m.addr(),
+        r#"{ name = "per-client", key = "client_ip", limit = 3, window = "1s" },
+           { name = "route", key = "route", limit = 1000, window = "60s" }"#,
+        "",
+    ))
+    .await;
+    let c = client();
+    for i in 0..3 {
+        let got = get(&c, gw.proxy_addr, "/headers").await;
+        assert_eq!(got.status(), 200);
+        assert_eq!(
+            got.header("ratelimit-policy"),
+            r#""per-client";q=3;w=1, "route";q=1000;w=60"#
+        );
+        let rl = got.header("ratelimit");
+        assert!(
+            rl.starts_with(&format!(r#""per-client";r={};t="#, 2 - i))
+                && rl.contains(r#""route";r="#),
+            "{rl}"
+        );
+        assert_eq!(got.header("x-ratelimit-limit"), "3");
+        assert_eq!(got.header("x-ratelimit-remaining"), (2 - i).to_string());
+        assert!(!got.header("x-ratelimit-reset").is_empty());
+    }
+    let got = get(&c, gw.proxy_addr, "/headers").await;
+    assert_eq!(got.status(), 429);
+    let retry: u64 = got.header("retry-after").parse().unwrap();
+    assert!(retry >= 1);
+    let t: u64 = got
+        .header("ratelimit")
+        .split(";t=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= t, "Retry-After {retry} earlier than t={t}");
+    assert_eq!(got.header("x-ratelimit-remaining"), "0");
+    assert!(got.json()["error"].as_str().unwrap().contains("rate limit"));
+    assert!(got.json()["request_id"].is_string());
+    // The refused request never reached the upstream; the free route is free.
+    assert_eq!(m.hits("/headers"), 3);
+    assert!(get(&c, gw.proxy_addr, "/get")
+        .await
+        .header("ratelimit")
+        .is_empty());
+    // After the interval the client recovers.
+    tokio::time::sleep(Duration::from_millis(1000 / 3 + 50)).await;
+    assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 200);
+}
+
+#[tokio::test]
+async fn local_limit_is_exact_under_concurrency() {
+    harness::init_logs();
+    let m = mock().await;
+    let gw = start_gateway(limited(
+        m.addr(),
+        r#"{ name = "per-client", key = "client_ip", limit = 10, window = "1s" }"#,
+        "",
+    ))
+    .await;
+    let t = Instant::now();
+    let statuses = burst(&[gw.proxy_addr], 100, "/headers").await;
+    let took = t.elapsed();
+    println!("local: 100 concurrent requests in {took:?}");
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?} in {took:?}");
+    assert_eq!(count(&statuses, 429), 90);
+    assert_eq!(m.hits("/headers"), 10);
+}
+
+#[tokio::test]
+async fn redis_limit_is_exact_across_two_gateways() {
+    harness::init_logs();
+    let m = mock().await;
+    let redis = format!(
+        "[rate_limit.redis]\nurl = \"redis://127.0.0.1:6379\"\nprefix = \"{}\"\ntimeout = \"500ms\"\non_error = \"fail_closed\"",
+        prefix("exact")
+    );
+    let limits =
+        r#"{ name = "shared", key = "route", limit = 10, window = "1s", store = "redis" }"#;
+    let a = start_gateway(limited(m.addr(), limits, &redis)).await;
+    let b = start_gateway(limited(m.addr(), limits, &redis)).await;
+    let t = Instant::now();
+    let statuses = burst(&[a.proxy_addr, b.proxy_addr], 100, "/headers").await;
+    let took = t.elapsed();
+    println!("redis: 100 concurrent requests over two gateways in {took:?}");
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?} in {took:?}");
+    assert_eq!(count(&statuses, 429), 90);
+    assert_eq!(m.hits("/headers"), 10);
+}
+
+#[tokio::test]
+async fn redis_unreachable_falls_back_as_configured() {
+    harness::init_logs();
+    let m = mock().await;
+    let dead = free_port();
+    let c = client();
+    for (policy, want) in [
+        ("local", [200, 200, 429]),
+        ("fail_open", [200, 200, 200]),
+        ("fail_closed", [503, 503, 503]),
+    ] {
+        let gw = start_gateway(limited(
+            m.addr(),
+            r#"{ name = "p", key = "client_ip", limit = 2, window = "60s", store = "redis" }"#,
+            &format!(
+                "[rate_limit.redis]\nurl = \"redis://127.0.0.1:{dead}\"\ntimeout = \"50ms\"\non_error = \"{policy}\""
+            ),
+        ))
+        .await;
+        for w in want {
+            let t = Instant::now();
+            let got = get(&c, gw.proxy_addr, "/headers").await;
+            assert_eq!(got.status(), w, "{policy}");
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{policy}: {:?}",
+                t.elapsed()
+            );
+            if w == 503 {
+                assert_eq!(got.header("retry-after"), "1");
+            }
+        }
+    }
+}
+
+/// A `redis-server` of our own on `port`, killed on drop.
+struct RedisChild(Child);
+
+impl RedisChild {
+    async fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        wait_until("redis-server to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        Self(child)
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_mid_test_then_restarted() {
+    harness::init_logs();
+    let m = mock().await;
+    let port = free_port();
+    let redis = RedisChild::start(port).await;
+    let gw = start_gateway(limited(
+        m.addr(),
+        r#"{ name = "p", key = "client_ip", limit = 3, window = "60s", store = "redis" }"#,
+        &format!(
+            "[rate_limit.redis]\nurl = \"redis://127.0.0.1:{port}\"\nprefix = \"{}\"\ntimeout = \"100ms\"\non_error = \"fail_closed\"",
+            prefix("restart")
+        ),
+    ))
+    .await;
+    let c = client();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(get(&c, gw.proxy_addr, "/headers").await.status());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    drop(redis);
+    // Down: refused fast (fail_closed), bounded by the timeout.
+    for _ in 0..3 {
+        let t = Instant::now();
+        let got = get(&c, gw.proxy_addr, "/headers").await;
+        assert_eq!(got.status(), 503);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    // Every failed decision is counted (reported on the admin listener).
+    let ready = get(&c, gw.admin_addr, "/ready").await.json();
+    assert!(
+        ready["rate_limit_redis_failures"].as_u64().unwrap() >= 3,
+        "{ready}"
+    );
+    // Back (empty: it kept no data): the gateway reconnects by itself.
+    let _redis = RedisChild::start(port).await;
+    let gw_addr = gw.proxy_addr;
+    wait_until("the limiter to use redis again", || {
+        let c = c.clone();
+        async move { get(&c, gw_addr, "/headers").await.status() == 200 }
+    })
+    .await;
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.push(get(&c, gw.proxy_addr, "/headers").await.status());
+    }
+    assert_eq!(after, [200, 200, 429]);
+    assert_eq!(m.hits("/headers"), 6);
+}
+
+#[tokio::test]
+async fn keys_by_subject_header_and_trusted_forwarded_for() {
+    use jsonwebtoken::{EncodingKey, Header};
+    harness::init_logs();
+    let m = mock().await;
+    let secret = std::env::temp_dir().join(format!("gw-rl-secret-{}", std::process::id()));
+    std::fs::write(&secret, "ratelimit-test-secret-0123456789").unwrap();
+    let gw = start_gateway(config(
+        "",
+        &format!(
+            r#"
+            [auth.t]
+            [[auth.t.keys]]
+            algorithms = ["HS256"]
+            secret_file = "{}"
+            [rate_limit]
+            trusted_proxies = ["127.0.0.1"]
+            [upstreams.mock]
+            endpoints = ["{}"]
+            [[routes]]
+            name = "by-subject"
+            prefix = "/headers"
+            upstream = "mock"
+            auth = {{ provider = "t" }}
+            rate_limits = [{{ name = "per-user", key = "subject", limit = 2, window = "60s" }}]
+            [[routes]]
+            name = "by-key"
+            prefix = "/api/hello"
+            upstream = "mock"
+            rate_limits = [{{ name = "per-key", key = {{ header = "X-Api-Key" }}, limit = 2, window = "60s" }}]
+            [[routes]]
+            name = "by-ip"
+            prefix = "/health"
+            upstream = "mock"
+            rate_limits = [{{ name = "per-ip", key = "client_ip", limit = 2, window = "60s" }}]
+            "#,
+            secret.display(),
+            m.addr()
+        ),
+    ))
+    .await;
+    let c = client();
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |sub: &str| {
+        jsonwebtoken::encode(
+            &Header::default(),
+            &serde_json::json!({ "sub": sub, "exp": exp }),
+            &EncodingKey::from_secret(b"ratelimit-test-secret-0123456789"),
+        )
+        .unwrap()
+    };
+    let statuses = |path: &'static str, headers: Vec<(&'static str, String)>| {
+        let c = c.clone();
+        let addr = gw.proxy_addr;
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                let mut b = Request::get(format!("http://{addr}{path}"));
+                for (k, v) in &headers {
+                    b = b.header(*k, v);
+                }
+                let req = b.body(http_body_util::Full::<Bytes>::default()).unwrap();
+                out.push(harness::send(&c, req).await.status());
+            }
+            out
+        }
+    };
+    let bearer = |s: &str| vec![("authorization", format!("Bearer {}", token(s)))];
+    assert_eq!(statuses("/headers", bearer("ann")).await, [200, 200, 429]);
+    assert_eq!(statuses("/headers", bearer("bob")).await, [200, 200, 429]);
+    let key = |k: &str| vec![("x-api-key", k.to_owned())];
+    assert_eq!(statuses("/api/hello", key("k1")).await, [200, 200, 429]);
+    assert_eq!(statuses("/api/hello", key("k2")).await, [200, 200, 429]);
+    // The peer (127.0.0.1) is a trusted proxy: the client is the last
+    // untrusted X-Forwarded-For hop, whatever the client wrote before it.
+    let xff = |v: &str| vec![("x-forwarded-for", v.to_owned())];
+    assert_eq!(
+        statuses("/health", xff("6.6.6.6, 192.0.2.1")).await,
+        [200, 200, 429]
+    );
+    assert_eq!(
+        statuses("/health", xff("7.7.7.7, 192.0.2.1")).await,
+        [429, 429, 429]
+    );
+    assert_eq!(statuses("/health", xff("192.0.2.2")).await, [200, 200, 429]);
+}

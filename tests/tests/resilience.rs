@@ -1,0 +1,246 @@
+//! Retries, circuit breaking and load shedding through the real gateway
+//! against `mock-upstream` with injected faults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use e2e::harness::{self, client, config, get, send, start_gateway, TestClient};
+use e2e::mock::{Fault, MockOptions, MockUpstream};
+use http::Request;
+use http_body_util::Full;
+use tokio::time::Instant;
+
+async fn mock(id: &str) -> MockUpstream {
+    MockUpstream::start(MockOptions {
+        id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn failing(prefix: &str) -> Fault {
+    Fault {
+        path_prefix: prefix.into(),
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    }
+}
+
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn gw_config(endpoints: &[SocketAddr], upstream_extra: &str, route_extra: &str) -> gateway::Config {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    config(
+        "",
+        &format!(
+            r#"
+            [upstreams.pool]
+            endpoints = [{}]
+            {upstream_extra}
+            [[routes]]
+            name = "all"
+            prefix = "/"
+            upstream = "pool"
+            {route_extra}
+            "#,
+            eps.join(", ")
+        ),
+    )
+}
+
+const RETRY: &str = r#"retry = { attempts = 3, backoff = "1ms", max_backoff = "5ms" }"#;
+
+async fn post(c: &TestClient, addr: SocketAddr, path: &str) -> u16 {
+    let req = Request::post(format!("http://{addr}{path}"))
+        .body(Full::new(bytes::Bytes::from_static(b"{\"x\":1}")))
+        .unwrap();
+    send(c, req).await.status()
+}
+
+#[tokio::test]
+async fn a_503_is_retried_on_the_second_endpoint() {
+    harness::init_logs();
+    let (a, b) = (mock("a").await, mock("b").await);
+    a.set_fault(failing("/headers"));
+    let gw = start_gateway(gw_config(&[a.addr(), b.addr()], "", RETRY)).await;
+    let c = client();
+    for _ in 0..10 {
+        let got = get(&c, gw.proxy_addr, "/headers").await;
+        assert_eq!(got.status(), 200);
+        assert_eq!(got.header("x-upstream-id"), "b");
+    }
+    assert_eq!(b.hits("/headers"), 10);
+    // Every attempt that hit a was retried once, on b, never on a again.
+    let on_a = a.hits("/headers");
+    assert!((1..=10).contains(&on_a), "{on_a}");
+    // Each of those retries is counted.
+    let retries = metric(
+        &c,
+        gw.admin_addr,
+        r#"gateway_retries_total{upstream="pool"}"#,
+    )
+    .await;
+    assert_eq!(retries, Some(on_a as f64));
+}
+
+/// One sample of the gateway's `/metrics`.
+async fn metric(c: &harness::TestClient, admin: std::net::SocketAddr, series: &str) -> Option<f64> {
+    harness::sample(&harness::metrics_text(c, admin).await, series)
+}
+
+#[tokio::test]
+async fn a_post_that_reached_the_upstream_is_not_retried_but_a_refused_connect_is() {
+    harness::init_logs();
+    let (a, b) = (mock("a").await, mock("b").await);
+    a.set_fault(failing("/delay"));
+    let gw = start_gateway(gw_config(&[a.addr(), b.addr()], "", RETRY)).await;
+    let c = client();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            v.push(post(&c, gw.proxy_addr, "/delay/0").await);
+        }
+        v
+    };
+    // Each POST reached exactly one upstream exactly once.
+    assert_eq!(a.hits("/delay") + b.hits("/delay"), 10);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count() as u64,
+        a.hits("/delay")
+    );
+    // A refused connection never reached anyone: safe to retry even a POST.
+    let before = b.hits("/delay");
+    let gw = start_gateway(gw_config(&[closed_port(), b.addr()], "", RETRY)).await;
+    for _ in 0..6 {
+        assert_eq!(post(&c, gw.proxy_addr, "/delay/0").await, 200);
+    }
+    assert_eq!(b.hits("/delay"), before + 6);
+}
+
+#[tokio::test]
+async fn an_empty_budget_stops_retries() {
+    harness::init_logs();
+    let (a, b) = (mock("a").await, mock("b").await);
+    a.set_fault(failing("/headers"));
+    let gw = start_gateway(gw_config(
+        &[a.addr(), b.addr()],
+        "",
+        r#"retry = { attempts = 3, backoff = "1ms", max_backoff = "5ms", budget_ratio = 0.0, budget_min_per_sec = 0 }"#,
+    ))
+    .await;
+    let c = client();
+    let mut failed = 0;
+    for _ in 0..10 {
+        if get(&c, gw.proxy_addr, "/headers").await.status() == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        a.hits("/headers") + b.hits("/headers"),
+        10,
+        "no retry at all"
+    );
+    assert_eq!(failed, a.hits("/headers"));
+    let refused = metric(
+        &c,
+        gw.admin_addr,
+        r#"gateway_retry_budget_exhausted_total{upstream="pool"}"#,
+    )
+    .await;
+    assert_eq!(
+        refused,
+        Some(failed as f64),
+        "every refused retry is counted"
+    );
+}
+
+#[tokio::test]
+async fn breaker_opens_sheds_at_once_then_a_probe_closes_it() {
+    harness::init_logs();
+    let a = mock("a").await;
+    a.set_fault(failing("/headers"));
+    let gw = start_gateway(gw_config(
+        &[a.addr()],
+        r#"circuit_breaker = { consecutive_failures = 3, open_time = "300ms", max_open_time = "2s" }"#,
+        "",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 503);
+    }
+    assert_eq!(a.hits("/headers"), 3);
+    // Open: refused by the gateway itself, at once, with Retry-After.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let got = get(&c, gw.proxy_addr, "/headers").await;
+        assert_eq!(got.status(), 503);
+        assert_eq!(got.header("retry-after"), "1");
+        assert!(got.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open"));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(a.hits("/headers"), 3);
+    // Still failing at the half-open probe: open again (for longer).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 503);
+    assert_eq!(a.hits("/headers"), 4);
+    assert!(get(&c, gw.proxy_addr, "/headers").await.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("circuit open"));
+    // Recovered: the next probe (after 600 ms) closes the breaker.
+    a.clear_faults();
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    for _ in 0..5 {
+        assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 200);
+    }
+    assert_eq!(a.hits("/headers"), 4 + 5);
+}
+
+#[tokio::test]
+async fn max_inflight_sheds_the_excess_fast() {
+    harness::init_logs();
+    let a = mock("a").await;
+    let gw = start_gateway(gw_config(&[a.addr()], "", "max_inflight = 2")).await;
+    let addr = gw.proxy_addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let c = client();
+            tokio::spawn(async move { get(&c, addr, "/delay/600").await.status() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let c = client();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let got = get(&c, addr, "/delay/600").await;
+        assert_eq!(got.status(), 503);
+        assert_eq!(got.header("retry-after"), "1");
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(a.hits("/delay"), 2);
+    // Slots came back.
+    assert_eq!(get(&c, addr, "/delay/0").await.status(), 200);
+}
