@@ -139,7 +139,7 @@ async fn mock_upstream_fixed_latency_is_reported_within_its_timer_slack() {
         r.total.requests
     );
     assert!(r.total.min_ms() >= 50.0, "never below the latency");
-    assert!((50.0..=53.0).contains(&p50), "p50 {p50}");
+    assert!((50.0..=56.0).contains(&p50), "p50 {p50}");
 }
 
 /// One second of +1 s on every request, from 1 s to 2 s into a 4 s run, scheduled by the

@@ -132,61 +132,83 @@ fn nearest_rank(sorted_ms: &[f64], q: f64) -> f64 {
 #[tokio::test]
 async fn slo_percentiles_match_a_known_latency_distribution() {
     let up = MockUpstream::start(MockOptions::default()).await.unwrap();
-    let gw = start_gateway(config("", &simple("up", &[up.addr()], ""))).await;
+    // A gateway process that logs every request with its latency: the
+    // access log is the per-request truth, read from the same request clock
+    // but through a path (one f64 per request) independent of the engine's
+    // HDR rings. Comparing against latencies the test's own clients measure
+    // would add the test runtime's scheduling noise (10 ms on a loaded CI
+    // machine), which is not the engine's error.
+    let dir = std::env::temp_dir().join(format!("gateway-slo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[telemetry.access_log]\nenabled = true\nsample_ratio = 1.0\n",
+            simple("up", &[up.addr()], "")
+        ),
+    )
+    .unwrap();
+    let gw =
+        e2e::harness::GatewayProcess::spawn_with_args(Some(&path), &[], &["--log-format", "json"]);
     let c = client();
-    // 200 requests with upstream delays 500..=699 ms, 50 at a time; the
-    // truth is the latency each client saw (a loaded CI machine adds a few
-    // ms of scheduling noise, well inside 1 % of these latencies).
+    // 200 requests with upstream delays 500..=699 ms, 50 at a time.
     let delays: Vec<u64> = (500..700).collect();
-    let mut sorted: Vec<f64> = Vec::new();
     for chunk in delays.chunks(50) {
         let tasks: Vec<_> = chunk
             .iter()
             .map(|d| {
                 let c = c.clone();
-                let addr = gw.proxy_addr;
+                let addr = gw.addr;
                 let d = *d;
-                tokio::spawn(async move {
-                    let t0 = tokio::time::Instant::now();
-                    let status = get(&c, addr, &format!("/delay/{d}")).await.status();
-                    (status, t0.elapsed().as_secs_f64() * 1000.0)
-                })
+                tokio::spawn(async move { get(&c, addr, &format!("/delay/{d}")).await.status() })
             })
             .collect();
         for t in tasks {
-            let (status, ms) = t.await.unwrap();
-            assert_eq!(status, 200);
-            sorted.push(ms);
+            assert_eq!(t.await.unwrap(), 200);
         }
     }
-    sorted.sort_by(f64::total_cmp);
     let report = poll_until("all requests in the SLO window", || async {
-        let r = get(&c, gw.admin_addr, "/slo").await.json();
+        let r = get(&c, gw.admin, "/slo").await.json();
         (r["slos"][0]["windows"][0]["requests"] == 200).then_some(r)
+    })
+    .await;
+    let truth: Vec<f64> = poll_until("an access log line per request", || async {
+        let logs = gw.logs.lock().unwrap().clone();
+        let mut ms: Vec<f64> = logs
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access" && v["fields"]["route"] == "all")
+            .filter_map(|v| v["fields"]["latency_ms"].as_f64())
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        (ms.len() == 200).then_some(ms)
     })
     .await;
     let w = &report["slos"][0]["windows"][0];
     assert_eq!(w["window"], "1m");
     assert_eq!(w["errors"], 0);
+    let upstream: Vec<f64> = delays.iter().map(|d| *d as f64).collect();
     for (key, q) in [
         ("p50_ms", 0.5),
         ("p90_ms", 0.9),
         ("p95_ms", 0.95),
         ("p99_ms", 0.99),
     ] {
-        let truth = nearest_rank(&sorted, q);
+        let truth = nearest_rank(&truth, q);
         let got = w[key].as_f64().unwrap();
-        // Within 1 % (or 1 ms) of what the clients measured.
+        // Within 1 % (or 1 ms) of the per-request latencies.
         let tolerance = (truth * 0.01).max(1.0);
         assert!(
             (got - truth).abs() <= tolerance,
             "{key}: got {got} ms, true {truth} ms (tolerance {tolerance})"
         );
-        // And never faster than the upstream's own delay at that rank.
-        let floor = nearest_rank(&delays.iter().map(|d| *d as f64).collect::<Vec<_>>(), q);
+        // Never faster than the upstream's own delay at that rank, and not
+        // measuring something else entirely (generous: a loaded machine).
+        let floor = nearest_rank(&upstream, q);
         assert!(
-            got >= floor,
-            "{key}: {got} ms below the upstream delay {floor} ms"
+            got >= floor && got <= floor + 100.0,
+            "{key}: {got} ms against an upstream delay of {floor} ms"
         );
     }
     // p95 <= 350 ms and p99 <= 650 ms missed (~690 ms), errors fine, and
