@@ -1,10 +1,13 @@
 //! End-to-end proof of monitoring/: a real Prometheus (Debian's package)
-//! scrapes a live gateway process in front of `mock-upstream` while a client
-//! loop drives traffic and a fault is injected. Every rule and dashboard
+//! scrapes a live gateway process in front of `mock-upstream` while the real
+//! `loadgen` binary drives traffic and schedules a fault on `mock-upstream`
+//! (a scenario `[[fault]]` sent through `--control`). Every rule and dashboard
 //! query must parse, recording rules and dashboard queries must return data
 //! (except those documented below as empty without the feature's traffic),
 //! and the error-rate and page burn-rate alerts must fire during the fault
-//! and resolve after it.
+//! and resolve after it. The nightly job's verdict follows: loadgen, stopped
+//! with Ctrl-C, writes its reports and exits 1 for the missed error-rate
+//! threshold.
 //!
 //! The rules are the generator's, rendered with `time_scale = 60` (every
 //! window and `for:` divided by 60: 5m -> 5s, 1h -> 60s), so the whole
@@ -12,12 +15,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e::harness::{client, find_tool, send, GatewayProcess, TestClient};
+use e2e::harness::{bin, client, find_tool, GatewayProcess, TestClient};
 use e2e::mock::{MockOptions, MockUpstream};
 use gateway::monitoring::{self, dashboards, rules, Options};
 use http::Request;
@@ -189,32 +190,6 @@ async fn prometheus_scrapes_the_gateway_evaluates_every_rule_and_alerts_fire_and
     let c = client();
     let p = prom.addr.clone();
 
-    // Traffic: a bounded client loop (stops on the flag, or after 150 s).
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let stop = stop.clone();
-        let addr = gw.addr;
-        tokio::spawn(async move {
-            let c = client();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-                let path = if n % 2 == 0 {
-                    "/api/hello"
-                } else {
-                    "/api/users"
-                };
-                let req = Request::get(format!("http://{addr}{path}"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let _ = tokio::time::timeout(Duration::from_secs(5), c.request(req)).await;
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            n
-        })
-    };
-
     // Prometheus up and scraping the gateway.
     let start = tokio::time::Instant::now();
     loop {
@@ -230,26 +205,70 @@ async fn prometheus_scrapes_the_gateway_evaluates_every_rule_and_alerts_fire_and
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // Traffic: the real loadgen, ~100 req/s over two request names, for at
+    // most 180 s; its scenario makes half the /api requests answer 502 from
+    // 12 s to 57 s into the run, through mock-upstream's control endpoint.
+    let scenario = dir.join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "prometheus-e2e"
+thresholds = ["error_rate<0.5%"]
+
+[[fault]]
+at = "12s"
+duration = "45s"
+path_prefix = "/api"
+error_rate = 0.5
+status = 502
+
+[[user]]
+name = "Reader"
+wait_time = "constant_pacing(20ms)"
+
+[[user.task]]
+name = "/api/hello"
+path = "/api/hello"
+
+[[user.task]]
+name = "/api/users"
+path = "/api/users"
+"#,
+    )
+    .unwrap();
+    let summary = dir.join("summary.json");
+    let mut loadgen = std::process::Command::new(bin("loadgen"))
+        .arg("run")
+        .arg(&scenario)
+        .args(["--host", &format!("http://{}", gw.addr)])
+        .args(["--control", &format!("http://{}", mock.addr())])
+        .args(["--users", "2", "--spawn-rate", "10", "--run-time", "180s"])
+        .args(["--headless", "--only-summary"])
+        .arg("--summary-export")
+        .arg(&summary)
+        .args(["--metrics-url", &format!("http://{}/metrics", gw.admin)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("loadgen starts");
+
     // Clean traffic first, so the windows have a baseline.
     tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        loadgen.try_wait().unwrap().is_none(),
+        "loadgen exited early"
+    );
     assert!(firing(&c, &p)
         .await
         .iter()
         .all(|a| !page_burn(a) && !high_error(a)));
 
-    // Fault: half the /api requests answer 502.
-    let fault = Request::post(format!("http://{}/_mock/faults", mock.addr()))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"path_prefix":"/api","error_rate":0.5,"status":502,"duration":"60s"}"#,
-        )))
-        .unwrap();
-    assert_eq!(send(&c, fault).await.status(), 201);
-    let fired = wait_alerts(&c, &p, 40, "error-rate and page burn-rate alerts", |f| {
+    let fired = wait_alerts(&c, &p, 50, "error-rate and page burn-rate alerts", |f| {
         f.iter().any(high_error) && f.iter().any(page_burn)
     })
     .await;
-    eprintln!("alerts fired {fired}s after the fault started");
+    eprintln!("alerts fired {fired}s after the clean baseline (the fault starts ~4s after it)");
 
     // Every rule and dashboard query, while every kind of data exists.
     let mut checked = 0;
@@ -286,20 +305,50 @@ async fn prometheus_scrapes_the_gateway_evaluates_every_rule_and_alerts_fire_and
         empty.len()
     );
 
-    // Fault off: both alerts resolve (the 5s and 30s short windows recover).
-    let clear = Request::delete(format!("http://{}/_mock/faults", mock.addr()))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert!(send(&c, clear).await.status() < 300);
-    let resolved = wait_alerts(&c, &p, 60, "the alerts to resolve", |f| {
+    // The scheduled fault ends 57 s into the run: both alerts resolve (the
+    // 5s and 30s short windows recover).
+    let resolved = wait_alerts(&c, &p, 100, "the alerts to resolve", |f| {
         !f.iter().any(high_error) && !f.iter().any(page_burn)
     })
     .await;
-    eprintln!("alerts resolved {resolved}s after the fault ended");
+    eprintln!("alerts resolved {resolved}s after the expressions were checked");
 
-    stop.store(true, Ordering::Relaxed);
-    let sent = traffic.await.unwrap();
-    eprintln!("{sent} requests sent");
+    // Ctrl-C: loadgen stops cleanly, reports, and fails the nightly job.
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &loadgen.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT loadgen");
+    let out = tokio::task::spawn_blocking(move || loadgen.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "loadgen exits 1 for the missed error-rate threshold\n{stdout}\n{stderr}"
+    );
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let reqs = s["metrics"]["http_reqs"]["count"].as_f64().unwrap_or(0.0);
+    let failed = s["metrics"]["http_req_failed"]["passes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!("loadgen: {reqs} requests, {failed} failed\n{stdout}");
+    assert!(reqs > 1000.0, "loadgen drove traffic: {s}");
+    assert_eq!(s["loadgen"]["verdict"], "missed");
+    assert_eq!(s["loadgen"]["interrupted"], true);
+    assert!(failed > 0.0, "loadgen saw the fault: {s}");
+    // The server-side cross-check read the gateway's own counters: it saw
+    // the same requests (give or take those in flight at the scrapes).
+    let server = &s["loadgen"]["server"];
+    let server_reqs = server["requests"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (server_reqs - reqs).abs() <= 0.02 * reqs + 10.0,
+        "server-side {server_reqs} requests vs client {reqs}: {server}"
+    );
     drop(prom);
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
