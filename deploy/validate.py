@@ -6,6 +6,7 @@ Run: python3 deploy/validate.py   (tests/tests/deploy.rs runs it)."""
 import os
 import re
 import sys
+import tomllib
 
 import yaml
 import kubernetes_validate
@@ -93,9 +94,82 @@ svc_ports = {p["name"] for p in kinds["Service"][0]["spec"]["ports"]}
 for ep in kinds["ServiceMonitor"][0]["spec"]["endpoints"]:
     if ep["port"] not in svc_ports:
         err(f"ServiceMonitor port {ep['port']} not on the Service")
+# The pod's gateway.toml: every key file it names is mounted from a Secret
+# or ConfigMap that holds that key, every secret_env is set, and every host
+# it talks to is a Service of the base (or an IP).
+gcfg = tomllib.loads(read(os.path.join(base, "gateway.toml")))
+args = c.get("args", [])
+config_path = args[args.index("--config") + 1] if "--config" in args else ""
+mounts = {vm["mountPath"].rstrip("/"): vm["name"] for vm in c.get("volumeMounts", [])}
+volumes = {v["name"]: v for v in pod.get("volumes", [])}
+secrets = {x["metadata"]["name"]: x for x in kinds.get("Secret", [])}
+cm_files = {g["name"]: [f.split("=", 1)[0] for f in g["files"]]
+            for g in kust.get("configMapGenerator", [])}
+env_names = {e["name"] for e in c.get("env", [])}
+service_names = {x["metadata"]["name"] for x in kinds.get("Service", [])}
+
+
+def mounted(path):
+    """The keys a pod sees at path, or None when nothing is mounted there."""
+    for m, vol_name in mounts.items():
+        if path.startswith(m + "/"):
+            rel = path[len(m) + 1:]
+            vol = volumes.get(vol_name, {})
+            if "secret" in vol:
+                sec = secrets.get(vol["secret"]["secretName"], {})
+                return rel, set(sec.get("stringData", {})) | set(sec.get("data", {}))
+            if "configMap" in vol:
+                return rel, set(cm_files.get(vol["configMap"]["name"], []))
+            return rel, set()
+    return None
+
+
+if mounted(config_path) is None or mounted(config_path)[0] not in mounted(config_path)[1]:
+    err(f"gateway --config {config_path} is not a mounted ConfigMap key")
+for pname, provider in gcfg.get("auth", {}).items():
+    for i, key in enumerate(provider.get("keys", [])):
+        for field in ("secret_file", "pem_file"):
+            p = key.get(field)
+            if not p:
+                continue
+            full = p if os.path.isabs(p) else os.path.join(os.path.dirname(config_path), p)
+            found = mounted(full)
+            if found is None or found[0] not in found[1]:
+                err(f"gateway.toml auth.{pname}.keys[{i}].{field}: {full} is not mounted in the gateway pod")
+        if key.get("secret_env") and key["secret_env"] not in env_names:
+            err(f"gateway.toml auth.{pname}.keys[{i}].secret_env: {key['secret_env']} not set in the pod")
+
+
+def host_ok(host):
+    return re.fullmatch(r"[0-9.]+", host) is not None or host in service_names
+
+
+for uname, up in gcfg.get("upstreams", {}).items():
+    for ep in up.get("endpoints", []):
+        if not host_ok(ep.rsplit(":", 1)[0]):
+            err(f"gateway.toml upstreams.{uname}.endpoints: {ep} is not a Service of the base")
+redis_url = gcfg.get("rate_limit", {}).get("redis", {}).get("url", "")
+if redis_url and not host_ok(re.sub(r"^rediss?://([^:/]+).*$", r"\1", redis_url)):
+    err(f"gateway.toml rate_limit.redis.url: {redis_url} is not a Service of the base")
+for pname, provider in gcfg.get("auth", {}).items():
+    url = provider.get("jwks", {}).get("url", "")
+    if url and not host_ok(re.sub(r"^https?://([^:/]+).*$", r"\1", url)):
+        err(f"gateway.toml auth.{pname}.jwks.url: {url} is not a Service of the base")
+
+# The k8s gateway.toml is deploy/config/meetinity.toml with the cluster's
+# addresses and the mounted key: nothing else may drift.
+local = tomllib.loads(read(os.path.join(ROOT, "deploy/config/meetinity.toml")))
+for up in local.get("upstreams", {}).values():
+    up["endpoints"] = [e.replace("127.0.0.1:18080", "mock-upstream:18080") for e in up["endpoints"]]
+local["rate_limit"]["redis"]["url"] = "redis://redis:6379"
+local["rate_limit"]["trusted_proxies"] = gcfg["rate_limit"]["trusted_proxies"]
+local["auth"]["meetinity"]["jwks"]["url"] = "http://mock-upstream:18080/.well-known/jwks.json"
+local["auth"]["meetinity"]["keys"][0]["secret_file"] = "/etc/gateway-keys/hs256-secret"
+if local != gcfg:
+    err("k8s/base/gateway.toml drifted from deploy/config/meetinity.toml beyond the cluster addresses and key path")
+
 # Copies that must stay identical to their source.
-for copy, src in (("gateway.toml", "deploy/config/meetinity.toml"),
-                  ("meetinity-sla.toml", "loadgen/scenarios/meetinity-sla.toml"),
+for copy, src in (("meetinity-sla.toml", "loadgen/scenarios/meetinity-sla.toml"),
                   ("prometheusrule.yaml", "monitoring/kubernetes/prometheusrule.yaml")):
     if read(os.path.join(base, copy)) != read(os.path.join(ROOT, src)):
         err(f"k8s/base/{copy} differs from {src}: copy it again")
@@ -144,7 +218,7 @@ for name, s in services.items():
     up = env.get("GATEWAY_UPSTREAM") if isinstance(env, dict) else None
     if up and up.split(":")[0] not in services:
         err(f"compose: {name}: GATEWAY_UPSTREAM host {up} is not a service")
-if services["gateway-1"]["environment"]["REDIS_URL"] != services["gateway-2"]["environment"]["REDIS_URL"]:
+if services["gateway-1"]["environment"]["GATEWAY_REDIS_URL"] != services["gateway-2"]["environment"]["GATEWAY_REDIS_URL"]:
     err("compose: the gateway replicas must share Redis")
 prom = yaml.safe_load(read(os.path.join(HERE, "compose", "prometheus.yml")))
 for sc in prom["scrape_configs"]:

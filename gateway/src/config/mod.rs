@@ -37,6 +37,9 @@ pub const ENV_ADMIN_LISTEN: &str = "GATEWAY_ADMIN_LISTEN";
 /// Environment variable overriding the endpoints of every upstream pool
 /// (comma-separated `host:port` list).
 pub const ENV_UPSTREAM: &str = "GATEWAY_UPSTREAM";
+/// Environment variable overriding the URL of the shared Redis
+/// (`rate_limit.redis.url`), so one config serves every environment.
+pub const ENV_REDIS_URL: &str = "GATEWAY_REDIS_URL";
 
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -256,10 +259,13 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     /// Replaces every pool's endpoints.
     pub upstream: Option<Vec<String>>,
+    /// Replaces the shared Redis URL.
+    pub redis_url: Option<String>,
 }
 
 impl Overrides {
-    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN` and `GATEWAY_UPSTREAM`.
+    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM` and
+    /// `GATEWAY_REDIS_URL`.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
@@ -271,6 +277,7 @@ impl Overrides {
                     .filter(|s| !s.is_empty())
                     .collect()
             }),
+            redis_url: var(ENV_REDIS_URL).map(|v| v.trim().to_owned()),
         }
     }
 
@@ -284,6 +291,14 @@ impl Overrides {
         if let Some(eps) = &self.upstream {
             for up in config.upstreams.values_mut() {
                 up.endpoints.clone_from(eps);
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            match config.rate_limit.redis.as_mut() {
+                Some(redis) => redis.url.clone_from(url),
+                None => tracing::warn!(
+                    "{ENV_REDIS_URL} is set but the config has no [rate_limit.redis]: nothing uses Redis"
+                ),
             }
         }
     }
@@ -373,6 +388,7 @@ mod tests {
             listen: Some("127.0.0.1:1".into()),
             admin_listen: Some("127.0.0.1:2".into()),
             upstream: Some(vec!["127.0.0.1:3".into(), "127.0.0.1:4".into()]),
+            redis_url: Some("redis://127.0.0.1:5/2".into()),
         };
         let config = load(&Source::Embedded, &o).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:1");
@@ -380,6 +396,28 @@ mod tests {
         for up in config.upstreams.values() {
             assert_eq!(up.endpoints, ["127.0.0.1:3", "127.0.0.1:4"]);
         }
+    }
+
+    #[test]
+    fn the_redis_url_override_replaces_the_configured_one_and_is_validated() {
+        let text = "[rate_limit.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+        let mut c = Config::from_toml(text).unwrap();
+        let o = Overrides {
+            redis_url: Some("redis://10.0.0.7:6380/1".into()),
+            ..Overrides::default()
+        };
+        o.apply(&mut c);
+        assert_eq!(
+            c.rate_limit.redis.as_ref().map(|r| r.url.as_str()),
+            Some("redis://10.0.0.7:6380/1")
+        );
+        let o = Overrides {
+            redis_url: Some("http://not-redis".into()),
+            ..Overrides::default()
+        };
+        o.apply(&mut c);
+        let err = validate::validate(&c).unwrap_err().to_string();
+        assert!(err.contains("rate_limit.redis.url"), "{err}");
     }
 
     #[test]
