@@ -15,6 +15,19 @@ if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! comma
         echo "warning: promtool/amtool/prometheus missing and cannot apt-get install them" >&2
     fi
 fi
+# deploy/validate.py builds every kustomize overlay (kubectl's built-in
+# kustomize) and parses the compose file (docker-compose config): no cluster
+# or Docker daemon needed.
+if ! command -v kubectl >/dev/null || ! command -v docker-compose >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "installing kubectl and docker-compose (deploy tests)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            kubectl docker-compose >/dev/null
+    else
+        echo "warning: kubectl/docker-compose missing and cannot apt-get install them" >&2
+    fi
+fi
 # Kubernetes schema validation of deploy/k8s (a PyPI package shipping the schemas).
 if command -v python3 >/dev/null && ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
     python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 \
