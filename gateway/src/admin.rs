@@ -60,10 +60,10 @@ fn ready(shared: &Shared) -> Response<Body> {
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "upstreams": upstreams,
-        "cache": { "entries": rt.cache.len(), "bytes": rt.cache.bytes() },
+        "cache": { "entries": rt.middleware.cache.len(), "bytes": rt.middleware.cache.bytes() },
         // Decisions the shared limiter could not make (then its on_error
         // policy applied): the metric until /metrics exists.
-        "rate_limit_redis_failures": rt.redis.as_ref().map(|r| r.failures()),
+        "rate_limit_redis_failures": rt.middleware.redis.as_ref().map(|r| r.failures()),
     });
     let status = if ready {
         StatusCode::OK
@@ -146,7 +146,7 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
         &circuit,
     );
-    if let Some(redis) = &rt.redis {
+    if let Some(redis) = &rt.middleware.redis {
         let _ = writeln!(out, "# HELP gateway_redis_errors Redis calls of the shared rate limiter that failed or timed out");
         let _ = writeln!(out, "# TYPE gateway_redis_errors counter");
         let _ = writeln!(
@@ -264,6 +264,7 @@ fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     }
     let n = shared
         .runtime()
+        .middleware
         .cache
         .purge(key.as_deref(), prefix.as_deref());
     json(

@@ -10,10 +10,8 @@ use e2e::mock::{Fault, MockOptions, MockUpstream};
 use http::Request;
 use http_body_util::Full;
 
-async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient) {
-    harness::init_logs();
-    let m = MockUpstream::start(MockOptions::default()).await.unwrap();
-    let gw = start_gateway(config(
+fn cache_config(m: &MockUpstream, route_cache: &str, extra: &str) -> gateway::Config {
+    config(
         "",
         &format!(
             r#"
@@ -26,11 +24,17 @@ async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient)
             prefix = "/"
             upstream = "mock"
             cache = {route_cache}
+            {extra}
             "#,
             m.addr()
         ),
-    ))
-    .await;
+    )
+}
+
+async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient) {
+    harness::init_logs();
+    let m = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let gw = start_gateway(cache_config(&m, route_cache, "")).await;
     (m, gw, client())
 }
 
@@ -191,4 +195,48 @@ async fn purge_by_prefix_and_key_on_the_admin_listener() {
     );
     assert_eq!(m.hits("/cache"), 3);
     assert_eq!(send(&c, purge("")).await.status(), 400);
+}
+
+#[tokio::test]
+async fn cached_responses_survive_a_reload_unless_their_route_changed() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s" }"#).await;
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "HIT"
+    );
+    // The same config, then another route added: still a hit.
+    let same = cache_config(&m, r#"{ ttl = "30s" }"#, "");
+    gw.shared().apply(same).unwrap();
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "HIT"
+    );
+    let other = r#"
+        [[routes]]
+        name = "other"
+        prefix = "/other"
+        upstream = "mock"
+        cache = { ttl = "5s" }
+    "#;
+    gw.shared()
+        .apply(cache_config(&m, r#"{ ttl = "30s" }"#, other))
+        .unwrap();
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "HIT"
+    );
+    assert_eq!(m.hits("/cache"), 1);
+    // This route's cache settings changed: its entries are dropped.
+    gw.shared()
+        .apply(cache_config(&m, r#"{ ttl = "20s" }"#, other))
+        .unwrap();
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(m.hits("/cache"), 2);
 }

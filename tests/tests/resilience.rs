@@ -244,3 +244,42 @@ async fn max_inflight_sheds_the_excess_fast() {
     // Slots came back.
     assert_eq!(get(&c, addr, "/delay/0").await.status(), 200);
 }
+
+#[tokio::test]
+async fn an_open_breaker_stays_open_across_a_reload() {
+    harness::init_logs();
+    let a = mock("a").await;
+    a.set_fault(failing("/headers"));
+    // A long open time: the breaker cannot half-open during the test.
+    let breaker = r#"circuit_breaker = { consecutive_failures = 3, open_time = "60s", max_open_time = "60s" }"#;
+    let base = gw_config(&[a.addr()], breaker, "");
+    let gw = start_gateway(base.clone()).await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 503);
+    }
+    let open = |got: &harness::Got| {
+        got.status() == 503
+            && got.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("circuit open")
+    };
+    assert!(open(&get(&c, gw.proxy_addr, "/headers").await));
+    a.clear_faults();
+    // The same config, then a change elsewhere (a route timeout): still open.
+    gw.shared().apply(base.clone()).unwrap();
+    assert!(open(&get(&c, gw.proxy_addr, "/headers").await));
+    gw.shared()
+        .apply(gw_config(&[a.addr()], breaker, r#"timeout = "30s""#))
+        .unwrap();
+    assert!(open(&get(&c, gw.proxy_addr, "/headers").await));
+    assert_eq!(a.hits("/headers"), 3);
+    // The breaker's own settings changed: it starts closed.
+    let changed = r#"circuit_breaker = { consecutive_failures = 4, open_time = "60s", max_open_time = "60s" }"#;
+    gw.shared()
+        .apply(gw_config(&[a.addr()], changed, ""))
+        .unwrap();
+    assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 200);
+    assert_eq!(a.hits("/headers"), 4);
+}

@@ -18,7 +18,7 @@
 
 pub mod policy;
 mod service;
-mod store;
+pub(crate) mod store;
 
 pub use service::{Cache, CacheLayer, RouteCache, CACHE_STATUS, X_CACHE};
 pub use store::{Entry, ResponseCache};

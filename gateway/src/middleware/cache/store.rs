@@ -183,6 +183,20 @@ impl ResponseCache {
         n
     }
 
+    /// Removes every entry of route `route` (its config changed or it went
+    /// away on reload); returns how many.
+    pub fn purge_route(&self, route: &str) -> usize {
+        let mut n = 0;
+        for (k, _) in &self.entries {
+            if k.split('\0').next() == Some(route) {
+                self.entries.invalidate(&*k);
+                n += 1;
+            }
+        }
+        self.entries.run_pending_tasks();
+        n
+    }
+
     /// Entries stored (approximate until pending tasks ran).
     pub fn len(&self) -> u64 {
         self.entries.run_pending_tasks();
