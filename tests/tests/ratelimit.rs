@@ -4,14 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use e2e::harness::{self, client, config, get, start_gateway, wait_until, WAIT};
+use e2e::harness::{
+    self, client, config, free_port, get, start_gateway, wait_until, RedisServer, WAIT,
+};
 use e2e::mock::{MockOptions, MockUpstream};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
@@ -28,14 +29,6 @@ fn prefix(test: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("gw-e2e:{test}:{}:{nanos}:", std::process::id())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn limited(m: SocketAddr, limits: &str, redis: &str) -> gateway::Config {
@@ -214,7 +207,7 @@ async fn redis_limit_is_exact_across_two_gateway_processes() {
     harness::init_logs();
     let m = mock().await;
     let port = free_port();
-    let _redis = RedisChild::start(port).await;
+    let _redis = RedisServer::start(port).await;
     // 10 per minute: exact whatever the machine's load (at 10 per second
     // a burst slower than 100 ms would rightly admit an 11th).
     let text = format!(
@@ -319,47 +312,12 @@ async fn redis_unreachable_falls_back_as_configured() {
     }
 }
 
-/// A `redis-server` of our own on `port`, killed on drop.
-struct RedisChild(Child);
-
-impl RedisChild {
-    async fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/test.sh installs it)");
-        wait_until("redis-server to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        Self(child)
-    }
-}
-
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn redis_killed_mid_test_then_restarted() {
     harness::init_logs();
     let m = mock().await;
     let port = free_port();
-    let redis = RedisChild::start(port).await;
+    let redis = RedisServer::start(port).await;
     let gw = start_gateway(limited(
         m.addr(),
         r#"{ name = "p", key = "client_ip", limit = 3, window = "60s", store = "redis" }"#,
@@ -393,7 +351,7 @@ async fn redis_killed_mid_test_then_restarted() {
         "{ready}"
     );
     // Back (empty: it kept no data): the gateway reconnects by itself.
-    let _redis = RedisChild::start(port).await;
+    let _redis = RedisServer::start(port).await;
     let gw_addr = gw.proxy_addr;
     wait_until("the limiter to use redis again", || {
         let c = c.clone();
@@ -413,7 +371,7 @@ async fn redis_killed_backend_errors_are_counted_and_each_policy_applies() {
     harness::init_logs();
     let m = mock().await;
     let port = free_port();
-    let redis = RedisChild::start(port).await;
+    let redis = RedisServer::start(port).await;
     let c = client();
     let policies = ["local", "fail_open", "fail_closed"];
     let mut gws = Vec::new();

@@ -96,7 +96,16 @@ impl Shared {
                 }
                 s.cache.clone()
             }
-            _ => Arc::new(cache::ResponseCache::new(config.cache.max_size.0)),
+            _ => {
+                let c = cache::ResponseCache::new(config.cache.max_size.0);
+                Arc::new(match &config.cache.redis {
+                    Some(r) => c.with_redis(
+                        cache::RedisTier::new(r)
+                            .map_err(|m| ConfigErrors::at("cache.redis.url", m))?,
+                    ),
+                    None => c,
+                })
+            }
         };
         Ok(Self {
             verifiers,

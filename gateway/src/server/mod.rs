@@ -297,7 +297,7 @@ async fn dispatch(
     stats.request_started();
     let resp = match kind {
         Kind::Proxy => handle(ctx.shared.clone(), client, req).await,
-        Kind::Admin => admin::handle(&ctx.shared, req).map(TimedBody::plain),
+        Kind::Admin => admin::handle(&ctx.shared, req).await.map(TimedBody::plain),
     };
     stats.request_done();
     Ok(resp)
