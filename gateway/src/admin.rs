@@ -2,7 +2,8 @@
 //! every upstream pool has a live endpoint), `/metrics` (Prometheus text, or
 //! OpenMetrics with exemplars when the scraper asks for it), `/slo` (the
 //! live SLO report) and `POST /cache/purge?key=PATH` or `?prefix=PATH`
-//! (removes cached responses by path, on every route).
+//! (removes cached responses by path, on every route, in memory and in the
+//! shared Redis tier).
 
 use std::fmt::Write as _;
 
@@ -14,9 +15,9 @@ use crate::server::{json, Shared};
 use crate::telemetry::{metrics, process};
 
 /// Answers one admin request.
-pub fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/cache/purge" {
-        return purge(shared, &req);
+        return purge(shared, &req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
@@ -60,10 +61,14 @@ fn ready(shared: &Shared) -> Response<Body> {
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "upstreams": upstreams,
-        "cache": { "entries": rt.cache.len(), "bytes": rt.cache.bytes() },
+        "cache": {
+            "entries": rt.middleware.cache.len(),
+            "bytes": rt.middleware.cache.bytes(),
+            "redis_failures": rt.middleware.cache.redis().map(|r| r.failures()),
+        },
         // Decisions the shared limiter could not make (then its on_error
         // policy applied): the metric until /metrics exists.
-        "rate_limit_redis_failures": rt.redis.as_ref().map(|r| r.failures()),
+        "rate_limit_redis_failures": rt.middleware.redis.as_ref().map(|r| r.failures()),
     });
     let status = if ready {
         StatusCode::OK
@@ -146,14 +151,22 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
         &circuit,
     );
-    if let Some(redis) = &rt.redis {
-        let _ = writeln!(out, "# HELP gateway_redis_errors Redis calls of the shared rate limiter that failed or timed out");
+    let redis_errors: Vec<(&str, u64)> = [
+        (
+            "ratelimit",
+            rt.middleware.redis.as_ref().map(|r| r.failures()),
+        ),
+        ("cache", rt.middleware.cache.redis().map(|r| r.failures())),
+    ]
+    .into_iter()
+    .filter_map(|(op, n)| Some((op, n?)))
+    .collect();
+    if !redis_errors.is_empty() {
+        let _ = writeln!(out, "# HELP gateway_redis_errors Redis calls that failed or timed out, by use: the shared rate limiter (ratelimit), the shared cache tier (cache)");
         let _ = writeln!(out, "# TYPE gateway_redis_errors counter");
-        let _ = writeln!(
-            out,
-            "gateway_redis_errors_total{{op=\"ratelimit\"}} {}",
-            redis.failures()
-        );
+        for (op, n) in redis_errors {
+            let _ = writeln!(out, "gateway_redis_errors_total{{op=\"{op}\"}} {n}");
+        }
     }
 
     let now = tokio::time::Instant::now();
@@ -241,7 +254,7 @@ fn slo(shared: &Shared) -> Response<Body> {
     json(StatusCode::OK, body.to_string())
 }
 
-fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+async fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::POST && req.method() != Method::DELETE {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -262,14 +275,14 @@ fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             r#"{"error":"give key=PATH or prefix=PATH"}"#.into(),
         );
     }
-    let n = shared
-        .runtime()
-        .cache
-        .purge(key.as_deref(), prefix.as_deref());
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "purged": n }).to_string(),
-    )
+    let cache = shared.runtime().middleware.cache.clone();
+    let n = cache.purge(key.as_deref(), prefix.as_deref());
+    let mut body = serde_json::json!({ "purged": n });
+    if let Some(tier) = cache.redis() {
+        // null when Redis failed part way (the failure is counted).
+        body["purged_redis"] = tier.purge(key.as_deref(), prefix.as_deref()).await.into();
+    }
+    json(StatusCode::OK, body.to_string())
 }
 
 fn percent_decode(s: &str) -> String {

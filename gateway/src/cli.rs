@@ -107,41 +107,72 @@ pub async fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Handlers before the address is announced: a SIGHUP sent as soon as
+    // it is must reload, not kill the process (the default action).
+    let signals = Signals::install();
     tracing::info!(proxy = %handle.proxy_addr, admin = %handle.admin_addr, config = %source, "gateway listening");
     println!(
         "gateway listening on {} (admin {})",
         handle.proxy_addr, handle.admin_addr
     );
-    if let Err(e) = signals(&handle).await {
-        eprintln!("cannot install signal handlers: {e}");
-        handle.shutdown();
+    match signals {
+        Ok(s) => s.run(&handle).await,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            handle.shutdown();
+        }
     }
     handle.wait().await;
     tracing::info!("gateway stopped");
     ExitCode::SUCCESS
 }
 
+/// The process signals the gateway handles, registered.
 #[cfg(unix)]
-async fn signals(handle: &crate::Handle) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => { let _ = handle.reload(); }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutdown requested");
-    handle.shutdown();
-    Ok(())
+
+    /// Reloads on SIGHUP until SIGTERM/SIGINT, then starts the drain.
+    async fn run(mut self, handle: &crate::Handle) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => { let _ = handle.reload(); }
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+            }
+        }
+        tracing::info!("shutdown requested");
+        handle.shutdown();
+    }
 }
 
 #[cfg(not(unix))]
-async fn signals(handle: &crate::Handle) -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    handle.shutdown();
-    Ok(())
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn run(self, handle: &crate::Handle) {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            eprintln!("cannot wait for Ctrl-C: {e}");
+        }
+        handle.shutdown();
+    }
 }

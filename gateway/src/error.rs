@@ -13,7 +13,7 @@ use http::{Response, StatusCode};
 
 use crate::body::Body;
 use crate::middleware::auth::AuthError;
-use crate::middleware::ratelimit::{LimiterUnavailable, RateLimited};
+use crate::middleware::ratelimit::{LimiterFailed, LimiterUnavailable, RateLimited};
 use crate::request_id::X_REQUEST_ID;
 use crate::upstream::h1::UpstreamError;
 
@@ -82,6 +82,9 @@ pub struct WithHeaders {
     /// The actual error.
     #[source]
     pub source: BoxError,
+    /// The shared rate limiter failed for this request (see
+    /// [`LimiterFailed`]).
+    pub limiter_failed: bool,
 }
 
 /// A request body exceeded the route's limit.
@@ -106,6 +109,9 @@ pub struct Classified {
     /// Other headers the kind calls for (`WWW-Authenticate`, rate-limit
     /// fields).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The shared rate limiter failed for this request: the response gets
+    /// the [`LimiterFailed`] extension, so it is counted as such.
+    pub limiter_failed: bool,
 }
 
 impl Classified {
@@ -116,6 +122,7 @@ impl Classified {
             blame,
             retry_after: None,
             headers: Vec::new(),
+            limiter_failed: false,
         }
     }
 }
@@ -128,6 +135,7 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Classified {
     while let Some(e) = cur {
         if let Some(w) = e.downcast_ref::<WithHeaders>() {
             extra.extend(w.headers.iter().cloned());
+            c.limiter_failed |= w.limiter_failed;
         }
         cur = e.source();
     }
@@ -202,12 +210,14 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
             return Classified {
                 retry_after: Some(r.retry_after.max(1)),
                 headers: r.headers.clone(),
+                limiter_failed: r.limiter_failed,
                 ..Classified::new(StatusCode::TOO_MANY_REQUESTS, r.to_string(), Blame::Client)
             };
         }
         if e.is::<LimiterUnavailable>() {
             return Classified {
                 retry_after: Some(1),
+                limiter_failed: true,
                 ..Classified::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     e.to_string(),
@@ -259,6 +269,9 @@ pub fn render(err: &(dyn StdError + 'static), request_id: &HeaderValue) -> Respo
     }
     for (k, v) in c.headers {
         h.insert(k, v);
+    }
+    if c.limiter_failed {
+        resp.extensions_mut().insert(LimiterFailed);
     }
     resp
 }
@@ -365,6 +378,7 @@ mod tests {
                         HeaderName::from_static("ratelimit"),
                         HeaderValue::from_static("\"p\";r=0;t=3"),
                     )],
+                    limiter_failed: false,
                 }
                 .into(),
                 StatusCode::TOO_MANY_REQUESTS,
@@ -424,6 +438,7 @@ mod tests {
                 HeaderName::from_static("ratelimit"),
                 HeaderValue::from_static("\"p\";r=0;t=2"),
             )],
+            limiter_failed: false,
         };
         let resp = render(&limited, &id);
         assert_eq!(resp.headers()["ratelimit"], "\"p\";r=0;t=2");
@@ -441,6 +456,7 @@ mod tests {
                 upstream: Arc::from("u"),
             }
             .into(),
+            limiter_failed: false,
         };
         let resp = render(&err, &HeaderValue::from_static("r"));
         assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -457,5 +473,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"], "quote \" and \\");
         assert_eq!(v["request_id"], "a\"b");
+    }
+
+    #[test]
+    fn a_failed_shared_limiter_marks_the_error_response() {
+        let id = HeaderValue::from_static("req-1");
+        let marked = |e: BoxError| {
+            render(e.as_ref(), &id)
+                .extensions()
+                .get::<LimiterFailed>()
+                .is_some()
+        };
+        assert!(marked(LimiterUnavailable.into()));
+        // An error below the layer after the fallback let the request pass.
+        let below = |limiter_failed| -> BoxError {
+            Box::new(WithHeaders {
+                headers: Vec::new(),
+                source: GatewayError::Overloaded.into(),
+                limiter_failed,
+            })
+        };
+        assert!(marked(below(true)));
+        assert!(!marked(below(false)));
+        assert!(!marked(GatewayError::Overloaded.into()));
     }
 }

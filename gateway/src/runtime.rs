@@ -41,26 +41,33 @@ pub struct Runtime {
     pub slos: SloEngine,
     /// Telemetry of requests that matched no route.
     pub unmatched: Arc<RouteTelemetry>,
-    /// The response cache (purged from the admin listener).
-    pub cache: Arc<middleware::cache::ResponseCache>,
-    /// The shared rate limiter, if configured (its failure count is
-    /// reported on the admin listener).
-    pub redis: Option<Arc<middleware::ratelimit::RedisLimiter>>,
+    /// What the routes share: the response cache (purged from the admin
+    /// listener), the Redis limiter (its failure count is reported there),
+    /// limiter state; carried over reloads where unchanged.
+    pub middleware: middleware::Shared,
     _health: DropGuard,
 }
 
 impl Runtime {
     /// Builds a runtime from a *validated* config and starts its health
     /// checks and JWKS refreshers (must run inside a tokio runtime). Fails only
-    /// when a secret or key file changed since validation. Endpoint health carries over
-    /// from `previous` so a reload does not put ejected endpoints back.
+    /// when a secret or key file changed since validation. From `previous`,
+    /// endpoint health carries over (a reload does not put ejected endpoints
+    /// back), and so does the state whose config did not change: whole
+    /// endpoints (circuit breaker, idle connections) when their pool's
+    /// breaker settings are equal, limiter state, the cache
+    /// ([`middleware::Shared::build`]).
     pub fn build(
         config: Config,
         previous: Option<&Runtime>,
         telemetry: &Telemetry,
     ) -> Result<Self, ConfigErrors> {
         let stop = CancellationToken::new();
-        let shared = middleware::Shared::build(&config, &stop)?;
+        let shared = middleware::Shared::build(
+            &config,
+            previous.map(|p| (&p.config, &p.middleware)),
+            &stop,
+        )?;
         let upstreams: BTreeMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -116,8 +123,7 @@ impl Runtime {
         let unmatched = route_telemetry(&Arc::from("unmatched"), Vec::new());
         Ok(Self {
             router: Router::new(routes),
-            cache: shared.cache.clone(),
-            redis: shared.redis.clone(),
+            middleware: shared,
             upstreams,
             slos,
             unmatched,

@@ -40,7 +40,7 @@ use crate::config::RouteConfig;
 use crate::error::BoxError;
 use crate::middleware::auth::{AuthLayer, RoutePolicy};
 use crate::middleware::cache::{CacheLayer, RouteCache};
-use crate::middleware::ratelimit::{Policy, RateLimitLayer, RoutePolicies};
+use crate::middleware::ratelimit::{RateLimitLayer, RoutePolicies};
 use crate::middleware::retry::{RetryLayer, RetryPolicy};
 use crate::middleware::shed::LoadShedLayer;
 use crate::middleware::Shared;
@@ -77,14 +77,9 @@ pub fn route_service(
         Some(AuthLayer::new(RoutePolicy::new(verifier, a)))
     });
     let limits = (!route.rate_limits.is_empty()).then(|| {
-        let policies = route
-            .rate_limits
-            .iter()
-            .map(|p| Policy::new(p, shared.max_keys, shared.redis.clone()))
-            .collect();
         RateLimitLayer::new(RoutePolicies::new(
             &route.name,
-            policies,
+            shared.rate_limits(route),
             shared.trusted.clone(),
         ))
     });

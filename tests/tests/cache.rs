@@ -10,10 +10,8 @@ use e2e::mock::{Fault, MockOptions, MockUpstream};
 use http::Request;
 use http_body_util::Full;
 
-async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient) {
-    harness::init_logs();
-    let m = MockUpstream::start(MockOptions::default()).await.unwrap();
-    let gw = start_gateway(config(
+fn cache_config(m: &MockUpstream, route_cache: &str, extra: &str) -> gateway::Config {
+    config(
         "",
         &format!(
             r#"
@@ -26,11 +24,17 @@ async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient)
             prefix = "/"
             upstream = "mock"
             cache = {route_cache}
+            {extra}
             "#,
             m.addr()
         ),
-    ))
-    .await;
+    )
+}
+
+async fn setup(route_cache: &str) -> (MockUpstream, gateway::Handle, TestClient) {
+    harness::init_logs();
+    let m = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let gw = start_gateway(cache_config(&m, route_cache, "")).await;
     (m, gw, client())
 }
 
@@ -191,4 +195,128 @@ async fn purge_by_prefix_and_key_on_the_admin_listener() {
     );
     assert_eq!(m.hits("/cache"), 3);
     assert_eq!(send(&c, purge("")).await.status(), 400);
+}
+
+#[tokio::test]
+async fn cached_responses_survive_a_reload_unless_their_route_changed() {
+    let (m, gw, c) = setup(r#"{ ttl = "30s" }"#).await;
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "HIT"
+    );
+    // The same config, then another route added: still a hit.
+    let same = cache_config(&m, r#"{ ttl = "30s" }"#, "");
+    gw.shared().apply(same).unwrap();
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "HIT"
+    );
+    let other = r#"
+        [[routes]]
+        name = "other"
+        prefix = "/other"
+        upstream = "mock"
+        cache = { ttl = "5s" }
+    "#;
+    gw.shared()
+        .apply(cache_config(&m, r#"{ ttl = "30s" }"#, other))
+        .unwrap();
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "HIT"
+    );
+    assert_eq!(m.hits("/cache"), 1);
+    // This route's cache settings changed: its entries are dropped.
+    gw.shared()
+        .apply(cache_config(&m, r#"{ ttl = "20s" }"#, other))
+        .unwrap();
+    assert_eq!(
+        get(&c, gw.proxy_addr, "/cache/60").await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(m.hits("/cache"), 2);
+}
+
+#[tokio::test]
+async fn the_redis_tier_is_shared_by_two_gateways_and_optional_when_redis_dies() {
+    harness::init_logs();
+    let m = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let redis = harness::RedisServer::start(harness::free_port()).await;
+    let prefix = format!("gw-e2e-cache:{}:{}:", std::process::id(), fastrand::u64(..));
+    let cfg = || {
+        cache_config(
+            &m,
+            r#"{ ttl = "30s" }"#,
+            &format!(
+                "[cache.redis]\nurl = \"redis://127.0.0.1:{}\"\nprefix = \"{prefix}\"\ntimeout = \"200ms\"",
+                redis.port
+            ),
+        )
+    };
+    let (a, b) = (start_gateway(cfg()).await, start_gateway(cfg()).await);
+    // The cache key includes the host: replicas behind one name share it.
+    const HOST: &[(&str, &str)] = &[("host", "api.example")];
+    let c = client();
+    let count = "return #redis.call('KEYS', ARGV[1])";
+    let pattern = format!("{prefix}*");
+    let stored = || redis.cli(&["EVAL", count, "0", &pattern]);
+
+    // Stored through A (in memory, and in Redis behind the response)...
+    let first = get_with(&c, &a, "/cache/60", HOST).await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    harness::wait_until("the entry in redis", || async { stored() == "1" }).await;
+    // ...expiring in Redis with the entry (`/cache/60` says max-age=60; no
+    // stale use allowed).
+    let pttl = "return redis.call('PTTL', redis.call('KEYS', ARGV[1])[1])";
+    let ms: u64 = redis.cli(&["EVAL", pttl, "0", &pattern]).parse().unwrap();
+    assert!((40_000..=60_000).contains(&ms), "{ms}");
+    // ...is a hit on B, whose memory never saw it; then B has it locally.
+    let on_b = get_with(&c, &b, "/cache/60", HOST).await;
+    assert_eq!(on_b.header("x-cache"), "HIT");
+    assert!(
+        on_b.header("cache-status").ends_with("; detail=shared"),
+        "{}",
+        on_b.header("cache-status")
+    );
+    assert_eq!(on_b.body, first.body);
+    let again = get_with(&c, &b, "/cache/60", HOST).await;
+    assert_eq!(again.header("x-cache"), "HIT");
+    assert!(!again.header("cache-status").contains("detail=shared"));
+    assert_eq!(m.hits("/cache"), 1);
+
+    // A purge removes the entry from Redis too.
+    let purge = Request::post(format!(
+        "http://{}/cache/purge?prefix=%2Fcache",
+        a.admin_addr
+    ))
+    .body(Full::default())
+    .unwrap();
+    let got = send(&c, purge).await.json();
+    assert_eq!(got["purged"], 1);
+    assert_eq!(got["purged_redis"], 1);
+    assert_eq!(stored(), "0");
+
+    // Redis gone: B still answers (a miss, then from its own memory), and
+    // counts the failed calls.
+    drop(redis);
+    let miss = get_with(&c, &b, "/cache/61", HOST).await;
+    assert_eq!((miss.status(), miss.header("x-cache")), (200, "MISS"));
+    let hit = get_with(&c, &b, "/cache/61", HOST).await;
+    assert_eq!((hit.status(), hit.header("x-cache")), (200, "HIT"));
+    assert_eq!(m.hits("/cache"), 2);
+    harness::wait_until("the failures counted", || async {
+        let text = harness::metrics_text(&c, b.admin_addr).await;
+        harness::sample(&text, r#"gateway_redis_errors_total{op="cache"}"#)
+            .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    let ready = get(&c, b.admin_addr, "/ready").await.json();
+    assert!(
+        ready["cache"]["redis_failures"].as_u64().unwrap() >= 2,
+        "{ready}"
+    );
 }

@@ -345,14 +345,34 @@ mod retry {
 pub struct CacheConfig {
     /// Upper bound of stored responses (bodies and headers).
     pub max_size: super::ByteSize,
+    /// A second tier in Redis shared by replicas: looked up after a local
+    /// miss, written after every local store.
+    pub redis: Option<CacheRedisConfig>,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_size: super::ByteSize(64 * 1024 * 1024),
+            redis: None,
         }
     }
+}
+
+/// `[cache.redis]`: the shared cache tier. When Redis is slow or down the
+/// cache works from memory alone (failures are counted, never an error to
+/// the client).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key (share it between replicas of one deployment).
+    #[serde(default = "cache_defaults::redis_prefix")]
+    pub prefix: String,
+    /// Bound on one lookup or write.
+    #[serde(default = "cache_defaults::redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// A route's `cache = { ttl = "30s", ... }`.
@@ -375,10 +395,24 @@ pub struct RouteCacheConfig {
     /// Default `stale-if-error` for responses that give none.
     #[serde(default, with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// Use the shared tier (`[cache.redis]`) when it is configured.
+    #[serde(default = "cache_defaults::yes")]
+    pub redis: bool,
 }
 
 mod cache_defaults {
+    use std::time::Duration;
+
     pub fn max_body() -> super::super::ByteSize {
         super::super::ByteSize(1024 * 1024)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn redis_prefix() -> String {
+        "gw:cache:".into()
+    }
+    pub fn redis_timeout() -> Duration {
+        Duration::from_millis(50)
     }
 }

@@ -19,9 +19,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use middleware::{
-    AuthKeyConfig, AuthMode, AuthProviderConfig, CacheConfig, CircuitBreakerConfig, JwksConfig,
-    OnRedisError, RateLimitConfig, RateLimitKey, RateLimitPolicyConfig, RateLimitStore,
-    RedisConfig, RetryConfig, RouteAuthConfig, RouteCacheConfig,
+    AuthKeyConfig, AuthMode, AuthProviderConfig, CacheConfig, CacheRedisConfig,
+    CircuitBreakerConfig, JwksConfig, OnRedisError, RateLimitConfig, RateLimitKey,
+    RateLimitPolicyConfig, RateLimitStore, RedisConfig, RetryConfig, RouteAuthConfig,
+    RouteCacheConfig,
 };
 pub use size::ByteSize;
 pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig};

@@ -290,6 +290,12 @@ fn middleware(config: &Config, errs: &mut Errors) {
     if config.cache.max_size.0 == 0 {
         errs.push("cache.max_size", "must be greater than 0");
     }
+    if let Some(r) = &config.cache.redis {
+        if redis::Client::open(r.url.as_str()).is_err() {
+            errs.push("cache.redis.url", format!("invalid Redis URL {:?}", r.url));
+        }
+        positive(errs, "cache.redis.timeout", r.timeout);
+    }
     if rl.max_keys == 0 {
         errs.push("rate_limit.max_keys", "must be greater than 0");
     }
@@ -589,6 +595,9 @@ mod tests {
             algorithms = ["HS256"]
             [rate_limit]
             trusted_proxies = ["10.0.0.0/99"]
+            [cache.redis]
+            url = "http://not-redis"
+            timeout = "0s"
             [upstreams.u]
             endpoints = ["127.0.0.1:1"]
             [[routes]]
@@ -607,6 +616,8 @@ mod tests {
             "auth.c: needs at least one of keys or jwks",
             "auth.b.jwks: \"https://idp/jwks\": only http://",
             "rate_limit.trusted_proxies[0]: invalid prefix length",
+            "cache.redis.url: invalid Redis URL",
+            "cache.redis.timeout: must be greater than 0",
             "routes[0].auth.provider: unknown auth provider \"zz\"",
             "routes[0].rate_limits[0].limit: must be at least 1",
             "routes[0].rate_limits[0].store: store = \"redis\" needs [rate_limit.redis]",

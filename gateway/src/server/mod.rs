@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::Body;
 use crate::config::{self, Config, ConfigErrors, Overrides, Source};
 use crate::error::{self, BodyTooLarge};
+use crate::middleware::ratelimit::LimiterFailed;
 use crate::proxy::ClientAddr;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::runtime::Runtime;
@@ -296,7 +297,7 @@ async fn dispatch(
     stats.request_started();
     let resp = match kind {
         Kind::Proxy => handle(ctx.shared.clone(), client, req).await,
-        Kind::Admin => admin::handle(&ctx.shared, req).map(TimedBody::plain),
+        Kind::Admin => admin::handle(&ctx.shared, req).await.map(TimedBody::plain),
     };
     stats.request_done();
     Ok(resp)
@@ -352,6 +353,9 @@ async fn handle(
         Some(mut r) => {
             let upstream = parts.extensions.remove::<UpstreamInfo>();
             r.head(parts.status.as_u16(), &parts.headers, upstream);
+            if parts.extensions.remove::<LimiterFailed>().is_some() {
+                r.limiter_failed();
+            }
             Response::from_parts(parts, TimedBody::new(body, r))
         }
         None => Response::from_parts(parts, TimedBody::plain(body)),

@@ -233,6 +233,13 @@ impl Record {
         self.decisions = Decisions::of(status, headers);
     }
 
+    /// The shared rate limiter failed for this request (the response
+    /// carried [`crate::middleware::ratelimit::LimiterFailed`]): its
+    /// rate-limit decision is `backend_error`, whatever the fallback did.
+    pub fn limiter_failed(&mut self) {
+        self.decisions.ratelimit = Some("backend_error");
+    }
+
     fn finish(&mut self) {
         let total = self.start.elapsed();
         let rt = &self.route;

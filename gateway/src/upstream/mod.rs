@@ -17,7 +17,9 @@ use std::time::Duration;
 use http::uri::Authority;
 use tokio::time::Instant;
 
-use crate::config::{validate::check_endpoint, Balance, HealthCheckConfig, UpstreamConfig};
+use crate::config::{
+    validate::check_endpoint, Balance, CircuitBreakerConfig, HealthCheckConfig, UpstreamConfig,
+};
 use crate::error::GatewayError;
 use breaker::Breaker;
 
@@ -141,10 +143,16 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// Active health check settings.
     pub health_check: Option<HealthCheckConfig>,
+    /// Circuit breaker settings (decides whether a reload keeps endpoints).
+    breaker: Option<CircuitBreakerConfig>,
 }
 
 impl Upstream {
-    /// Builds a pool; `previous` carries endpoint health over a reload.
+    /// Builds a pool. From `previous` (the pool this one replaces on
+    /// reload), an endpoint that is still listed is kept whole (health,
+    /// circuit breaker, idle connections, in-flight count) when the breaker
+    /// settings are unchanged; otherwise only its health carries over and
+    /// its breaker starts closed.
     pub fn new(name: &str, cfg: &UpstreamConfig, previous: Option<&Upstream>) -> Self {
         let epoch = Instant::now();
         let endpoints = cfg
@@ -152,11 +160,18 @@ impl Upstream {
             .iter()
             .filter_map(|e| check_endpoint(e).ok())
             .map(|auth| {
-                let healthy = previous
-                    .and_then(|p| p.endpoints.iter().find(|e| e.authority == auth))
-                    .is_none_or(|e| e.is_healthy());
-                let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
-                Arc::new(Endpoint::new(auth, healthy, breaker, epoch))
+                let prev = previous.and_then(|p| {
+                    let ep = p.endpoints.iter().find(|e| e.authority == auth)?;
+                    Some((ep, p.breaker == cfg.circuit_breaker))
+                });
+                match prev {
+                    Some((ep, true)) => ep.clone(),
+                    _ => {
+                        let healthy = prev.is_none_or(|(e, _)| e.is_healthy());
+                        let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
+                        Arc::new(Endpoint::new(auth, healthy, breaker, epoch))
+                    }
+                }
             })
             .collect();
         Self {
@@ -171,6 +186,7 @@ impl Upstream {
             },
             request_timeout: cfg.request_timeout,
             health_check: cfg.health_check.clone(),
+            breaker: cfg.circuit_breaker.clone(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The response cache: GET and HEAD, RFC 9111 basics, shared by replicas
-//! of nothing (in memory, bounded by bytes).
+//! The response cache: GET and HEAD, RFC 9111 basics, in memory (bounded by
+//! bytes) and optionally in a Redis tier shared by replicas.
 //!
 //! [`policy`] decides, as pure functions, what may be stored and for how
 //! long (`Cache-Control` `max-age`, `s-maxage`, `no-store`, `no-cache`,
@@ -15,10 +15,21 @@
 //! One variant per URL is kept: a response that varies is stored with the
 //! request values of its `Vary` headers and served only to requests that
 //! match them; another variant replaces it.
+//!
+//! [`redis`] is the optional shared tier (`[cache.redis]`): a local miss
+//! (one per coalesced group) looks there before going upstream, and every
+//! local store is written there in the background ([`codec`] is the byte
+//! form, expiring in Redis with the entry's usable life). A hit from Redis
+//! says `Cache-Status: gateway; hit; ttl=N; detail=shared`. Redis slow or
+//! down: each call is bounded by its timeout, counted, and the cache works
+//! from memory alone; the client never sees an error for it.
 
+pub mod codec;
 pub mod policy;
+pub mod redis;
 mod service;
-mod store;
+pub(crate) mod store;
 
+pub use redis::RedisTier;
 pub use service::{Cache, CacheLayer, RouteCache, CACHE_STATUS, X_CACHE};
 pub use store::{Entry, ResponseCache};

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::policy::{storable, CacheControl, RouteRules};
-use super::store::{self, Entry, Freshness, Lead, ResponseCache};
+use super::redis::RedisTier;
+use super::store::{self, Entry, Freshness, Lead, LeaderGuard, ResponseCache};
 use crate::body::Body;
 use crate::config::RouteCacheConfig;
 use crate::error::BoxError;
@@ -29,6 +30,8 @@ pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub struct RouteCache {
     route: Arc<str>,
     store: Arc<ResponseCache>,
+    /// The shared tier, when configured and the route uses it.
+    shared: Option<Arc<RedisTier>>,
     rules: RouteRules,
     max_body: u64,
 }
@@ -38,6 +41,7 @@ impl RouteCache {
     pub fn new(route: &str, cfg: &RouteCacheConfig, store: Arc<ResponseCache>) -> Self {
         Self {
             route: Arc::from(route),
+            shared: store.redis().filter(|_| cfg.redis).cloned(),
             store,
             rules: RouteRules {
                 default_ttl: cfg.ttl,
@@ -155,6 +159,51 @@ fn copy_request(req: &Request<Body>) -> Request<Body> {
     r
 }
 
+/// A fresh entry's answer; `detail` ends the `Cache-Status` member.
+fn hit(e: &Entry, head: bool, now: Instant, detail: &str) -> Response<Body> {
+    let mut resp = from_entry(e, head, now);
+    tag(
+        &mut resp,
+        "HIT",
+        &format!("gateway; hit; ttl={}{detail}", ttl_left(e, now)),
+    );
+    resp
+}
+
+/// A stale entry's answer while one background request refreshes it.
+fn stale_while_revalidate<S>(
+    inner: S,
+    cache: &Arc<RouteCache>,
+    key: Arc<str>,
+    e: &Entry,
+    req: &Request<Body>,
+    leader: Option<LeaderGuard>,
+) -> Response<Body>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+{
+    if let Some(guard) = leader {
+        let bg = copy_request(req);
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = fetch(inner, &cache, key, bg, false).await {
+                tracing::debug!(error = %e, "background revalidation failed");
+            }
+        });
+    }
+    let now = Instant::now();
+    let mut resp = from_entry(e, req.method() == Method::HEAD, now);
+    tag(
+        &mut resp,
+        "STALE",
+        &format!("gateway; hit; ttl={}", ttl_left(e, now)),
+    );
+    resp
+}
+
 async fn run<S>(
     inner: S,
     cache: Arc<RouteCache>,
@@ -169,7 +218,11 @@ where
     if method != Method::GET && method != Method::HEAD {
         if !method.is_safe() {
             // RFC 9111 4.4: an unsafe request invalidates the URL.
-            cache.store.invalidate(&cache.key(&req));
+            let key = cache.key(&req);
+            cache.store.invalidate(&key);
+            if let Some(tier) = &cache.shared {
+                tier.delete(&key);
+            }
         }
         return inner.oneshot(req).await.map_err(Into::into);
     }
@@ -186,60 +239,55 @@ where
     if !req_cc.no_cache {
         if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
             match e.freshness(now) {
-                Freshness::Fresh => {
-                    let mut resp = from_entry(&e, head, now);
-                    tag(
-                        &mut resp,
-                        "HIT",
-                        &format!("gateway; hit; ttl={}", ttl_left(&e, now)),
-                    );
-                    return Ok(resp);
-                }
+                Freshness::Fresh => return Ok(hit(&e, head, now, "")),
                 Freshness::Revalidate => {
-                    if let Lead::Leader(guard) = cache.store.lead(&key) {
-                        let bg = copy_request(&req);
-                        let (inner, cache, key) = (inner.clone(), cache.clone(), key.clone());
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            if let Err(e) = fetch(inner, &cache, key, bg, false).await {
-                                tracing::debug!(error = %e, "background revalidation failed");
-                            }
-                        });
-                    }
-                    let mut resp = from_entry(&e, head, now);
-                    tag(
-                        &mut resp,
-                        "STALE",
-                        &format!("gateway; hit; ttl={}", ttl_left(&e, now)),
-                    );
-                    return Ok(resp);
+                    let leader = match cache.store.lead(&key) {
+                        Lead::Leader(g) => Some(g),
+                        Lead::Follower(_) => None,
+                    };
+                    return Ok(stale_while_revalidate(inner, &cache, key, &e, &req, leader));
                 }
                 Freshness::IfError => stale = Some(e),
                 Freshness::Expired => {}
             }
         }
     }
-    // A miss: one request per key goes upstream, the others wait for it.
-    let _guard = match cache.store.lead(&key) {
+    // A miss: one request per key goes on (to the shared tier, then
+    // upstream), the others wait for it.
+    let leader = match cache.store.lead(&key) {
         Lead::Leader(g) => Some(g),
         Lead::Follower(n) => {
             n.notified().await;
             if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
                 let now = Instant::now();
                 if e.freshness(now) == Freshness::Fresh {
-                    let mut resp = from_entry(&e, head, now);
-                    tag(
-                        &mut resp,
-                        "HIT",
-                        &format!("gateway; hit; ttl={}", ttl_left(&e, now)),
-                    );
-                    return Ok(resp);
+                    return Ok(hit(&e, head, now, ""));
                 }
             }
             None
         }
     };
+    if let (Some(tier), false) = (&cache.shared, req_cc.no_cache) {
+        // Another replica may have stored it; a failure is only a miss.
+        let shared = tier.get(&key).await.filter(|e| e.matches(req.headers()));
+        if let Some(e) = shared.map(Arc::new) {
+            let now = Instant::now();
+            let freshness = e.freshness(now);
+            if freshness != Freshness::Expired {
+                cache.store.insert(key.clone(), e.clone());
+            }
+            match freshness {
+                Freshness::Fresh => return Ok(hit(&e, head, now, "; detail=shared")),
+                Freshness::Revalidate => {
+                    return Ok(stale_while_revalidate(inner, &cache, key, &e, &req, leader));
+                }
+                Freshness::IfError => stale = stale.or(Some(e)),
+                Freshness::Expired => {}
+            }
+        }
+    }
     let result = fetch(inner, &cache, key, req, head).await;
+    drop(leader);
     let failed = match &result {
         Ok(r) => r.status().is_server_error(),
         Err(_) => true,
@@ -301,18 +349,19 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    cache.store.insert(
-        key,
-        Entry {
-            status: parts.status,
-            headers: parts.headers.clone(),
-            body: body.clone(),
-            stored: Instant::now(),
-            initial_age,
-            life,
-            vary_values,
-        },
-    );
+    let entry = Arc::new(Entry {
+        status: parts.status,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        stored: Instant::now(),
+        initial_age,
+        life,
+        vary_values,
+    });
+    cache.store.insert(key.clone(), entry.clone());
+    if let Some(tier) = &cache.shared {
+        tier.put(key, entry);
+    }
     let mut resp = Response::from_parts(
         parts,
         if body.is_empty() {
@@ -353,6 +402,7 @@ mod tests {
             share_authorized: false,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            redis: true,
         };
         let store = Arc::new(ResponseCache::new(1 << 20));
         CacheLayer::new(RouteCache::new("r", &cfg, store)).layer(inner)

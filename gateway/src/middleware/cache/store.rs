@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::policy::Storable;
+use super::redis::RedisTier;
 
 /// A stored response.
 #[derive(Debug)]
@@ -88,6 +89,8 @@ pub struct ResponseCache {
     entries: moka::sync::Cache<Arc<str>, Arc<Entry>>,
     /// Misses in flight, one leader each; bounded by requests in flight.
     inflight: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    /// The shared tier, when `[cache.redis]` is set.
+    redis: Option<Arc<RedisTier>>,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -95,6 +98,7 @@ impl std::fmt::Debug for ResponseCache {
         f.debug_struct("ResponseCache")
             .field("entries", &self.entries.entry_count())
             .field("bytes", &self.entries.weighted_size())
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -135,7 +139,22 @@ impl ResponseCache {
                 .weigher(|_k: &Arc<str>, e: &Arc<Entry>| e.weight())
                 .build(),
             inflight: Mutex::new(HashMap::new()),
+            redis: None,
         }
+    }
+
+    /// Adds the shared Redis tier.
+    #[must_use]
+    pub fn with_redis(self, tier: RedisTier) -> Self {
+        Self {
+            redis: Some(Arc::new(tier)),
+            ..self
+        }
+    }
+
+    /// The shared Redis tier, if configured.
+    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
     }
 
     /// The entry under `key`.
@@ -143,9 +162,9 @@ impl ResponseCache {
         self.entries.get(key)
     }
 
-    /// Stores `entry` under `key`.
-    pub fn insert(&self, key: Arc<str>, entry: Entry) {
-        self.entries.insert(key, Arc::new(entry));
+    /// Stores `entry` under `key` (in memory only).
+    pub fn insert(&self, key: Arc<str>, entry: impl Into<Arc<Entry>>) {
+        self.entries.insert(key, entry.into());
     }
 
     /// Removes `key`.
@@ -171,10 +190,21 @@ impl ResponseCache {
     pub fn purge(&self, exact: Option<&str>, prefix: Option<&str>) -> usize {
         let mut n = 0;
         for (k, _) in &self.entries {
-            let path = k.rsplit('\0').next().unwrap_or("");
-            let hit = exact.is_some_and(|e| path == e || path.split('?').next() == Some(e))
-                || prefix.is_some_and(|p| path.starts_with(p));
-            if hit {
+            if path_matches(&k, exact, prefix) {
+                self.entries.invalidate(&*k);
+                n += 1;
+            }
+        }
+        self.entries.run_pending_tasks();
+        n
+    }
+
+    /// Removes every entry of route `route` (its config changed or it went
+    /// away on reload); returns how many.
+    pub fn purge_route(&self, route: &str) -> usize {
+        let mut n = 0;
+        for (k, _) in &self.entries {
+            if k.split('\0').next() == Some(route) {
                 self.entries.invalidate(&*k);
                 n += 1;
             }
@@ -199,6 +229,14 @@ impl ResponseCache {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()
     }
+}
+
+/// Whether the path (and query) of cache key `key` equals `exact` (with or
+/// without its query) or starts with `prefix`.
+pub fn path_matches(key: &str, exact: Option<&str>, prefix: Option<&str>) -> bool {
+    let path = key.rsplit('\0').next().unwrap_or("");
+    exact.is_some_and(|e| path == e || path.split('?').next() == Some(e))
+        || prefix.is_some_and(|p| path.starts_with(p))
 }
 
 /// The cache key of a request on a route: `route \0 host \0 path?query`.

@@ -13,6 +13,9 @@ pub struct RateLimited {
     pub retry_after: u64,
     /// The `RateLimit*` and `X-RateLimit-*` headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The shared limiter failed for this request and the local fallback
+    /// refused it (counted as `backend_error`).
+    pub limiter_failed: bool,
 }
 
 /// The shared limiter did not answer in time and the policy is
@@ -20,3 +23,10 @@ pub struct RateLimited {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("rate limiter unavailable")]
 pub struct LimiterUnavailable;
+
+/// Response extension: the shared (Redis) limiter failed for this request
+/// and its `on_error` policy decided instead. The edge counts the request
+/// as a `backend_error` rate-limit decision; error responses get it from
+/// [`crate::error::render`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterFailed;

@@ -107,22 +107,86 @@ mod tests {
         assert_eq!(o.remaining, 9);
     }
 
-    #[test]
-    fn never_more_than_limit_plus_elapsed_intervals() {
-        // Property: over any sequence of arrivals, admitted <= limit + elapsed / T.
-        let mut rng = fastrand::Rng::with_seed(3);
-        for _ in 0..200 {
-            let limit = rng.u32(1..50);
-            let g = Gcra::new(limit, Duration::from_millis(rng.u64(1..5000)));
-            let start = rng.u64(0..1 << 40);
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Over any arrivals, the admitted count never exceeds the burst plus
+        /// one per emission interval elapsed since the first arrival.
+        #[test]
+        fn never_more_than_limit_plus_elapsed_intervals(
+            limit in 1u32..200,
+            window_ms in 1u64..600_000,
+            start in 0u64..(1 << 40),
+            gaps in proptest::collection::vec(0f64..3.0, 1..400),
+        ) {
+            let g = Gcra::new(limit, Duration::from_millis(window_ms));
             let (mut now, mut tat, mut admitted) = (start, 0, 0u64);
-            for _ in 0..500 {
-                now += rng.u64(0..g.interval_us / 2 + 1);
+            for gap in gaps {
+                // Gaps are in emission intervals: bursts (0), trickles, pauses.
+                let step = (gap * g.interval_us as f64) as u64;
+                now += step;
                 let (o, t) = g.decide(tat, now);
                 tat = t;
                 admitted += u64::from(o.allowed);
-                assert!(admitted <= u64::from(limit) + (now - start) / g.interval_us);
+                proptest::prop_assert!(
+                    admitted <= u64::from(limit) + (now - start) / g.interval_us
+                );
             }
+        }
+
+        /// `remaining` is a promise: exactly that many more requests pass at
+        /// the same instant, and a refusal's `reset` is when the next fits.
+        #[test]
+        fn remaining_and_reset_tell_the_truth(
+            limit in 1u32..100,
+            window_ms in 1u64..120_000,
+            used in 0u32..120,
+            now in 0u64..(1 << 40),
+        ) {
+            let g = Gcra::new(limit, Duration::from_millis(window_ms));
+            let mut tat = 0;
+            let mut last = None;
+            for _ in 0..used {
+                let (o, t) = g.decide(tat, now);
+                tat = t;
+                last = Some(o);
+            }
+            proptest::prop_assume!(last.is_some_and(|o| o.allowed));
+            let promised = last.map_or(0, |o| o.remaining);
+            let mut passed = 0;
+            loop {
+                let (o, t) = g.decide(tat, now);
+                tat = t;
+                if !o.allowed {
+                    // The next request fits exactly at now + reset.
+                    proptest::prop_assert!(o.reset_us >= 1);
+                    proptest::prop_assert!(!g.decide(tat, now + o.reset_us - 1).0.allowed);
+                    proptest::prop_assert!(g.decide(tat, now + o.reset_us).0.allowed);
+                    break;
+                }
+                passed += 1;
+            }
+            proptest::prop_assert_eq!(passed, promised);
+        }
+
+        /// A burst at one instant admits exactly min(n, limit): the
+        /// exactness the e2e tests prove through the gateway.
+        #[test]
+        fn a_burst_admits_exactly_the_limit(
+            limit in 1u32..500,
+            window_ms in 1u64..600_000,
+            n in 0u32..1000,
+            now in 0u64..(1 << 40),
+        ) {
+            let g = Gcra::new(limit, Duration::from_millis(window_ms));
+            let mut tat = 0;
+            let mut admitted = 0;
+            for _ in 0..n {
+                let (o, t) = g.decide(tat, now);
+                tat = t;
+                admitted += u32::from(o.allowed);
+            }
+            proptest::prop_assert_eq!(admitted, n.min(limit));
         }
     }
 }

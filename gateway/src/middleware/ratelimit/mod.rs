@@ -28,7 +28,7 @@ mod redis;
 mod service;
 mod store;
 
-pub use error::{LimiterUnavailable, RateLimited};
+pub use error::{LimiterFailed, LimiterUnavailable, RateLimited};
 pub use gcra::{Gcra, Outcome};
 pub use headers::RATELIMIT_POLICY;
 pub use key::{parse_cidr, ClientIp, KeySource, TrustedProxies};

@@ -7,10 +7,9 @@ use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use super::error::{LimiterUnavailable, RateLimited};
+use super::error::{LimiterFailed, LimiterUnavailable, RateLimited};
 use super::gcra::{Gcra, Outcome};
 use super::headers::{self, ceil_secs};
 use super::key::{KeySource, TrustedProxies};
@@ -26,25 +25,30 @@ pub struct Policy {
     name: Arc<str>,
     gcra: Gcra,
     key: KeySource,
-    local: LocalStore,
+    local: Arc<LocalStore>,
     redis: Option<Arc<RedisLimiter>>,
 }
 
 impl Policy {
-    /// From validated config; `redis` is used when the policy's store is
-    /// Redis (the local store then serves the `local` fallback).
+    /// From validated config; `local` is the in-process state (carried over
+    /// a reload that left the policy unchanged); `redis` is used when the
+    /// policy's store is Redis (`local` then serves the `local` fallback).
     pub fn new(
         cfg: &RateLimitPolicyConfig,
-        max_keys: usize,
+        local: Arc<LocalStore>,
         redis: Option<Arc<RedisLimiter>>,
     ) -> Self {
         Self {
             name: Arc::from(cfg.name.as_str()),
             gcra: Gcra::new(cfg.limit, cfg.window),
             key: KeySource::new(&cfg.key),
-            local: LocalStore::new(max_keys),
+            local,
             redis: redis.filter(|_| cfg.store == RateLimitStore::Redis),
         }
+    }
+
+    fn decide_local(&self, key: &str) -> Outcome {
+        self.local.decide(&self.gcra, key, self.local.now_us())
     }
 }
 
@@ -56,7 +60,6 @@ pub struct RoutePolicies {
     policy_header: HeaderValue,
     trusted: TrustedProxies,
     any_redis: bool,
-    epoch: Instant,
 }
 
 impl RoutePolicies {
@@ -74,43 +77,44 @@ impl RoutePolicies {
             policies,
             policy_header,
             trusted,
-            epoch: Instant::now(),
         }
-    }
-
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX / 4)
     }
 
     /// Decides every policy in order; stops at the first refusal (later
     /// policies are not charged for a refused request).
     fn decide_local(&self, keys: &[String]) -> Decision {
-        let now = self.now_us();
         let mut applied = Vec::with_capacity(self.policies.len());
         for (p, k) in self.policies.iter().zip(keys) {
-            let o = p.local.decide(&p.gcra, k, now);
+            let o = p.decide_local(k);
             applied.push((p, o));
             if !o.allowed {
                 break;
             }
         }
-        self.finish(&applied)
+        self.finish(&applied, false)
     }
 
+    /// Like [`Self::decide_local`], asking Redis for Redis policies; when
+    /// Redis fails, the policy's `on_error` decides and the decision is
+    /// marked as `limiter_failed`.
     async fn decide(&self, keys: Vec<String>) -> Result<Decision, LimiterUnavailable> {
         let mut applied = Vec::with_capacity(self.policies.len());
+        let mut failed = false;
         for (p, k) in self.policies.iter().zip(&keys) {
             let o = match &p.redis {
-                None => Some(p.local.decide(&p.gcra, k, self.now_us())),
+                None => Some(p.decide_local(k)),
                 Some(r) => {
                     let full = format!("{}{}:{}:{}", r.prefix, self.route, p.name, k);
                     match r.decide(&p.gcra, &full).await {
                         Some(o) => Some(o),
-                        None => match r.on_error {
-                            OnRedisError::FailOpen => None,
-                            OnRedisError::FailClosed => return Err(LimiterUnavailable),
-                            OnRedisError::Local => Some(p.local.decide(&p.gcra, k, self.now_us())),
-                        },
+                        None => {
+                            failed = true;
+                            match r.on_error {
+                                OnRedisError::FailOpen => None,
+                                OnRedisError::FailClosed => return Err(LimiterUnavailable),
+                                OnRedisError::Local => Some(p.decide_local(k)),
+                            }
+                        }
                     }
                 }
             };
@@ -121,10 +125,10 @@ impl RoutePolicies {
                 }
             }
         }
-        Ok(self.finish(&applied))
+        Ok(self.finish(&applied, failed))
     }
 
-    fn finish(&self, applied: &[(&Policy, Outcome)]) -> Decision {
+    fn finish(&self, applied: &[(&Policy, Outcome)], limiter_failed: bool) -> Decision {
         let view: Vec<(&str, u32, Outcome)> = applied
             .iter()
             .map(|(p, o)| (&*p.name, p.gcra.limit, *o))
@@ -135,8 +139,12 @@ impl RoutePolicies {
                 policy: p.name.to_string(),
                 retry_after: ceil_secs(o.reset_us).max(1),
                 headers,
+                limiter_failed,
             }),
-            None => Decision::Allowed(headers),
+            None => Decision::Allowed {
+                headers,
+                limiter_failed,
+            },
         }
     }
 
@@ -149,7 +157,10 @@ impl RoutePolicies {
 }
 
 enum Decision {
-    Allowed(Vec<(HeaderName, HeaderValue)>),
+    Allowed {
+        headers: Vec<(HeaderName, HeaderValue)>,
+        limiter_failed: bool,
+    },
     Refused(RateLimited),
 }
 
@@ -230,6 +241,7 @@ where
                     Err(e) => Err(Box::new(WithHeaders {
                         headers,
                         source: e.into(),
+                        limiter_failed: false,
                     })),
                 })
             }
@@ -259,7 +271,7 @@ where
         let keys = self.policies.keys(&req);
         if !self.policies.any_redis {
             return match self.policies.decide_local(&keys) {
-                Decision::Allowed(headers) => ResponseFuture::Inner {
+                Decision::Allowed { headers, .. } => ResponseFuture::Inner {
                     fut: self.inner.call(req),
                     headers,
                 },
@@ -274,14 +286,21 @@ where
         ResponseFuture::Deciding {
             fut: Box::pin(async move {
                 match policies.decide(keys).await? {
-                    Decision::Allowed(headers) => match inner.oneshot(req).await {
+                    Decision::Allowed {
+                        headers,
+                        limiter_failed,
+                    } => match inner.oneshot(req).await {
                         Ok(mut resp) => {
                             add_headers(&mut resp, headers);
+                            if limiter_failed {
+                                resp.extensions_mut().insert(LimiterFailed);
+                            }
                             Ok(resp)
                         }
                         Err(e) => Err(Box::new(WithHeaders {
                             headers,
                             source: e.into(),
+                            limiter_failed,
                         }) as BoxError),
                     },
                     Decision::Refused(e) => Err(e.into()),

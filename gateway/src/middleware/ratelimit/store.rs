@@ -1,8 +1,11 @@
 //! The in-process store of TATs: sharded, each shard a small critical
-//! section (never held across an await), bounded in keys.
+//! section (never held across an await), bounded in keys. A store owns the
+//! clock its TATs are measured on, so it can outlive a config reload.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
+
+use tokio::time::Instant;
 
 use super::gcra::{Gcra, Outcome};
 
@@ -16,6 +19,7 @@ type Shard = Mutex<HashMap<Box<str>, u64>>;
 pub struct LocalStore {
     shards: Box<[Shard]>,
     per_shard: usize,
+    epoch: Instant,
 }
 
 impl LocalStore {
@@ -24,7 +28,13 @@ impl LocalStore {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: (max_keys / SHARDS).max(1),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Now on this store's clock (µs since it was created).
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX / 4)
     }
 
     /// Decides for `key` at `now` (µs) and records the new TAT.

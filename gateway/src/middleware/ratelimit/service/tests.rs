@@ -24,7 +24,7 @@ fn policy(name: &str, key: RateLimitKey, limit: u32, window: Duration) -> Policy
         window,
         store: RateLimitStore::Local,
     };
-    Policy::new(&cfg, 1000, None)
+    Policy::new(&cfg, Arc::new(LocalStore::new(1000)), None)
 }
 
 fn req(ip: &str) -> Request<Body> {
@@ -128,4 +128,124 @@ async fn headers_survive_a_pending_inner_future_and_errors() {
     let resp = crate::error::render(err.as_ref(), &http::HeaderValue::from_static("id"));
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "3");
+}
+
+/// A Redis limiter whose server is not there (a port just closed).
+fn dead_redis(on_error: OnRedisError) -> Arc<RedisLimiter> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = crate::config::RedisConfig {
+        url: format!("redis://127.0.0.1:{port}"),
+        prefix: "t:".into(),
+        timeout: Duration::from_millis(200),
+        on_error,
+    };
+    Arc::new(RedisLimiter::new(&cfg).unwrap())
+}
+
+fn redis_policy(redis: Arc<RedisLimiter>, limit: u32) -> RoutePolicies {
+    let cfg = RateLimitPolicyConfig {
+        name: "shared".into(),
+        key: RateLimitKey::Route,
+        limit,
+        window: Duration::from_secs(60),
+        store: RateLimitStore::Redis,
+    };
+    RoutePolicies::new(
+        "r",
+        vec![Policy::new(
+            &cfg,
+            Arc::new(LocalStore::new(100)),
+            Some(redis),
+        )],
+        TrustedProxies::default(),
+    )
+}
+
+#[tokio::test]
+async fn a_failed_shared_decision_is_marked_whatever_the_fallback_decides() {
+    let id = http::HeaderValue::from_static("id");
+    // local: the local limiter decides; allowed and refused are both marked.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let redis = dead_redis(OnRedisError::Local);
+    let mut s = RateLimitLayer::new(redis_policy(redis.clone(), 1)).layer(stub(hits.clone()));
+    let resp = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req("10.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.extensions().get::<LimiterFailed>(),
+        Some(&LimiterFailed)
+    );
+    let err = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req("10.0.0.1"))
+        .await
+        .unwrap_err();
+    let resp = crate::error::render(err.as_ref(), &id);
+    assert_eq!(resp.status(), 429);
+    assert!(resp.extensions().get::<LimiterFailed>().is_some());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(redis.failures(), 2);
+    // fail_open: passes, marked.
+    let mut s = RateLimitLayer::new(redis_policy(dead_redis(OnRedisError::FailOpen), 1))
+        .layer(stub(hits.clone()));
+    for _ in 0..2 {
+        let resp = s
+            .ready()
+            .await
+            .unwrap()
+            .call(req("10.0.0.1"))
+            .await
+            .unwrap();
+        assert!(resp.extensions().get::<LimiterFailed>().is_some());
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    // fail_closed: 503 without reaching the inner service, marked.
+    let mut s = RateLimitLayer::new(redis_policy(dead_redis(OnRedisError::FailClosed), 1))
+        .layer(stub(hits.clone()));
+    let err = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req("10.0.0.1"))
+        .await
+        .unwrap_err();
+    let resp = crate::error::render(err.as_ref(), &id);
+    assert_eq!(resp.status(), 503);
+    assert!(resp.extensions().get::<LimiterFailed>().is_some());
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    // A purely local decision is never marked.
+    let mut s = RateLimitLayer::new(RoutePolicies::new(
+        "r",
+        vec![policy("p", RateLimitKey::Route, 1, Duration::from_secs(60))],
+        TrustedProxies::default(),
+    ))
+    .layer(stub(hits));
+    let resp = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req("10.0.0.1"))
+        .await
+        .unwrap();
+    assert!(resp.extensions().get::<LimiterFailed>().is_none());
+    let err = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req("10.0.0.1"))
+        .await
+        .unwrap_err();
+    let resp = crate::error::render(err.as_ref(), &id);
+    assert_eq!(resp.status(), 429);
+    assert!(resp.extensions().get::<LimiterFailed>().is_none());
 }
