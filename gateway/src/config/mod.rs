@@ -39,7 +39,8 @@ pub const ENV_ADMIN_LISTEN: &str = "GATEWAY_ADMIN_LISTEN";
 /// (comma-separated `host:port` list).
 pub const ENV_UPSTREAM: &str = "GATEWAY_UPSTREAM";
 /// Environment variable overriding the URL of the shared Redis
-/// (`rate_limit.redis.url`), so one config serves every environment.
+/// (`rate_limit.redis.url` and `cache.redis.url`), so one config serves
+/// every environment.
 pub const ENV_REDIS_URL: &str = "GATEWAY_REDIS_URL";
 
 /// The whole gateway configuration.
@@ -295,11 +296,19 @@ impl Overrides {
             }
         }
         if let Some(url) = &self.redis_url {
-            match config.rate_limit.redis.as_mut() {
-                Some(redis) => redis.url.clone_from(url),
-                None => tracing::warn!(
-                    "{ENV_REDIS_URL} is set but the config has no [rate_limit.redis]: nothing uses Redis"
-                ),
+            let mut used = false;
+            if let Some(redis) = config.rate_limit.redis.as_mut() {
+                redis.url.clone_from(url);
+                used = true;
+            }
+            if let Some(redis) = config.cache.redis.as_mut() {
+                redis.url.clone_from(url);
+                used = true;
+            }
+            if !used {
+                tracing::warn!(
+                    "{ENV_REDIS_URL} is set but the config has neither [rate_limit.redis] nor [cache.redis]: nothing uses Redis"
+                );
             }
         }
     }
@@ -401,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_redis_url_override_replaces_the_configured_one_and_is_validated() {
-        let text = "[rate_limit.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+        let text = "[rate_limit.redis]\nurl = \"redis://127.0.0.1:6379\"\n[cache.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
         let mut c = Config::from_toml(text).unwrap();
         let o = Overrides {
             redis_url: Some("redis://10.0.0.7:6380/1".into()),
@@ -410,6 +419,10 @@ mod tests {
         o.apply(&mut c);
         assert_eq!(
             c.rate_limit.redis.as_ref().map(|r| r.url.as_str()),
+            Some("redis://10.0.0.7:6380/1")
+        );
+        assert_eq!(
+            c.cache.redis.as_ref().map(|r| r.url.as_str()),
             Some("redis://10.0.0.7:6380/1")
         );
         let o = Overrides {
