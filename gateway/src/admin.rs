@@ -145,6 +145,24 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         &idle,
     );
 
+    let (mut route_inflight, mut route_limit) = (Vec::new(), Vec::new());
+    for (route, shed) in &rt.shedders {
+        let labels = format!("route=\"{}\"", metrics::escape_label(route));
+        route_inflight.push((labels.clone(), shed.inflight() as f64));
+        route_limit.push((labels, shed.max() as f64));
+    }
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_route_inflight_requests",
+        "Requests in flight on a route with max_inflight (load shedding above the limit)",
+        &route_inflight,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_route_inflight_limit",
+        "The route's max_inflight: requests above it are shed with 503",
+        &route_limit,
+    );
     metrics::write_gauge_family(
         &mut out,
         "gateway_circuit_state",

@@ -9,6 +9,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Config, ConfigErrors};
 use crate::middleware;
+use crate::middleware::shed::LoadShedLayer;
 use crate::proxy::Via;
 use crate::routing::{Matcher, Router};
 use crate::stack::{self, RouteService};
@@ -45,6 +46,9 @@ pub struct Runtime {
     /// listener), the Redis limiter (its failure count is reported there),
     /// limiter state; carried over reloads where unchanged.
     pub middleware: middleware::Shared,
+    /// The load shedders of routes with `max_inflight`, by route name
+    /// (their in-flight counts are exported at scrape time).
+    pub shedders: Vec<(Arc<str>, LoadShedLayer)>,
     _health: DropGuard,
 }
 
@@ -96,6 +100,7 @@ impl Runtime {
                 access_log: config.telemetry.access_log.clone(),
             })
         };
+        let mut shedders = Vec::new();
         let routes = config
             .routes
             .iter()
@@ -104,6 +109,10 @@ impl Runtime {
                 let matcher = Matcher::new(&r.prefix, r.host.as_deref(), &r.methods);
                 let name: Arc<str> = Arc::from(r.name.as_str());
                 let route_metrics = config.telemetry.metrics.then_some(metrics);
+                let shed = r.max_inflight.map(LoadShedLayer::new);
+                if let Some(s) = &shed {
+                    shedders.push((name.clone(), s.clone()));
+                }
                 let route = Route {
                     telemetry: route_telemetry(&name, slos.for_route(&r.name)),
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
@@ -114,6 +123,7 @@ impl Runtime {
                         via.clone(),
                         &shared,
                         route_metrics,
+                        shed,
                     ),
                     name,
                 };
@@ -124,6 +134,7 @@ impl Runtime {
         Ok(Self {
             router: Router::new(routes),
             middleware: shared,
+            shedders,
             upstreams,
             slos,
             unmatched,

@@ -60,6 +60,7 @@ pub fn route_service(
     via: Via,
     shared: &Shared,
     metrics: Option<&Arc<Metrics>>,
+    shed: Option<LoadShedLayer>,
 ) -> RouteService {
     let rewrite = match (&route.rewrite, route.strip_prefix) {
         (Some(with), _) => Rewrite::Replace {
@@ -98,7 +99,7 @@ pub fn route_service(
                 .map(|c| CacheLayer::new(RouteCache::new(&route.name, c, shared.cache.clone()))),
         )
         // How many at once: shed fast rather than queue without bound.
-        .option_layer(route.max_inflight.map(LoadShedLayer::new))
+        .option_layer(shed)
         // Again, safely: each attempt goes through the breaker-gated pick.
         .option_layer(route.retry.as_ref().map(|r| {
             let policy = RetryPolicy::new(r);

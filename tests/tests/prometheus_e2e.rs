@@ -28,7 +28,8 @@ use serde_json::Value;
 /// Queries that return nothing until the middleware they watch has
 /// traffic: this test has no JWT, rate limit, cache, retries, circuit
 /// breaker, Redis, reloads, nor request bodies.
-const EMPTY_WITHOUT_FEATURE: [&str; 9] = [
+const EMPTY_WITHOUT_FEATURE: [&str; 10] = [
+    "gateway_route_inflight",
     "gateway_circuit_state",
     "gateway_ratelimit_decisions_total",
     "gateway_cache_requests_total",

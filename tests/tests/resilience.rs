@@ -254,12 +254,26 @@ async fn max_inflight_sheds_the_excess_fast() {
     }
     // Shed while both slots were still taken: not queued behind them.
     assert!(slow.iter().all(|t| !t.is_finished()));
+    // The saturation gauges see the full route (the GatewaySaturation alert
+    // divides one by the other).
+    let text = harness::metrics_text(&c, gw.admin_addr).await;
+    let inflight = r#"gateway_route_inflight_requests{route="all"}"#;
+    assert_eq!(harness::sample(&text, inflight), Some(2.0), "{text}");
+    assert_eq!(
+        harness::sample(&text, r#"gateway_route_inflight_limit{route="all"}"#),
+        Some(2.0)
+    );
     for s in slow {
         assert_eq!(s.await.unwrap(), 200);
     }
     assert_eq!(a.hits("/delay"), 2);
     // Slots came back.
     assert_eq!(get(&c, addr, "/delay/0").await.status(), 200);
+    harness::poll_until("the route's in-flight gauge back to 0", || async {
+        let t = harness::metrics_text(&c, gw.admin_addr).await;
+        (harness::sample(&t, inflight) == Some(0.0)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

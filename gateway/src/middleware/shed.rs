@@ -29,6 +29,16 @@ impl LoadShedLayer {
             inflight: Arc::new(AtomicUsize::new(0)),
         }
     }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Requests in flight now, across every service this layer built.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
 }
 
 impl<S> Layer<S> for LoadShedLayer {

@@ -25,9 +25,6 @@ pub enum MonitoringCommand {
         /// The job label of the gateway's scrape target.
         #[arg(long, default_value = "gateway")]
         job: String,
-        /// In-flight requests the saturation alert treats as the limit.
-        #[arg(long, default_value_t = 4096)]
-        inflight_limit: u32,
         /// Test only: divide every window and `for:` by N.
         #[arg(long, default_value_t = 1, hide = true)]
         time_scale: u32,
@@ -42,7 +39,6 @@ pub fn run(cmd: MonitoringCommand) -> ExitCode {
             out,
             runbook_base,
             job,
-            inflight_limit,
             time_scale,
         } => {
             let source = config.map_or(Source::Embedded, Source::File);
@@ -60,7 +56,6 @@ pub fn run(cmd: MonitoringCommand) -> ExitCode {
                 time_scale: time_scale.max(1),
                 runbook_base,
                 job,
-                inflight_limit,
             };
             let files = super::generate(&cfg, &opts);
             match super::write(&out, &files) {

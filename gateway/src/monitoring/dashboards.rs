@@ -490,12 +490,20 @@ fn resources(opts: &Options) -> Value {
                 "{{instance}}",
             )],
         ),
+        panel(
+            "In-flight requests",
+            "none",
+            vec![q("gateway_inflight_requests", "{{instance}}")],
+        ),
         Panel {
-            lines: vec![f64::from(opts.inflight_limit) * 0.8],
+            lines: vec![0.8],
             ..panel(
-                "In-flight requests",
-                "none",
-                vec![q("gateway_inflight_requests", "{{instance}}")],
+                "Routes' in-flight share of max_inflight",
+                "percentunit",
+                vec![q(
+                    "gateway_route_inflight_requests / gateway_route_inflight_limit",
+                    "{{instance}} {{route}}",
+                )],
             )
         },
         panel(

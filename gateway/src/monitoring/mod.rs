@@ -32,8 +32,6 @@ pub struct Options {
     pub runbook_base: String,
     /// The `job` label Prometheus gives the gateway's scrape target.
     pub job: String,
-    /// Concurrency the saturation alert compares in-flight requests to.
-    pub inflight_limit: u32,
 }
 
 impl Default for Options {
@@ -42,7 +40,6 @@ impl Default for Options {
             time_scale: 1,
             runbook_base: "monitoring/README.md".into(),
             job: "gateway".into(),
-            inflight_limit: 4096,
         }
     }
 }

@@ -280,8 +280,6 @@ fn gateway_alerts(config: &Config, opts: &Options) -> Vec<Group> {
             annotations: BTreeMap::new(),
         });
     }
-    let inflight = opts.inflight_limit;
-    let near = promql::fmt_num(f64::from(inflight) * 0.8);
     let specs = vec![
         AlertSpec {
             name: "APIGatewayHighErrorRate",
@@ -372,12 +370,12 @@ fn gateway_alerts(config: &Config, opts: &Options) -> Vec<Group> {
         AlertSpec {
             name: "GatewaySaturation",
             expr: format!(
-                "gateway_inflight_requests > {near}\nor\nprocess_open_fds{{job=\"{job}\"}} / process_max_fds{{job=\"{job}\"}} > 0.8"
+                "gateway_route_inflight_requests{{job=\"{job}\"}} / gateway_route_inflight_limit{{job=\"{job}\"}} > 0.8\nor\nprocess_open_fds{{job=\"{job}\"}} / process_max_fds{{job=\"{job}\"}} > 0.8"
             ),
             for_secs: 300,
             severity: "ticket",
             summary: "Gateway {{ $labels.instance }} is near a concurrency limit",
-            description: "{{ $value }}: in-flight requests above 80% of the tested limit, or file descriptors above 80% of the process limit.",
+            description: "{{ $value | humanizePercentage }} of a limit for 5 minutes: {{ if $labels.route }}requests in flight on route {{ $labels.route }} against its max_inflight (503s shed above it){{ else }}open file descriptors against the process limit{{ end }}.",
         },
     ];
     let alerts = specs
