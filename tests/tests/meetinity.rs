@@ -29,6 +29,7 @@ async fn the_shipped_meetinity_config_protects_limits_and_caches() {
         listen: Some("127.0.0.1:0".into()),
         admin_listen: Some("127.0.0.1:0".into()),
         upstream: Some(vec![m.addr().to_string()]),
+        otlp_endpoint: None,
     };
     let cfg = config::load(&Source::File(path), &overrides).unwrap();
     let gw = start_gateway(cfg).await;

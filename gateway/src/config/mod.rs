@@ -24,7 +24,7 @@ pub use middleware::{
     RedisConfig, RetryConfig, RouteAuthConfig, RouteCacheConfig,
 };
 pub use size::ByteSize;
-pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig};
+pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig, TracingConfig};
 pub use validate::{ConfigError, ConfigErrors};
 
 /// The embedded default configuration (`deploy/config/local.toml` is a copy).
@@ -256,10 +256,14 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     /// Replaces every pool's endpoints.
     pub upstream: Option<Vec<String>>,
+    /// Replaces `telemetry.tracing.endpoint` (from the OpenTelemetry
+    /// variables, see [`telemetry::otlp_endpoint_from_env`]).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Overrides {
-    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN` and `GATEWAY_UPSTREAM`.
+    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM`
+    /// and the OTLP endpoint variables.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
@@ -271,6 +275,7 @@ impl Overrides {
                     .filter(|s| !s.is_empty())
                     .collect()
             }),
+            otlp_endpoint: telemetry::otlp_endpoint_from_env(),
         }
     }
 
@@ -285,6 +290,9 @@ impl Overrides {
             for up in config.upstreams.values_mut() {
                 up.endpoints.clone_from(eps);
             }
+        }
+        if let Some(e) = &self.otlp_endpoint {
+            config.telemetry.tracing.endpoint.clone_from(e);
         }
     }
 }
@@ -373,13 +381,44 @@ mod tests {
             listen: Some("127.0.0.1:1".into()),
             admin_listen: Some("127.0.0.1:2".into()),
             upstream: Some(vec!["127.0.0.1:3".into(), "127.0.0.1:4".into()]),
+            otlp_endpoint: Some("http://127.0.0.1:5/v1/traces".into()),
         };
         let config = load(&Source::Embedded, &o).unwrap();
+        assert_eq!(
+            config.telemetry.tracing.endpoint,
+            "http://127.0.0.1:5/v1/traces"
+        );
         assert_eq!(config.server.listen, "127.0.0.1:1");
         assert_eq!(config.server.admin_listen, "127.0.0.1:2");
         for up in config.upstreams.values() {
             assert_eq!(up.endpoints, ["127.0.0.1:3", "127.0.0.1:4"]);
         }
+    }
+
+    #[test]
+    fn otlp_endpoint_variables_follow_the_exporter_spec() {
+        use telemetry::{otlp_endpoint_with, ENV_OTLP_ENDPOINT, ENV_OTLP_TRACES_ENDPOINT};
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(otlp_endpoint_with(env(&[])), None);
+        assert_eq!(
+            otlp_endpoint_with(env(&[(ENV_OTLP_ENDPOINT, "http://c:4318/")])).as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        assert_eq!(
+            otlp_endpoint_with(env(&[
+                (ENV_OTLP_ENDPOINT, "http://c:4318"),
+                (ENV_OTLP_TRACES_ENDPOINT, "http://t:1/custom"),
+            ]))
+            .as_deref(),
+            Some("http://t:1/custom")
+        );
+        assert_eq!(otlp_endpoint_with(env(&[(ENV_OTLP_ENDPOINT, "  ")])), None);
     }
 
     #[test]
