@@ -440,3 +440,113 @@ async fn shutdown_flushes_queued_spans() {
     let spans = trace_spans(&rx, &trace, 2).await;
     assert_eq!(only(&spans, SpanKind::Server).len(), 1);
 }
+
+#[tokio::test]
+async fn auth_decisions_are_span_events() {
+    harness::init_logs();
+    // Same value as the auth tests use: setting it concurrently is harmless.
+    std::env::set_var("GW_E2E_JWT_SECRET", "meetinity-dev-secret");
+    let rx = OtlpReceiver::start().await;
+    let up = mock("u").await;
+    let gw = start_gateway(config(
+        "",
+        &format!(
+            r#"
+            {}
+            [auth.mock]
+            issuers = ["mock-upstream"]
+            audiences = ["meetinity"]
+            [[auth.mock.keys]]
+            kid = "hs-1"
+            algorithms = ["HS256"]
+            secret_env = "GW_E2E_JWT_SECRET"
+            [upstreams.pool]
+            endpoints = ["{}"]
+            [[routes]]
+            name = "private"
+            prefix = "/"
+            upstream = "pool"
+            auth = {{ provider = "mock" }}
+            "#,
+            tracing_toml(&rx.endpoint(), 1.0, ""),
+            up.addr()
+        ),
+    ))
+    .await;
+    let c = client();
+    let session = send(
+        &c,
+        Request::post(format!("http://{}/api/auth/session", up.addr()))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from_static(
+                br#"{"username":"alice","password":"pw"}"#,
+            )))
+            .unwrap(),
+    )
+    .await;
+    let token = session.json()["access_token"].as_str().unwrap().to_owned();
+    let denied = get_with(&c, gw.proxy_addr, "/api/hello", &[]).await;
+    assert_eq!(denied.status(), 401);
+    let bearer = format!("Bearer {token}");
+    let ok = get_with(
+        &c,
+        gw.proxy_addr,
+        "/api/hello",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    let servers = poll_until("two server spans", || async {
+        let s: Vec<Received> = rx
+            .spans()
+            .into_iter()
+            .filter(|s| s.kind() == SpanKind::Server)
+            .collect();
+        (s.len() >= 2).then_some(s)
+    })
+    .await;
+    let outcome = |status: i64| {
+        servers
+            .iter()
+            .find(|s| s.int("http.response.status_code") == Some(status))
+            .and_then(|s| s.event("gateway.auth", "gateway.auth.outcome"))
+    };
+    assert_eq!(outcome(401).as_deref(), Some("invalid_token"));
+    assert_eq!(outcome(200).as_deref(), Some("passed"));
+}
+
+#[tokio::test]
+async fn the_binary_takes_the_endpoint_from_otel_env_and_flushes_on_sigterm() {
+    harness::init_logs();
+    let rx = OtlpReceiver::start().await;
+    let up = mock("u").await;
+    // The file's endpoint is wrong on purpose: OTEL_EXPORTER_OTLP_ENDPOINT
+    // (a base URL) replaces it. Batches wait an hour: only the shutdown
+    // flush can export.
+    let text = format!(
+        "{}\n{}",
+        tracing_toml("http://127.0.0.1:9/v1/traces", 1.0, "")
+            .replace("scheduled_delay = \"20ms\"", "scheduled_delay = \"1h\""),
+        harness::simple("pool", &[up.addr()], "")
+    );
+    let path = std::env::temp_dir().join(format!(
+        "gateway-tracing-{}-{}.toml",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&path, text).unwrap();
+    let base = rx.endpoint().trim_end_matches("/v1/traces").to_owned();
+    let mut gw =
+        harness::GatewayProcess::spawn(Some(&path), &[("OTEL_EXPORTER_OTLP_ENDPOINT", base)]);
+    let c = client();
+    let (tp, trace, _) = client_traceparent(true);
+    let got = get_with(&c, gw.addr, "/api/hello", &[("traceparent", &tp)]).await;
+    assert_eq!(got.status(), 200);
+    drop(c);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(), Some(0));
+    let spans = trace_spans(&rx, &trace, 2).await;
+    assert_eq!(only(&spans, SpanKind::Server).len(), 1);
+    assert_eq!(only(&spans, SpanKind::Client).len(), 1);
+    let _ = std::fs::remove_file(&path);
+}
