@@ -515,7 +515,9 @@ async fn auth_decisions_are_span_events() {
     assert_eq!(outcome(200).as_deref(), Some("passed"));
 }
 
-#[tokio::test]
+// Multi-threaded: the receiver must answer while this test blocks on the
+// process's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_takes_the_endpoint_from_otel_env_and_flushes_on_sigterm() {
     harness::init_logs();
     let rx = OtlpReceiver::start().await;
@@ -544,7 +546,16 @@ async fn the_binary_takes_the_endpoint_from_otel_env_and_flushes_on_sigterm() {
     assert_eq!(got.status(), 200);
     drop(c);
     gw.signal("TERM");
-    assert_eq!(gw.wait_exit(), Some(0));
+    let started = Instant::now();
+    let code = gw.wait_exit();
+    assert_eq!(code, Some(0), "{:#?}", gw.logs.lock().unwrap());
+    // The flush got its answer: no exporter shutdown timeout was logged.
+    assert!(
+        !gw.logged("did not flush") && !gw.logged("shutdown failed"),
+        "{:#?} after {:?}",
+        gw.logs.lock().unwrap(),
+        started.elapsed()
+    );
     let spans = trace_spans(&rx, &trace, 2).await;
     assert_eq!(only(&spans, SpanKind::Server).len(), 1);
     assert_eq!(only(&spans, SpanKind::Client).len(), 1);

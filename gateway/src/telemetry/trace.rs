@@ -548,7 +548,7 @@ pub struct ExportClient {
 }
 
 /// Largest collector answer read.
-const MAX_ANSWER: u64 = 1 << 20;
+const MAX_ANSWER: usize = 1 << 20;
 
 #[async_trait::async_trait]
 impl HttpClient for ExportClient {
@@ -594,10 +594,48 @@ impl ExportClient {
         head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
         stream.write_all(body)?;
-        let mut answer = Vec::new();
-        (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer)?;
+        // Read the answer up to its declared end (a collector may keep the
+        // connection open despite `connection: close`), or to EOF.
+        let mut answer = Vec::with_capacity(512);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            if answer.len() > MAX_ANSWER {
+                return Err("collector answer too large".into());
+            }
+            if let Some(end) = answer_end(&answer)? {
+                answer.truncate(end);
+                break;
+            }
+        }
         parse_answer(&answer)
     }
+}
+
+/// Where a complete answer in `buf` ends, if it is complete.
+fn answer_end(buf: &[u8]) -> Result<Option<usize>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = resp.parse(buf)? else {
+        return Ok(None);
+    };
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let len: usize = std::str::from_utf8(h.value)?.trim().parse()?;
+            return Ok((buf.len() >= head + len).then_some(head + len));
+        }
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Ok(buf.ends_with(b"0\r\n\r\n").then_some(buf.len()));
+        }
+    }
+    if matches!(resp.code, Some(100..=199 | 204 | 304)) {
+        return Ok(Some(head));
+    }
+    Ok(None)
 }
 
 fn parse_answer(answer: &[u8]) -> Result<Response<Bytes>, HttpError> {
@@ -667,7 +705,13 @@ mod tests {
 
     #[test]
     fn collector_answers_are_parsed() {
-        let r = parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").unwrap();
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi";
+        assert_eq!(answer_end(&ok[..ok.len() - 1]).unwrap(), None);
+        assert_eq!(answer_end(ok).unwrap(), Some(ok.len()));
+        assert_eq!(answer_end(b"HTTP/1.1 200 OK\r\n\r\nrest").unwrap(), None);
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        assert_eq!(answer_end(chunked).unwrap(), Some(chunked.len()));
+        let r = parse_answer(ok).unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.body().as_ref(), b"hi");
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-le").is_err());
