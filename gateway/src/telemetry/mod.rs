@@ -194,11 +194,11 @@ impl Record {
     /// Starts measuring a request routed to `route`; starts its SERVER
     /// span when `tracing` samples it.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub fn start<B>(
         route: Arc<RouteTelemetry>,
         telemetry: &Telemetry,
         start: Instant,
-        req: &http::Request<hyper::body::Incoming>,
+        req: &http::Request<B>,
         host: Option<&str>,
         request_id: HeaderValue,
         client: ClientAddr,

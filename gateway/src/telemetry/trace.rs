@@ -722,4 +722,41 @@ mod tests {
         let t = Tracing::start(&TracingConfig::default(), &ExportCounters::default()).unwrap();
         assert!(t.is_none());
     }
+
+    fn tracer(ratio: f64) -> Arc<Tracing> {
+        let cfg = TracingConfig {
+            enabled: true,
+            endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            sample_ratio: ratio,
+            ..TracingConfig::default()
+        };
+        Tracing::start(&cfg, &ExportCounters::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn sampling_is_parent_based_then_by_ratio() {
+        let mut sampled = HeaderMap::new();
+        sampled.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01"),
+        );
+        let mut unsampled = HeaderMap::new();
+        unsampled.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-00"),
+        );
+        let none = HeaderMap::new();
+        let (never, always, some) = (tracer(0.0), tracer(1.0), tracer(0.25));
+        assert!(never.sample(&sampled).is_some(), "a sampled parent wins");
+        assert!(
+            always.sample(&unsampled).is_none(),
+            "an unsampled parent wins"
+        );
+        assert!(never.sample(&none).is_none());
+        assert!(always.sample(&none).is_some());
+        let n = (0..4000).filter(|_| some.sample(&none).is_some()).count();
+        assert!((700..1300).contains(&n), "{n} of 4000 at ratio 0.25");
+    }
 }
