@@ -311,6 +311,12 @@ impl ServerSpan {
             i64::try_from(bytes_out).unwrap_or(i64::MAX),
         ));
         self.span.end();
+    }
+}
+
+impl Drop for ServerSpan {
+    fn drop(&mut self) {
+        // The SDK ends a span that is dropped unended; count it either way.
         self.ended.inc();
     }
 }
@@ -327,11 +333,13 @@ struct ParentInner {
     ended: Counter,
 }
 
-/// One upstream attempt of a sampled request.
+/// One upstream attempt of a sampled request. Dropped without an outcome
+/// (the request was cancelled), it ends with `error.type = "cancelled"`.
 #[derive(Debug)]
 pub struct AttemptSpan {
     span: SdkSpan,
     ended: Counter,
+    done: bool,
 }
 
 impl SpanParent {
@@ -373,6 +381,7 @@ impl SpanParent {
             AttemptSpan {
                 span,
                 ended: p.ended.clone(),
+                done: false,
             },
             header,
         )
@@ -402,7 +411,19 @@ impl AttemptSpan {
     }
 
     fn end(&mut self) {
+        self.done = true;
         self.span.end();
+    }
+}
+
+impl Drop for AttemptSpan {
+    fn drop(&mut self) {
+        if !self.done {
+            self.span
+                .set_attribute(KeyValue::new("error.type", "cancelled"));
+            self.span.set_status(Status::error("request cancelled"));
+            self.span.end();
+        }
         self.ended.inc();
     }
 }
