@@ -394,11 +394,15 @@ fn middleware(config: &Config, errs: &mut Errors) {
 
 fn validate_tracing(t: &super::TracingConfig, errs: &mut Errors) {
     const P: &str = "telemetry.tracing";
-    if let Err(m) = check_otlp_endpoint(&t.endpoint) {
-        errs.push(
-            format!("{P}.endpoint"),
-            format!("{m} (or set by OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)"),
-        );
+    // Only when on: an OTEL_EXPORTER_OTLP_ENDPOINT meant for other
+    // processes must not stop a gateway that does not trace.
+    if t.enabled {
+        if let Err(m) = check_otlp_endpoint(&t.endpoint) {
+            errs.push(
+                format!("{P}.endpoint"),
+                format!("{m} (or set by OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)"),
+            );
+        }
     }
     if !(0.0..=1.0).contains(&t.sample_ratio) {
         errs.push(format!("{P}.sample_ratio"), "must be between 0 and 1");
@@ -709,6 +713,10 @@ mod tests {
             assert!(errs.iter().any(|e| e.starts_with(want)), "{want}\n{errs:#?}");
         }
         assert_eq!(errs.len(), 5, "{errs:#?}");
+        // The endpoint is only checked when tracing is on.
+        let off =
+            errors("[telemetry.tracing]\nenabled = false\nendpoint = \"https://collector:4318\"\n");
+        assert!(off.is_empty(), "{off:#?}");
         assert!(check_otlp_endpoint("http://127.0.0.1:4318/v1/traces").is_ok());
         assert!(check_otlp_endpoint("127.0.0.1:4318").is_err());
         assert!(check_otlp_endpoint("http:///v1/traces").is_err());
