@@ -91,13 +91,14 @@ impl Runtime {
             tokio::time::Instant::now(),
         );
         let metrics = &telemetry.metrics;
-        let route_telemetry = |name: &Arc<str>, slos: Vec<_>| {
+        let route_telemetry = |name: &Arc<str>, slos: Vec<_>, auth: bool| {
             Arc::new(RouteTelemetry {
                 name: name.clone(),
                 metrics: metrics.route(name),
                 slos,
                 enabled: config.telemetry.metrics,
                 access_log: config.telemetry.access_log.clone(),
+                auth,
             })
         };
         let mut shedders = Vec::new();
@@ -114,7 +115,13 @@ impl Runtime {
                     shedders.push((name.clone(), s.clone()));
                 }
                 let route = Route {
-                    telemetry: route_telemetry(&name, slos.for_route(&r.name)),
+                    telemetry: route_telemetry(
+                        &name,
+                        slos.for_route(&r.name),
+                        r.auth
+                            .as_ref()
+                            .is_some_and(|a| a.mode != crate::config::AuthMode::Off),
+                    ),
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
                     service: stack::route_service(
                         r,
@@ -130,7 +137,7 @@ impl Runtime {
                 Some((matcher, route))
             })
             .collect();
-        let unmatched = route_telemetry(&Arc::from("unmatched"), Vec::new());
+        let unmatched = route_telemetry(&Arc::from("unmatched"), Vec::new(), false);
         Ok(Self {
             router: Router::new(routes),
             middleware: shared,

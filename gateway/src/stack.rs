@@ -6,7 +6,9 @@
 //! 1. `server` (edge, per connection): request id accepted or generated,
 //!    route matched (404/405), `Content-Length` checked against the route's
 //!    body limit (413) and the body wrapped so a streamed body that grows
-//!    past it fails with 413 too, `X-Forwarded-*` context attached.
+//!    past it fails with 413 too, `X-Forwarded-*` context attached, the
+//!    telemetry record and (when sampled) the SERVER span started; the
+//!    span's context rides in the request extensions to the proxy.
 //! 2. `timeout` (per route): the whole deadline until response headers, so
 //!    everything below it, retries included, fits in it (504).
 //! 3. `auth` (per route): JWT verified, scopes/roles checked (401/403),
@@ -26,7 +28,9 @@
 //!    breakers; 503 with `Retry-After` at once when none), hop-by-hop
 //!    headers stripped, `Via` added, path rewritten, upstream request with
 //!    its own header deadline (504), connect/reset errors (502), upgrades
-//!    tunnelled; the outcome is recorded with the endpoint's breaker.
+//!    tunnelled; the outcome is recorded with the endpoint's breaker; a
+//!    sampled request gets a CLIENT span per attempt, whose id the
+//!    upstream's `traceparent` carries.
 
 use std::sync::Arc;
 

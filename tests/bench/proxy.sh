@@ -3,6 +3,10 @@
 #   wrk -> mock-upstream            (direct: the ceiling)
 #   wrk -> gateway -> mock-upstream (ours)
 #   wrk -> nginx   -> mock-upstream (the peer: same worker count, keep-alive upstream)
+#   wrk -> gateway with OpenTelemetry tracing at sample ratio 1.0 (gw-trace):
+#          a SERVER and a CLIENT span per request, batched and exported with
+#          OTLP/HTTP to a second mock-upstream used as a sink (POST /upload);
+#          gw-trace1 is the same at sample ratio 0.01
 #   wrk -> gateway with JWT auth + rate limit + cache enabled (gateway+mw):
 #          every request verified (HS256) and counted (one local GCRA key);
 #          the route's answers are cached, so it measures the middleware
@@ -41,7 +45,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 UP=$(free_port); GW=$(free_port); ADMIN=$(free_port); NG=$(free_port); GW2=$(free_port); ADMIN2=$(free_port)
-GWM=$(free_port); ADMIN3=$(free_port)
+GWM=$(free_port); ADMIN3=$(free_port); GWT=$(free_port); ADMIN4=$(free_port); SINK=$(free_port)
+GWT1=$(free_port); ADMIN5=$(free_port)
 
 # The upstream gets the spare capacity: it must not be the bottleneck.
 "$BIN/mock-upstream" --listen "127.0.0.1:$UP" --workers 2 >/dev/null 2>&1 & PIDS+=($!); UP_PID=$!
@@ -67,6 +72,18 @@ sed -e "s/127.0.0.1:$GW/127.0.0.1:$GW2/" -e "s/127.0.0.1:$ADMIN/127.0.0.1:$ADMIN
 printf '[telemetry]\nmetrics = false\n[telemetry.access_log]\nenabled = false\n' >> "$WORK/gateway-notel.toml"
 RUST_LOG=warn "$BIN/gateway" serve --config "$WORK/gateway-notel.toml" --workers "$WORKERS" >/dev/null 2>&1 & PIDS+=($!); GW2_PID=$!
 wait_port "$GW2"
+
+# The same gateway with every request traced, exported to a sink that
+# answers 200 (the exporter does all its work: encode, send, read).
+"$BIN/mock-upstream" --listen "127.0.0.1:$SINK" --workers 1 >/dev/null 2>&1 & PIDS+=($!)
+wait_port "$SINK"
+sed -e "s/127.0.0.1:$GW\"/127.0.0.1:$GWT\"/" -e "s/127.0.0.1:$ADMIN\"/127.0.0.1:$ADMIN4\"/" "$WORK/gateway.toml" > "$WORK/gateway-trace.toml"
+printf '[telemetry.tracing]\nenabled = true\nendpoint = "http://127.0.0.1:%s/upload"\nsample_ratio = 1.0\nscheduled_delay = "1s"\n' "$SINK" >> "$WORK/gateway-trace.toml"
+RUST_LOG=warn "$BIN/gateway" serve --config "$WORK/gateway-trace.toml" --workers "$WORKERS" >/dev/null 2>&1 & PIDS+=($!); GWT_PID=$!
+wait_port "$GWT"
+sed -e "s/127.0.0.1:$GWT\"/127.0.0.1:$GWT1\"/" -e "s/127.0.0.1:$ADMIN4\"/127.0.0.1:$ADMIN5\"/" -e "s/sample_ratio = 1.0/sample_ratio = 0.01/" "$WORK/gateway-trace.toml" > "$WORK/gateway-trace1.toml"
+RUST_LOG=warn "$BIN/gateway" serve --config "$WORK/gateway-trace1.toml" --workers "$WORKERS" >/dev/null 2>&1 & PIDS+=($!); GWT1_PID=$!
+wait_port "$GWT1"
 
 # The same gateway with the middleware on.
 printf 'meetinity-dev-secret\n' > "$WORK/jwt-secret"
@@ -160,12 +177,14 @@ PY
 
 echo "wrk -t1 -c$CONNS -d${DURATION}s $URLPATH; gateway and nginx with $WORKERS worker(s); $(nproc) cores; $ROUNDS interleaved rounds, medians"
 wrk -t1 -c"$CONNS" -d2s -H "$AUTH_HEADER" "http://127.0.0.1:$GWM$URLPATH" >/dev/null 2>&1 || true
-for p in "$UP" "$GW" "$GW2" "$NG"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p$URLPATH" >/dev/null 2>&1 || true; done  # warm-up
+for p in "$UP" "$GW" "$GW2" "$GWT" "$GWT1" "$NG"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p$URLPATH" >/dev/null 2>&1 || true; done  # warm-up
 RESULTS=$(
   for _ in $(seq "$ROUNDS"); do
     run direct "$UP" "$UP_PID"
     run gateway "$GW" "$GW_PID"
     run gw-notel "$GW2" "$GW2_PID"
+    run gw-trace "$GWT" "$GWT_PID"
+    run gw-trace1 "$GWT1" "$GWT1_PID"
     run nginx "$NG" "$NG_PID"
     run gateway+mw "$GWM" "$GWM_PID" "$AUTH_HEADER"
   done
@@ -180,7 +199,7 @@ for r in rows:
 def med(name, i):
     return statistics.median(float(r[i]) for r in by[name])
 print(f"{'target':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'cpu us/req':>12}   (all rounds: req/s)")
-for name in ("direct", "gateway", "gw-notel", "nginx", "gateway+mw"):
+for name in ("direct", "gateway", "gw-notel", "gw-trace", "gw-trace1", "nginx", "gateway+mw"):
     errs = sum(int(r[4]) for r in by[name])
     cpu = med(name, 5)
     label = "upstream" if name == "direct" else name
@@ -190,5 +209,9 @@ print(f"gateway/nginx throughput: {g/n:.2f}x   gateway/direct: {g/d:.2f}x")
 print(f"gateway/nginx p99: {med('gateway',3)/med('nginx',3):.2f}x (lower is better)")
 print(f"gateway/nginx CPU per request: {med('gateway',5)/med('nginx',5):.2f}x (lower is better)")
 print(f"telemetry on/off throughput: {g/med('gw-notel',1):.3f}x   CPU per request: {med('gateway',5)/med('gw-notel',5):.3f}x")
+print(f"tracing at ratio 1.0/gateway throughput: {med('gw-trace',1)/g:.3f}x   CPU per request: {med('gw-trace',5)/med('gateway',5):.3f}x")
+print(f"tracing at ratio 0.01/gateway throughput: {med('gw-trace1',1)/g:.3f}x   CPU per request: {med('gw-trace1',5)/med('gateway',5):.3f}x")
 print(f"gateway+mw (auth + rate limit + cache hits)/gateway throughput: {med('gateway+mw',1)/g:.2f}x   CPU per request: {med('gateway+mw',5)/med('gateway',5):.2f}x")
 PY
+# Whether the traced gateway exported everything or shed spans (queue full).
+curl -s "http://127.0.0.1:$ADMIN4/metrics" | grep -E '^gateway_trace_' | tr '\n' ' ' | sed 's/$/\n/'

@@ -267,8 +267,25 @@ impl GatewayProcess {
         }
     }
 
-    /// Sends a signal (`"TERM"`, `"HUP"`, …) with kill(1).
+    /// Sends a signal (`"TERM"`, `"HUP"`, …) with kill(1), once the process
+    /// has installed its handler for it (a signal sent right after the
+    /// listening line could otherwise kill it with the default action).
     pub fn signal(&self, sig: &str) {
+        if let Some(n) = match sig {
+            "HUP" => Some(1),
+            "INT" => Some(2),
+            "TERM" => Some(15),
+            _ => None,
+        } {
+            let start = std::time::SystemTime::now();
+            while !self.catches(n) {
+                assert!(
+                    start.elapsed().unwrap() < WAIT,
+                    "gateway never installed a SIG{sig} handler"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -276,6 +293,20 @@ impl GatewayProcess {
             .unwrap()
             .success();
         assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Whether the process has a handler for signal number `n` (SigCgt in
+    /// /proc; the process may be gone, then `true` so the kill reports it).
+    fn catches(&self, n: u32) -> bool {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        else {
+            return true;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|mask| mask >> (n - 1) & 1 == 1)
     }
 
     /// Resident memory in KiB, from /proc.

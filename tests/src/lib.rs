@@ -2,3 +2,4 @@ pub mod harness;
 pub mod mock;
 
 pub use mock::{MockOptions, MockUpstream};
+pub mod otlp;

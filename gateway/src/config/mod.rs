@@ -25,7 +25,7 @@ pub use middleware::{
     RouteCacheConfig,
 };
 pub use size::ByteSize;
-pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig};
+pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig, TracingConfig};
 pub use validate::{ConfigError, ConfigErrors};
 
 /// The embedded default configuration (`deploy/config/local.toml` is a copy).
@@ -263,11 +263,14 @@ pub struct Overrides {
     pub upstream: Option<Vec<String>>,
     /// Replaces the shared Redis URL.
     pub redis_url: Option<String>,
+    /// Replaces `telemetry.tracing.endpoint` (from the OpenTelemetry
+    /// variables, see [`telemetry::otlp_endpoint_from_env`]).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Overrides {
-    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM` and
-    /// `GATEWAY_REDIS_URL`.
+    /// Reads `GATEWAY_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_UPSTREAM`,
+    /// `GATEWAY_REDIS_URL` and the OTLP endpoint variables.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
@@ -280,6 +283,7 @@ impl Overrides {
                     .collect()
             }),
             redis_url: var(ENV_REDIS_URL).map(|v| v.trim().to_owned()),
+            otlp_endpoint: telemetry::otlp_endpoint_from_env(),
         }
     }
 
@@ -310,6 +314,9 @@ impl Overrides {
                     "{ENV_REDIS_URL} is set but the config has neither [rate_limit.redis] nor [cache.redis]: nothing uses Redis"
                 );
             }
+        }
+        if let Some(e) = &self.otlp_endpoint {
+            config.telemetry.tracing.endpoint.clone_from(e);
         }
     }
 }
@@ -399,8 +406,13 @@ mod tests {
             admin_listen: Some("127.0.0.1:2".into()),
             upstream: Some(vec!["127.0.0.1:3".into(), "127.0.0.1:4".into()]),
             redis_url: Some("redis://127.0.0.1:5/2".into()),
+            otlp_endpoint: Some("http://127.0.0.1:5/v1/traces".into()),
         };
         let config = load(&Source::Embedded, &o).unwrap();
+        assert_eq!(
+            config.telemetry.tracing.endpoint,
+            "http://127.0.0.1:5/v1/traces"
+        );
         assert_eq!(config.server.listen, "127.0.0.1:1");
         assert_eq!(config.server.admin_listen, "127.0.0.1:2");
         for up in config.upstreams.values() {
@@ -432,6 +444,32 @@ mod tests {
         o.apply(&mut c);
         let err = validate::validate(&c).unwrap_err().to_string();
         assert!(err.contains("rate_limit.redis.url"), "{err}");
+    }
+
+    #[test]
+    fn otlp_endpoint_variables_follow_the_exporter_spec() {
+        use telemetry::{otlp_endpoint_with, ENV_OTLP_ENDPOINT, ENV_OTLP_TRACES_ENDPOINT};
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(otlp_endpoint_with(env(&[])), None);
+        assert_eq!(
+            otlp_endpoint_with(env(&[(ENV_OTLP_ENDPOINT, "http://c:4318/")])).as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        assert_eq!(
+            otlp_endpoint_with(env(&[
+                (ENV_OTLP_ENDPOINT, "http://c:4318"),
+                (ENV_OTLP_TRACES_ENDPOINT, "http://t:1/custom"),
+            ]))
+            .as_deref(),
+            Some("http://t:1/custom")
+        );
+        assert_eq!(otlp_endpoint_with(env(&[(ENV_OTLP_ENDPOINT, "  ")])), None);
     }
 
     #[test]

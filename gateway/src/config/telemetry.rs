@@ -16,6 +16,8 @@ pub struct TelemetryConfig {
     pub buckets: Vec<f64>,
     /// Access log settings.
     pub access_log: AccessLogConfig,
+    /// OpenTelemetry traces.
+    pub tracing: TracingConfig,
 }
 
 impl Default for TelemetryConfig {
@@ -24,6 +26,7 @@ impl Default for TelemetryConfig {
             metrics: true,
             buckets: DEFAULT_BUCKETS.to_vec(),
             access_log: AccessLogConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -54,6 +57,80 @@ impl Default for AccessLogConfig {
             always_log_client_errors: false,
         }
     }
+}
+
+/// `[telemetry.tracing]`: OpenTelemetry spans exported with OTLP/HTTP
+/// (protobuf). Read at start; a reload that changes it takes effect only on
+/// restart.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Create and export spans at all.
+    pub enabled: bool,
+    /// OTLP/HTTP traces URL (`http://host:4318/v1/traces`).
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL, `/v1/traces` appended)
+    /// replace it when set.
+    pub endpoint: String,
+    /// Fraction of requests without a parent that start a sampled trace
+    /// (0..=1). A client's `traceparent` decides for its request
+    /// (parent-based sampling).
+    pub sample_ratio: f64,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Bound of one export request (connect, send, answer).
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+    /// How long ended spans wait before a batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub scheduled_delay: Duration,
+    /// Most spans per export request.
+    pub max_export_batch_size: usize,
+    /// Most ended spans waiting for export; beyond, spans are dropped.
+    pub max_queue_size: usize,
+    /// Bound of the final flush on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: DEFAULT_OTLP_ENDPOINT.into(),
+            sample_ratio: 0.01,
+            service_name: "gateway".into(),
+            export_timeout: Duration::from_secs(10),
+            scheduled_delay: Duration::from_secs(5),
+            max_export_batch_size: 512,
+            max_queue_size: 2048,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The OTLP/HTTP traces endpoint of a collector on this host.
+pub const DEFAULT_OTLP_ENDPOINT: &str = "http://127.0.0.1:4318/v1/traces";
+
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the traces URL, used as is.
+pub const ENV_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: the base URL, `/v1/traces` appended.
+pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// The traces URL from the OpenTelemetry environment variables, if set
+/// (per the OTLP exporter spec: the signal-specific variable as is, the
+/// base one with `/v1/traces` appended).
+pub fn otlp_endpoint_from_env() -> Option<String> {
+    otlp_endpoint_with(|k| std::env::var(k).ok())
+}
+
+/// [`otlp_endpoint_from_env`] with variables read by `lookup`.
+pub fn otlp_endpoint_with(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let var = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+    if let Some(v) = var(ENV_OTLP_TRACES_ENDPOINT) {
+        return Some(v.trim().to_owned());
+    }
+    var(ENV_OTLP_ENDPOINT).map(|base| format!("{}/v1/traces", base.trim().trim_end_matches('/')))
 }
 
 /// `[[slos]]`: a service level objective tracked live.

@@ -398,6 +398,64 @@ fn middleware(config: &Config, errs: &mut Errors) {
     }
 }
 
+fn validate_tracing(t: &super::TracingConfig, errs: &mut Errors) {
+    const P: &str = "telemetry.tracing";
+    // Only when on: an OTEL_EXPORTER_OTLP_ENDPOINT meant for other
+    // processes must not stop a gateway that does not trace.
+    if t.enabled {
+        if let Err(m) = check_otlp_endpoint(&t.endpoint) {
+            errs.push(
+                format!("{P}.endpoint"),
+                format!("{m} (or set by OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)"),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        errs.push(format!("{P}.sample_ratio"), "must be between 0 and 1");
+    }
+    if t.service_name.trim().is_empty() {
+        errs.push(format!("{P}.service_name"), "must not be empty");
+    }
+    for (key, d) in [
+        ("export_timeout", t.export_timeout),
+        ("scheduled_delay", t.scheduled_delay),
+        ("shutdown_timeout", t.shutdown_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(format!("{P}.{key}"), "must be greater than 0");
+        }
+    }
+    if t.max_queue_size == 0 {
+        errs.push(format!("{P}.max_queue_size"), "must be at least 1");
+    }
+    if t.max_export_batch_size == 0 || t.max_export_batch_size > t.max_queue_size {
+        errs.push(
+            format!("{P}.max_export_batch_size"),
+            "must be between 1 and max_queue_size",
+        );
+    }
+}
+
+/// An OTLP/HTTP endpoint the exporter can reach: `http://host[:port]/path`.
+fn check_otlp_endpoint(e: &str) -> Result<(), String> {
+    let uri: http::Uri = e
+        .parse()
+        .map_err(|err| format!("invalid URL {e:?}: {err}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{e:?}: https is not supported; export to a local collector or agent over http"
+            ))
+        }
+        _ => return Err(format!("{e:?} must be an http:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{e:?} has no host"));
+    }
+    Ok(())
+}
+
 fn validate_telemetry(config: &Config, errs: &mut Errors) {
     let t = &config.telemetry;
     for (i, b) in t.buckets.iter().enumerate() {
@@ -408,6 +466,7 @@ fn validate_telemetry(config: &Config, errs: &mut Errors) {
             );
         }
     }
+    validate_tracing(&t.tracing, errs);
     let r = t.access_log.sample_ratio;
     if !(0.0..=1.0).contains(&r) {
         errs.push(
@@ -639,5 +698,38 @@ mod tests {
         assert!(check_endpoint("user@host:1").is_err());
         assert!(check_endpoint("localhost:80").is_ok());
         assert!(check_endpoint("[::1]:80").is_ok());
+    }
+
+    #[test]
+    fn tracing_settings_are_checked_with_key_paths() {
+        let errs = errors(
+            r#"
+            [telemetry.tracing]
+            enabled = true
+            endpoint = "https://collector:4318/v1/traces"
+            sample_ratio = 1.5
+            service_name = " "
+            export_timeout = "0s"
+            max_queue_size = 10
+            max_export_batch_size = 11
+            "#,
+        );
+        for want in [
+            "telemetry.tracing.endpoint: \"https://collector:4318/v1/traces\": https is not supported",
+            "telemetry.tracing.sample_ratio: must be between 0 and 1",
+            "telemetry.tracing.service_name: must not be empty",
+            "telemetry.tracing.export_timeout: must be greater than 0",
+            "telemetry.tracing.max_export_batch_size: must be between 1 and max_queue_size",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want}\n{errs:#?}");
+        }
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        // The endpoint is only checked when tracing is on.
+        let off =
+            errors("[telemetry.tracing]\nenabled = false\nendpoint = \"https://collector:4318\"\n");
+        assert!(off.is_empty(), "{off:#?}");
+        assert!(check_otlp_endpoint("http://127.0.0.1:4318/v1/traces").is_ok());
+        assert!(check_otlp_endpoint("127.0.0.1:4318").is_err());
+        assert!(check_otlp_endpoint("http:///v1/traces").is_err());
     }
 }

@@ -21,7 +21,7 @@ use tower_service::Service;
 
 use crate::body::Body;
 use crate::error::{BoxError, GatewayError};
-use crate::telemetry::UpstreamInfo;
+use crate::telemetry::{SpanParent, UpstreamInfo, TRACEPARENT};
 use crate::upstream::h1::{self, Conn, Exchange, UpstreamError};
 use crate::upstream::Upstream;
 use prometheus_client::metrics::histogram::Histogram;
@@ -152,14 +152,15 @@ impl Service<Request<Body>> for Proxy {
 impl Inner {
     async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let up = &self.upstream;
-        let guard = match req.extensions().get::<Tried>() {
+        // Endpoints already tried = how many times this request was resent.
+        let (guard, resend_count) = match req.extensions().get::<Tried>() {
             Some(tried) => {
                 let avoid = tried.snapshot();
                 let g = up.pick(&avoid)?;
                 tried.push(g.endpoint().authority.clone());
-                g
+                (g, avoid.len())
             }
-            None => up.pick(&[])?,
+            None => (up.pick(&[])?, 0),
         };
         let endpoint = guard.endpoint().clone();
         let upgrade = headers::is_upgrade(req.headers()) && req.version() != Version::HTTP_2;
@@ -179,6 +180,15 @@ impl Inner {
         self.via.append(&mut parts.headers, parts.version);
         parts.uri = Uri::from(self.rewrite.apply(parts.uri.path_and_query())?);
         parts.version = Version::HTTP_11;
+        // Sampled requests only: a CLIENT span for this attempt, whose id
+        // the upstream sees as its parent. Otherwise a client's
+        // `traceparent` passes through unchanged.
+        let attempt = parts.extensions.get::<SpanParent>().map(|p| {
+            let (span, traceparent) =
+                p.attempt(&parts.method, &up.name, &endpoint.authority, resend_count);
+            parts.headers.insert(TRACEPARENT, traceparent);
+            span
+        });
         let req = Request::from_parts(parts, body);
 
         let sent = Instant::now();
@@ -196,6 +206,14 @@ impl Inner {
             _ => false,
         };
         endpoint.record(ok);
+        if let Some(span) = attempt {
+            match &exchange {
+                Ok(Ok(Exchange::Response(r))) => span.status(r.status().as_u16()),
+                Ok(Ok(Exchange::Upgrade(..))) => span.status(101),
+                Ok(Err(e)) => span.failed(error_type(e.as_ref()), e.to_string()),
+                Err(e) => span.failed("timeout", e.to_string()),
+            }
+        }
         let exchange = exchange??;
         if let Some(h) = &self.latency {
             h.observe(head.as_secs_f64());
@@ -227,6 +245,18 @@ impl Inner {
                 Ok(Response::from_parts(parts, Body::Empty))
             }
         }
+    }
+}
+
+/// `error.type` of an attempt that got no response.
+fn error_type(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    match e.downcast_ref::<UpstreamError>() {
+        Some(UpstreamError::Connect(_)) => "connect_failed",
+        Some(UpstreamError::ConnectTimeout) => "connect_timeout",
+        Some(UpstreamError::Closed) => "connection_closed",
+        Some(UpstreamError::Io(_)) => "io_error",
+        Some(UpstreamError::Protocol(_)) => "protocol_error",
+        None => "_OTHER",
     }
 }
 

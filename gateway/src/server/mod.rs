@@ -62,6 +62,9 @@ impl Shared {
         {
             tracing::warn!("listener addresses changed: they take effect only on restart");
         }
+        if config.telemetry.tracing != old.config.telemetry.tracing {
+            tracing::warn!("telemetry.tracing changed: it takes effect only on restart");
+        }
         if crate::telemetry::buckets(&config) != self.telemetry.metrics.buckets() {
             tracing::warn!("histogram buckets or SLO thresholds changed: new buckets take effect only on restart");
         }
@@ -133,7 +136,8 @@ pub async fn start(
     let admin = TcpListener::bind(&config.server.admin_listen).await?;
     let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
     let server_cfg = config.server.clone();
-    let telemetry = Telemetry::new(&config);
+    let telemetry = Telemetry::new(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let runtime = Runtime::build(config, None, &telemetry)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let shared = Arc::new(Shared {
@@ -230,6 +234,10 @@ async fn run(
         .is_err()
     {
         tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+    // Spans of the drained requests are queued: export them, bounded.
+    if let Some(t) = ctx.shared.telemetry.tracing.clone() {
+        t.shutdown().await;
     }
 }
 
@@ -388,18 +396,19 @@ fn prepare(
         Ok(route) => &route.telemetry,
         Err(_) => &rt.unmatched,
     };
-    let record = (telemetry.enabled || telemetry.access_log.enabled).then(|| {
-        Record::start(
-            telemetry.clone(),
-            &shared.telemetry.metrics,
-            start,
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers(),
-            id.clone(),
-            client.clone(),
-        )
-    });
+    let record =
+        (telemetry.enabled || telemetry.access_log.enabled || shared.telemetry.tracing.is_some())
+            .then(|| {
+                Record::start(
+                    telemetry.clone(),
+                    &shared.telemetry,
+                    start,
+                    &req,
+                    host,
+                    id.clone(),
+                    client.clone(),
+                )
+            });
     let route = match routed {
         Ok(r) => r,
         Err(e) => return (record, Err(e)),
@@ -416,6 +425,9 @@ fn prepare(
     let (mut parts, body) = req.into_parts();
     parts.headers.insert(X_REQUEST_ID, id.clone());
     parts.extensions.insert(client);
+    if let Some(parent) = record.as_ref().and_then(Record::span_parent) {
+        parts.extensions.insert(parent);
+    }
     let req = Request::from_parts(parts, Body::limited(body, route.max_body));
     (record, Ok((route.service.clone(), req)))
 }

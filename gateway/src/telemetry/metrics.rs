@@ -139,6 +139,8 @@ pub struct Metrics {
     pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
     /// Config reloads by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Trace export counters.
+    pub trace: super::trace::ExportCounters,
 }
 
 /// Builds latency histograms with the configured bounds.
@@ -197,6 +199,7 @@ impl Metrics {
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             config_reloads: Family::default(),
+            trace: super::trace::ExportCounters::default(),
             buckets,
             registry: Registry::default(),
         };
@@ -264,6 +267,26 @@ impl Metrics {
             "gateway_config_reloads",
             "Config reloads by result (success, failure)",
             m.config_reloads.clone(),
+        );
+        registry.register(
+            "gateway_trace_spans_ended",
+            "Sampled spans ended and queued for OTLP export",
+            m.trace.ended.clone(),
+        );
+        registry.register(
+            "gateway_trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            m.trace.exported.clone(),
+        );
+        registry.register(
+            "gateway_trace_spans_failed",
+            "Spans dropped because their OTLP export request failed",
+            m.trace.failed.clone(),
+        );
+        registry.register(
+            "gateway_trace_export_errors",
+            "OTLP export requests that failed (collector down, timeout, refusal)",
+            m.trace.errors.clone(),
         );
         Self { registry, ..m }
     }

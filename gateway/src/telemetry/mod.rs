@@ -11,6 +11,7 @@
 pub mod metrics;
 pub mod process;
 pub mod slo;
+pub mod trace;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::proxy::ClientAddr;
 
 pub use metrics::{Metrics, RouteMetrics};
 pub use slo::{Slo, SloEngine};
+pub use trace::{SpanParent, Tracing};
 
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -40,15 +42,18 @@ pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracepa
 pub struct Telemetry {
     /// Metric families.
     pub metrics: Arc<Metrics>,
+    /// The tracer, when `[telemetry.tracing]` is enabled (read at start).
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 impl Telemetry {
     /// Families with the config's latency buckets, every SLO latency
-    /// threshold added as an exact bound.
-    pub fn new(config: &Config) -> Self {
-        Self {
-            metrics: Arc::new(Metrics::new(&buckets(config))),
-        }
+    /// threshold added as an exact bound; the tracer and its export thread
+    /// when tracing is enabled.
+    pub fn new(config: &Config) -> Result<Self, trace::ExporterError> {
+        let metrics = Arc::new(Metrics::new(&buckets(config)));
+        let tracing = Tracing::start(&config.telemetry.tracing, &metrics.trace)?;
+        Ok(Self { metrics, tracing })
     }
 }
 
@@ -79,6 +84,8 @@ pub struct RouteTelemetry {
     pub enabled: bool,
     /// Access log settings.
     pub access_log: AccessLogConfig,
+    /// The route verifies tokens (for the auth decision event).
+    pub auth: bool,
 }
 
 /// What the proxy learned about the upstream exchange (a response
@@ -134,6 +141,7 @@ pub struct Record {
     client: ClientAddr,
     cache: Option<HeaderValue>,
     decisions: Decisions,
+    span: Option<trace::ServerSpan>,
 }
 
 /// Middleware decisions read off the response head (the layers mark their
@@ -183,22 +191,47 @@ impl Decisions {
 }
 
 impl Record {
-    /// Starts measuring a request routed to `route`.
+    /// Starts measuring a request routed to `route`; starts its SERVER
+    /// span when `tracing` samples it.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub fn start<B>(
         route: Arc<RouteTelemetry>,
-        metrics: &Arc<Metrics>,
+        telemetry: &Telemetry,
         start: Instant,
-        method: Method,
-        uri: Uri,
-        headers: &HeaderMap,
+        req: &http::Request<B>,
+        host: Option<&str>,
         request_id: HeaderValue,
         client: ClientAddr,
     ) -> Self {
+        let headers = req.headers();
+        let metrics = &telemetry.metrics;
         let bytes_in = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let span = telemetry.tracing.as_ref().and_then(|t| {
+            let sampled = t.sample(headers)?;
+            Some(t.server_span(
+                &sampled,
+                &trace::ServerRequest {
+                    method: req.method(),
+                    path: req.uri().path(),
+                    version: req.version(),
+                    host,
+                    headers,
+                    route: &route.name,
+                    client_ip: client.addr.ip(),
+                    request_id: &request_id,
+                },
+            ))
+        });
+        // Exemplars carry the gateway's own trace when sampled, else a
+        // client's sampled trace (tracing off).
+        let trace_id = match &span {
+            Some(s) => Some(s.trace_id_hex()),
+            None if telemetry.tracing.is_none() => sampled_trace_id(headers).map(Box::from),
+            None => None,
+        };
         Self {
             route,
             _inflight: metrics.inflight(),
@@ -206,17 +239,23 @@ impl Record {
             start,
             head: Duration::ZERO,
             upstream: None,
-            method,
-            uri,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             status: 0,
             bytes_in,
             bytes_out: 0,
-            trace_id: sampled_trace_id(headers).map(Box::from),
+            trace_id,
             request_id,
             client,
             cache: None,
             decisions: Decisions::default(),
+            span,
         }
+    }
+
+    /// The parent of upstream attempt spans, when the request is sampled.
+    pub fn span_parent(&self) -> Option<SpanParent> {
+        self.span.as_ref().map(trace::ServerSpan::parent)
     }
 
     /// The route's name.
@@ -231,6 +270,24 @@ impl Record {
         self.upstream = upstream;
         self.cache = headers.get(X_CACHE).cloned();
         self.decisions = Decisions::of(status, headers);
+        if let Some(span) = self.span.as_mut() {
+            span.head(status, self.upstream.as_ref().map(|u| &*u.upstream));
+            let d = self.decisions;
+            let auth = d.jwt.or(self.route.auth.then_some("passed"));
+            for (name, key, value) in [
+                ("gateway.auth", "gateway.auth.outcome", auth),
+                (
+                    "gateway.ratelimit",
+                    "gateway.ratelimit.decision",
+                    d.ratelimit,
+                ),
+                ("gateway.cache", "gateway.cache.status", d.cache),
+            ] {
+                if let Some(v) = value {
+                    span.event(name, key, v);
+                }
+            }
+        }
     }
 
     /// The shared rate limiter failed for this request (the response
@@ -242,6 +299,9 @@ impl Record {
 
     fn finish(&mut self) {
         let total = self.start.elapsed();
+        if let Some(span) = self.span.as_mut() {
+            span.end(self.bytes_out);
+        }
         let rt = &self.route;
         if rt.enabled {
             self.metrics.record(
