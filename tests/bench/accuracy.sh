@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Latency accuracy: mock-upstream with a fixed 50 ms latency on /api/hello, loadgen (release
+# build) in the closed model; the reported p50 and p99 must be within 1 ms of 50 ms.
+# Run on a quiet machine: on a busy one the scheduler's noise shows up in p99 (the debug
+# test loadgen/tests/accuracy.rs asserts only what holds under load). wrk's figures from
+# the same mock are printed beside for reference (wrk rounds to 10 us).
+#
+#   tests/bench/accuracy.sh [USERS=10] [SECONDS=10]
+#
+# Load goes only to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+USERS=${1:-10}; SECS=${2:-10}
+cargo build --release --bins -q
+bin=target/release
+tmp=$(mktemp -d); trap 'kill $MOCK 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+
+"$bin/mock-upstream" --listen 127.0.0.1:0 --workers 1 --latency /api/hello=fixed:50ms \
+    >"$tmp/mock.out" 2>/dev/null & MOCK=$!
+for _ in $(seq 100); do [ -s "$tmp/mock.out" ] && break; sleep 0.05; done
+ADDR=$(sed -n 's/^mock-upstream listening on //p' "$tmp/mock.out")
+cat >"$tmp/probe.toml" <<'TOML'
+name = "accuracy"
+[[user]]
+name = "Probe"
+[[user.task]]
+name = "/api/hello"
+path = "/api/hello"
+TOML
+"$bin/loadgen" run "$tmp/probe.toml" --host "http://$ADDR" --workers 1 --users "$USERS" \
+    --spawn-rate 1000 --run-time "${SECS}s" --only-summary \
+    --summary-export "$tmp/lg.json" >"$tmp/lg.txt"
+if command -v wrk >/dev/null; then
+  echo "wrk -t1 -c$USERS on the same mock (reference):"
+  wrk -t1 -c"$USERS" -d"${SECS}s" --latency "http://$ADDR/api/hello" | grep -E '^ +(50|99)%'
+fi
+python3 - "$tmp/lg.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+m = d["metrics"]["http_req_duration"]
+p50, p99 = m["p(50)"], m["p(99)"]
+n = d["metrics"]["http_reqs"]["count"]
+ok = abs(p50 - 50) <= 1 and abs(p99 - 50) <= 1
+print(f"loadgen vs fixed 50 ms: {n} requests, min {m['min']:.3f} p50 {p50:.3f} ms, "
+      f"p99 {p99:.3f} ms, max {m['max']:.3f} ms -> {'within' if ok else 'NOT within'} 1 ms")
+if d["loadgen"]["reliability"]["unreliable"]:
+    print("loadgen marked the run unreliable:", d["loadgen"]["reliability"]["reasons"])
+sys.exit(0 if ok else 1)
+PY
