@@ -46,10 +46,13 @@ impl Ord for Entry {
     }
 }
 
+/// A registration: the deadline and whom to wake.
+type Registration = (Instant, oneshot::Sender<()>);
+
 /// The registration side of the timer thread, started on first use; `None` when the
 /// thread could not be spawned (then [`sleep`] falls back to tokio alone).
-fn thread() -> Option<&'static mpsc::Sender<(Instant, oneshot::Sender<()>)>> {
-    static TX: OnceLock<Option<mpsc::Sender<(Instant, oneshot::Sender<()>)>>> = OnceLock::new();
+fn thread() -> Option<&'static mpsc::Sender<Registration>> {
+    static TX: OnceLock<Option<mpsc::Sender<Registration>>> = OnceLock::new();
     TX.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -63,7 +66,7 @@ fn thread() -> Option<&'static mpsc::Sender<(Instant, oneshot::Sender<()>)>> {
 
 /// The timer thread: waits for the earliest deadline or a new registration, whichever
 /// comes first, and completes every deadline that has passed.
-fn run(rx: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>) {
+fn run(rx: &mpsc::Receiver<Registration>) {
     let mut heap: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
