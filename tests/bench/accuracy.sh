@@ -13,9 +13,12 @@ cd "$(dirname "$0")/../.."
 USERS=${1:-10}; SECS=${2:-10}
 cargo build --release --bins -q
 bin=target/release
+# Timing precision is what is measured: as root, run the mock and loadgen at a higher
+# priority so that other work on a shared machine (builds) delays them less.
+PRIO=(); [ "$(id -u)" = 0 ] && PRIO=(nice -n -10)
 tmp=$(mktemp -d); trap 'kill $MOCK 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
-"$bin/mock-upstream" --listen 127.0.0.1:0 --workers 1 --latency /api/hello=fixed:50ms \
+"${PRIO[@]}" "$bin/mock-upstream" --listen 127.0.0.1:0 --workers 1 --latency /api/hello=fixed:50ms \
     >"$tmp/mock.out" 2>/dev/null & MOCK=$!
 for _ in $(seq 100); do [ -s "$tmp/mock.out" ] && break; sleep 0.05; done
 ADDR=$(sed -n 's/^mock-upstream listening on //p' "$tmp/mock.out")
@@ -27,12 +30,12 @@ name = "Probe"
 name = "/api/hello"
 path = "/api/hello"
 TOML
-"$bin/loadgen" run "$tmp/probe.toml" --host "http://$ADDR" --workers 1 --users "$USERS" \
+"${PRIO[@]}" "$bin/loadgen" run "$tmp/probe.toml" --host "http://$ADDR" --workers 1 --users "$USERS" \
     --spawn-rate 1000 --run-time "${SECS}s" --only-summary \
     --summary-export "$tmp/lg.json" >"$tmp/lg.txt"
 if command -v wrk >/dev/null; then
   echo "wrk -t1 -c$USERS on the same mock (reference):"
-  wrk -t1 -c"$USERS" -d"${SECS}s" --latency "http://$ADDR/api/hello" | grep -E '^ +(50|99)%'
+  "${PRIO[@]}" wrk -t1 -c"$USERS" -d"${SECS}s" --latency "http://$ADDR/api/hello" | grep -E '^ +(50|99)%'
 fi
 python3 - "$tmp/lg.json" <<'PY'
 import json, sys
