@@ -33,6 +33,40 @@ TOML
 "${PRIO[@]}" "$bin/loadgen" run "$tmp/probe.toml" --host "http://$ADDR" --workers 1 --users "$USERS" \
     --spawn-rate 1000 --run-time "${SECS}s" --only-summary \
     --summary-export "$tmp/lg.json" >"$tmp/lg.txt"
+# The same run against an exact reference server (a Python thread per connection,
+# time.sleep(0.05) per request): what this machine allows at this moment, so that
+# scheduler noise is not mistaken for mock-upstream's or loadgen's error.
+cat >"$tmp/exact.py" <<'PY'
+import socket, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1024)
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+        _, buf = buf.split(b"\r\n\r\n", 1)
+        time.sleep(0.05)
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+"${PRIO[@]}" python3 "$tmp/exact.py" >"$tmp/exact.out" & EXACT=$!
+for _ in $(seq 100); do [ -s "$tmp/exact.out" ] && break; sleep 0.05; done
+"${PRIO[@]}" "$bin/loadgen" run "$tmp/probe.toml" --host "http://127.0.0.1:$(head -1 "$tmp/exact.out")" \
+    --workers 1 --users "$USERS" --spawn-rate 1000 --run-time "${SECS}s" --only-summary \
+    --summary-export "$tmp/exact.json" >/dev/null
+kill $EXACT
+python3 - "$tmp/exact.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]["http_req_duration"]
+print(f"reference exact server (same loadgen): p50 {m['p(50)']:.3f} ms, p99 {m['p(99)']:.3f} ms")
+PY
 if command -v wrk >/dev/null; then
   echo "wrk -t1 -c$USERS on the same mock (reference):"
   "${PRIO[@]}" wrk -t1 -c"$USERS" -d"${SECS}s" --latency "http://$ADDR/api/hello" | grep -E '^ +(50|99)%'
