@@ -34,6 +34,17 @@ if command -v python3 >/dev/null && ! python3 -c 'import kubernetes_validate' 2>
         || echo "warning: cannot pip install kubernetes-validate" >&2
 fi
 
+# loadgen's HTML report is checked in a real headless browser (loadgen/tests/report.rs):
+# Debian's chromium. Without it that test fails on purpose.
+if ! command -v chromium >/dev/null && [ -z "${LOADGEN_CHROMIUM:-}" ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "installing chromium (HTML report test)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        echo "warning: chromium missing and cannot apt-get install it: loadgen's report test will fail" >&2
+    fi
+fi
 # The rate-limit tests run their own redis-server (and use one on :6379).
 if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null

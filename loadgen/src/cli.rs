@@ -272,6 +272,7 @@ pub fn prepare(args: &RunArgs) -> Result<(RunConfig, Option<String>), String> {
         spec = spec.shard(i, n);
     }
     let plan = spec.plan()?;
+    crate::limits::ensure_open_files(plan.max_concurrency())?;
     if plan.duration().is_none() && spec.max_requests.is_none() {
         eprintln!("loadgen: no --run-time or --max-requests: running until Ctrl-C");
     }

@@ -90,27 +90,59 @@ fn le_key(le: &str) -> Option<u64> {
     Some((secs * 1e6).round() as u64)
 }
 
-/// Reads the request-duration histogram (`*request_duration_seconds_bucket`) and the
-/// request counter (`*requests_total`, 5xx by a `status` or `code` label).
+/// The (histogram, counter) families read, first present wins: the gateway's own
+/// (`gateway/src/telemetry/metrics.rs`), then the common `http_*` convention. Exact
+/// names: a suffix match would also add `gateway_upstream_request_duration_seconds` and
+/// `gateway_cache_requests_total` into the totals.
+pub const FAMILIES: [(&str, &str); 2] = [
+    (
+        "gateway_request_duration_seconds_bucket",
+        "gateway_requests_total",
+    ),
+    (
+        "http_request_duration_seconds_bucket",
+        "http_requests_total",
+    ),
+];
+
+/// Reads the request-duration histogram and the request counter (5xx by a `status` or
+/// `code` label) of the first of [`FAMILIES`] present.
 pub fn snapshot(text: &str) -> Result<Snapshot, String> {
+    let samples: Vec<_> = text.lines().filter_map(parse_line).collect();
+    // Present when declared (`# TYPE NAME histogram`: before any request the family has
+    // no samples yet) or sampled.
+    let declared = |hist: &str| {
+        let base = hist.trim_end_matches("_bucket");
+        text.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|rest| rest.strip_prefix(base))
+                .is_some_and(|rest| rest.trim() == "histogram")
+        })
+    };
+    let Some((hist, counter)) = FAMILIES
+        .iter()
+        .find(|(hist, _)| declared(hist) || samples.iter().any(|(name, _, _)| name == hist))
+    else {
+        return Err(format!(
+            "no request-duration histogram in the metrics (looked for {})",
+            FAMILIES
+                .map(|(h, _)| h.trim_end_matches("_bucket"))
+                .join(", ")
+        ));
+    };
     let mut snap = Snapshot::default();
-    let mut found_hist = false;
-    for (name, labels, value) in text.lines().filter_map(parse_line) {
-        if name.ends_with("request_duration_seconds_bucket") {
+    for (name, labels, value) in samples {
+        if name == *hist {
             if let Some(le) = labels.get("le").and_then(|le| le_key(le)) {
-                found_hist = true;
                 *snap.buckets.entry(le).or_default() += value;
             }
-        } else if name.ends_with("requests_total") {
+        } else if name == *counter {
             snap.requests += value;
             let status = labels.get("status").or_else(|| labels.get("code"));
             if status.is_some_and(|s| s.starts_with('5')) {
                 snap.errors += value;
             }
         }
-    }
-    if !found_hist {
-        return Err("no *request_duration_seconds histogram in the metrics".into());
     }
     Ok(snap)
 }
@@ -147,8 +179,11 @@ pub fn compare(
     after: Result<String, String>,
     result: &RunResult,
 ) -> Result<ServerSide, String> {
-    let before = snapshot(&before?)?;
+    let before = before?;
     let after = snapshot(&after?)?;
+    // Before the gateway answered anything, prometheus-client exports no sample (and no
+    // `# TYPE` line) of a labelled family: an absent family counts as zero then.
+    let before = snapshot(&before).unwrap_or_default();
     let deltas: Vec<(u64, f64)> = after
         .buckets
         .iter()
@@ -204,7 +239,10 @@ mod tests {
                      gateway_request_duration_seconds_bucket{route=\"a\",le=\"0.1\"} 100\n\
                      gateway_request_duration_seconds_bucket{route=\"a\",le=\"+Inf\"} 100\n\
                      gateway_requests_total{status=\"200\"} 98\n\
-                     gateway_requests_total{status=\"502\"} 2\n";
+                     gateway_requests_total{status=\"502\"} 2\n\
+                     gateway_upstream_request_duration_seconds_bucket{le=\"0.01\"} 500\n\
+                     gateway_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 500\n\
+                     gateway_cache_requests_total{result=\"hit\"} 40\n";
         let rec = crate::metrics::Recorder::new(&[]).unwrap();
         let result = rec.result(Duration::from_secs(1));
         let s = compare(Ok(before.into()), Ok(after.into()), &result).unwrap();
@@ -212,5 +250,14 @@ mod tests {
         assert!((s.error_rate_pct - 2.0).abs() < 1e-9);
         assert!((s.p95_ms - 55.0).abs() < 1e-6, "{}", s.p95_ms);
         assert!(snapshot("up 1\n").is_err());
+        // A first scrape without the family (nothing answered yet) counts as zero.
+        let s = compare(Ok("up 1\n".into()), Ok(after.into()), &result).unwrap();
+        assert_eq!(s.requests, 100.0);
+        // Declared but not yet sampled (a gateway that answered nothing yet): empty.
+        let fresh = "# TYPE gateway_request_duration_seconds histogram\n";
+        assert_eq!(snapshot(fresh).unwrap(), Snapshot::default());
+        // The common `http_*` names are read when the gateway's are absent.
+        let other = snapshot("http_request_duration_seconds_bucket{le=\"+Inf\"} 7\nhttp_requests_total{code=\"500\"} 7\n").unwrap();
+        assert_eq!((other.requests, other.errors), (7.0, 7.0));
     }
 }

@@ -5,7 +5,8 @@
 //! - [`runner`] drives [`user`]s over [`client`] connections; [`checks`] judge responses.
 //! - [`metrics`]: HDR histograms per name and in total, the per-second series.
 //! - [`sla`]: thresholds and the verdict; [`report`]: table, CSV, JSON, HTML, JUnit.
-//! - [`monitor`]: the generator watches itself and marks unreliable runs.
+//! - [`monitor`]: the generator watches itself and marks unreliable runs; [`limits`]: the
+//!   open-file limit raised for one connection per user.
 //! - [`merge`]: exact merging of distributed (`--shard`) results; [`crosscheck`]: the
 //!   server-side view from the gateway's `/metrics`.
 //! - [`cli`] and [`demo`]: the command line.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod crosscheck;
 pub mod demo;
+pub mod limits;
 pub mod merge;
 pub mod metrics;
 pub mod monitor;

@@ -248,6 +248,21 @@ impl Plan {
         }
     }
 
+    /// The most users (closed) or iterations in flight (open) at any time: one connection
+    /// each.
+    pub fn max_concurrency(&self) -> u64 {
+        match self {
+            Self::Closed { users, .. } => *users,
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Self::Stages(stages) => stages
+                .iter()
+                .map(|s| s.target.max(0.0).ceil() as u64)
+                .max()
+                .unwrap_or(0),
+            Self::Open { max_vus, .. } => *max_vus,
+        }
+    }
+
     /// Whether this is the open model.
     pub fn is_open(&self) -> bool {
         matches!(self, Self::Open { .. })

@@ -199,3 +199,67 @@ fn missed_thresholds_exit_1_and_bad_input_exits_2() {
         assert!(!ran.stderr.trim().is_empty(), "{args:?} explains itself");
     }
 }
+
+#[test]
+fn metrics_url_cross_checks_against_the_real_gateways_histograms() {
+    let s = common::stack_with_admin();
+    let dir = scratch("crosscheck");
+    let summary = dir.join("summary.json");
+    let metrics = format!("{}/metrics", s.admin_url);
+    let scenario = scenarios().join("meetinity-gateway.toml");
+    let ran = loadgen(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--host",
+        &s.gateway_url,
+        "--users",
+        "20",
+        "--spawn-rate",
+        "100",
+        "--max-requests",
+        "200",
+        "--only-summary",
+        "--user-classes",
+        "HighThroughputUser",
+        "--metrics-url",
+        &metrics,
+        "--summary-export",
+        summary.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        !ran.stderr.contains("cross-check skipped"),
+        "the gateway's metric names are read: {}",
+        ran.stderr
+    );
+    let line = ran.stdout.lines().find(|l| l.starts_with("server-side: "));
+    eprintln!("{line:?}");
+    assert!(line.is_some(), "{}", ran.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let client = summary["metrics"]["http_reqs"]["count"].as_f64().unwrap();
+    let server = &summary["loadgen"]["server"];
+    let requests = server["requests"].as_f64().unwrap();
+    assert_eq!(client, 200.0);
+    // Every request the client sent went through the gateway and was counted once (a
+    // response can reach the client just before the gateway records it: a little slack).
+    assert!(
+        (client - 5.0..=client).contains(&requests),
+        "server counted {requests}, client {client}"
+    );
+    assert_eq!(server["error_rate_pct"].as_f64().unwrap(), 0.0);
+    let (p95, p99) = (
+        server["p95_ms"].as_f64().unwrap(),
+        server["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p95 > 0.0 && p95 <= p99, "p95 {p95} p99 {p99}");
+    // Server-side time is a part of client-side time, up to the histogram's bucket
+    // interpolation (its buckets are wide: allow the next bucket bound).
+    let client_max = summary["metrics"]["http_req_duration"]["max"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        p99 <= client_max * 2.5 + 5.0,
+        "p99 {p99} vs client max {client_max}"
+    );
+}

@@ -91,9 +91,11 @@ fn chart(title: &str, y_unit: &str, lines: &[Line<'_>], x_label: &dyn Fn(f64) ->
         let v = x0 + (x1 - x0) * f64::from(i) / 4.0;
         let _ = write!(
             s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" class="tick">{}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="{}" class="tick">{}</text>"#,
             sx(v),
             H - 8.0,
+            // The last label ends at the plot's edge instead of being cut by the frame.
+            if i == 4 { "end" } else { "middle" },
             escape(&x_label(v))
         );
     }
@@ -125,7 +127,12 @@ fn chart(title: &str, y_unit: &str, lines: &[Line<'_>], x_label: &dyn Fn(f64) ->
 }
 
 fn secs_label(v: f64) -> String {
-    format!("{v:.0}s")
+    // Short runs put ticks between whole seconds: 2.5s, not a second "3s".
+    if v < 10.0 && (v - v.round()).abs() >= 0.05 {
+        format!("{v:.1}s")
+    } else {
+        format!("{v:.0}s")
+    }
 }
 
 /// The latency at increasing percentiles, HdrHistogram-plot style: x is "nines"

@@ -77,6 +77,22 @@ pub fn spawn(mut cmd: Command) -> Proc {
 /// `mock-upstream` and the gateway (embedded default config) as processes on free ports:
 /// (mock, gateway, mock URL, gateway URL).
 pub fn stack() -> (Proc, Proc, String, String) {
+    let s = stack_with_admin();
+    (s.mock, s.gateway, s.mock_url, s.gateway_url)
+}
+
+/// The processes and addresses of [`stack_with_admin`].
+pub struct Stack {
+    pub mock: Proc,
+    pub gateway: Proc,
+    pub mock_url: String,
+    pub gateway_url: String,
+    /// The gateway's admin listener (`/metrics`, `/ready`), `http://ADDR`.
+    pub admin_url: String,
+}
+
+/// [`stack`], with the gateway's admin address.
+pub fn stack_with_admin() -> Stack {
     let mut mock = Command::new(bin("mock-upstream"));
     mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
     let mock = spawn(mock);
@@ -121,12 +137,13 @@ pub fn stack() -> (Proc, Proc, String, String) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (
+    Stack {
         mock,
-        gw,
-        format!("http://{mock_addr}"),
-        format!("http://{addr}"),
-    )
+        gateway: gw,
+        mock_url: format!("http://{mock_addr}"),
+        gateway_url: format!("http://{addr}"),
+        admin_url: format!("http://{admin}"),
+    }
 }
 
 /// What a finished loadgen said.

@@ -52,7 +52,7 @@ pub(crate) async fn delay(ms: &str, body: Incoming) -> Response<MockBody> {
         return res;
     }
     let ms = ms.min(MAX_DELAY_MS);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+    super::timer::sleep(Duration::from_millis(ms)).await;
     json(StatusCode::OK, &json!({ "delay_ms": ms }))
 }
 

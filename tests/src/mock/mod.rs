@@ -54,6 +54,7 @@ mod rules;
 mod server;
 mod state;
 mod stats;
+mod timer;
 mod ws;
 
 pub use flagmeter::{MAX_FEATURES, MAX_TENANTS};

@@ -52,7 +52,7 @@ pub(crate) async fn handle(
             Some(res) => res,
             None => {
                 if let Some(delay) = state.latency.sample(path) {
-                    tokio::time::sleep(delay).await;
+                    super::timer::sleep(delay).await;
                 }
                 route(&state, req, start).await
             }
@@ -71,7 +71,7 @@ async fn inject_faults(
 ) -> Result<Option<Response<MockBody>>, InjectedReset> {
     for fault in state.faults.matching(path) {
         if !fault.added_latency.is_zero() {
-            tokio::time::sleep(fault.added_latency).await;
+            super::timer::sleep(fault.added_latency).await;
         }
         if fault.reset_rate > 0.0 && fastrand::f64() < fault.reset_rate {
             return Err(InjectedReset);
