@@ -234,7 +234,7 @@ async fn access_logs_are_json_lines_without_secrets() {
     std::fs::write(
         &path,
         format!(
-            "{}\n[telemetry.access_log]\nenabled = true\nsample_ratio = 1.0\n",
+            "{}rate_limits = [{{ name = \"per-ip\", key = \"client_ip\", limit = 100, window = \"1s\" }}]\n[telemetry.access_log]\nenabled = true\nsample_ratio = 1.0\n",
             simple("up", &[up.addr()], "")
         ),
     )
@@ -258,6 +258,7 @@ async fn access_logs_are_json_lines_without_secrets() {
     assert_eq!(f["status"], 200);
     assert_eq!(f["path"], "/api/hello");
     assert_eq!(f["upstream"], "up");
+    assert_eq!(f["ratelimit"], "allowed");
     assert!(f["latency_ms"].as_f64().unwrap() > 0.0);
     for l in &logs {
         assert!(!l.contains("s3cr3t"), "a secret reached the logs: {l}");

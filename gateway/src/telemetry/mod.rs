@@ -361,6 +361,7 @@ impl Record {
             bytes_in = self.bytes_in.unwrap_or(0),
             bytes_out = self.bytes_out,
             cache = self.cache.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
+            ratelimit = self.decisions.ratelimit.unwrap_or_default(),
             "request"
         );
     }
