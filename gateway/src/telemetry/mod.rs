@@ -102,24 +102,8 @@ pub struct UpstreamInfo {
 
 /// Returns the trace id of a valid, sampled `traceparent`.
 pub fn sampled_trace_id(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(TRACEPARENT)?.to_str().ok()?;
-    let mut parts = v.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
-        return None;
-    }
-    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    sampled.then_some(trace)
+    let (trace, _, flags) = trace::traceparent_fields(headers)?;
+    (flags & 1 == 1).then_some(trace)
 }
 
 /// A request being measured; finished when its response body is dropped.

@@ -439,9 +439,11 @@ pub struct Traceparent {
     pub sampled: bool,
 }
 
-/// Parses a valid version-00-compatible `traceparent` (lower-case hex,
-/// non-zero ids, version not `ff`).
-pub fn parse_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
+/// The trace id, parent span id (lower-case hex) and flags of a valid
+/// version-00-compatible `traceparent` (non-zero ids, version not `ff`):
+/// the one validation behind [`parse_traceparent`] and exemplars'
+/// [`super::sampled_trace_id`].
+pub(crate) fn traceparent_fields(headers: &HeaderMap) -> Option<(&str, &str, u8)> {
     let v = headers.get(TRACEPARENT)?.to_str().ok()?;
     let mut parts = v.split('-');
     let (version, trace, parent, flags) =
@@ -459,15 +461,19 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    let trace = u128::from_str_radix(trace, 16).ok()?;
-    let parent = u64::from_str_radix(parent, 16).ok()?;
-    if trace == 0 || parent == 0 {
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
         return None;
     }
+    Some((trace, parent, u8::from_str_radix(flags, 16).ok()?))
+}
+
+/// Parses a valid version-00-compatible `traceparent`.
+pub fn parse_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
+    let (trace, parent, flags) = traceparent_fields(headers)?;
     Some(Traceparent {
-        trace_id: TraceId::from(trace),
-        span_id: SpanId::from(parent),
-        sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1,
+        trace_id: TraceId::from(u128::from_str_radix(trace, 16).ok()?),
+        span_id: SpanId::from(u64::from_str_radix(parent, 16).ok()?),
+        sampled: flags & 1 == 1,
     })
 }
 
