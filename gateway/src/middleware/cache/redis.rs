@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::codec;
@@ -58,14 +58,7 @@ impl RedisTier {
     /// From validated config (connects lazily; must run inside a tokio
     /// runtime).
     pub fn new(cfg: &CacheRedisConfig) -> Result<Self, String> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let conn = crate::middleware::redis_conn::lazy_connection(&cfg.url, cfg.timeout)?;
         Ok(Self {
             conn,
             prefix: cfg.prefix.clone(),

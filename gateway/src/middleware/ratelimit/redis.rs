@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::gcra::{Gcra, Outcome};
@@ -54,14 +54,7 @@ impl RedisLimiter {
     /// Connects lazily (start-up does not wait for Redis; must run inside
     /// a tokio runtime).
     pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let conn = crate::middleware::redis_conn::lazy_connection(&cfg.url, cfg.timeout)?;
         Ok(Self {
             conn,
             script: Script::new(GCRA_LUA),
