@@ -67,18 +67,7 @@ fn ten_thousand_users_with_wait_times_fit_in_500_mb() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
+    let (out, err) = common::capture(&mut child);
     let start = std::time::SystemTime::now();
     let mut peak = 0;
     let status = loop {

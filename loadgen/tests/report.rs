@@ -60,18 +60,7 @@ fn browse(profile: &Path, page: &Path, extra: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("chromium starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
+    let (out, err) = common::capture(&mut child);
     let start = std::time::SystemTime::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -189,3 +189,24 @@ pub fn loadgen(args: &[&str]) -> Ran {
         stderr: err.join().unwrap(),
     }
 }
+
+/// Reads a child's stdout and stderr to the end on two threads, so a full
+/// pipe never stalls it; join the handles for the text.
+pub fn capture(
+    child: &mut Child,
+) -> (
+    std::thread::JoinHandle<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    (
+        read(Box::new(child.stdout.take().unwrap())),
+        read(Box::new(child.stderr.take().unwrap())),
+    )
+}
