@@ -27,6 +27,14 @@ fn policy(name: &str, key: RateLimitKey, limit: u32, window: Duration) -> Policy
     Policy::new(&cfg, Arc::new(LocalStore::new(1000)), None)
 }
 
+/// Waits for `s` to be ready, then sends it a request from `ip`.
+async fn call<S>(s: &mut S, ip: &str) -> Result<S::Response, S::Error>
+where
+    S: Service<Request<Body>>,
+{
+    s.ready().await?.call(req(ip)).await
+}
+
 fn req(ip: &str) -> Request<Body> {
     let mut r = Request::get("/x").body(Body::Empty).unwrap();
     r.extensions_mut()
@@ -47,13 +55,7 @@ async fn over_the_limit_is_refused_with_headers_and_never_reaches_inner() {
     ));
     let mut s = layer.layer(stub(hits.clone()));
     for i in 0..3u32 {
-        let resp = s
-            .ready()
-            .await
-            .unwrap()
-            .call(req("10.0.0.1"))
-            .await
-            .unwrap();
+        let resp = call(&mut s, "10.0.0.1").await.unwrap();
         let h = resp.headers();
         assert_eq!(
             h["ratelimit-policy"],
@@ -66,33 +68,17 @@ async fn over_the_limit_is_refused_with_headers_and_never_reaches_inner() {
             .unwrap()
             .starts_with(&format!("\"per-ip\";r={};t=", 2 - i)));
     }
-    let err = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap_err();
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
     let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
     assert_eq!(limited.policy, "per-ip");
     // 3 per 60 s: the next one fits in 20 s.
     assert_eq!(limited.retry_after, 20);
     assert_eq!(hits.load(Ordering::SeqCst), 3);
     // Another client has its own budget.
-    s.ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.2"))
-        .await
-        .unwrap();
+    call(&mut s, "10.0.0.2").await.unwrap();
     // And the first recovers once time passes.
     tokio::time::advance(Duration::from_secs(20)).await;
-    s.ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap();
+    call(&mut s, "10.0.0.1").await.unwrap();
     assert_eq!(hits.load(Ordering::SeqCst), 5);
 }
 
@@ -114,13 +100,7 @@ async fn headers_survive_a_pending_inner_future_and_errors() {
         TrustedProxies::default(),
     ));
     let mut s = layer.layer(slow);
-    let resp = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap();
+    let resp = call(&mut s, "10.0.0.1").await.unwrap();
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "4");
     let mut r = req("10.0.0.1");
     *r.uri_mut() = "/fail".parse().unwrap();
@@ -172,24 +152,12 @@ async fn a_failed_shared_decision_is_marked_whatever_the_fallback_decides() {
     let hits = Arc::new(AtomicUsize::new(0));
     let redis = dead_redis(OnRedisError::Local);
     let mut s = RateLimitLayer::new(redis_policy(redis.clone(), 1)).layer(stub(hits.clone()));
-    let resp = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap();
+    let resp = call(&mut s, "10.0.0.1").await.unwrap();
     assert_eq!(
         resp.extensions().get::<LimiterFailed>(),
         Some(&LimiterFailed)
     );
-    let err = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap_err();
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
     let resp = crate::error::render(err.as_ref(), &id);
     assert_eq!(resp.status(), 429);
     assert!(resp.extensions().get::<LimiterFailed>().is_some());
@@ -199,26 +167,14 @@ async fn a_failed_shared_decision_is_marked_whatever_the_fallback_decides() {
     let mut s = RateLimitLayer::new(redis_policy(dead_redis(OnRedisError::FailOpen), 1))
         .layer(stub(hits.clone()));
     for _ in 0..2 {
-        let resp = s
-            .ready()
-            .await
-            .unwrap()
-            .call(req("10.0.0.1"))
-            .await
-            .unwrap();
+        let resp = call(&mut s, "10.0.0.1").await.unwrap();
         assert!(resp.extensions().get::<LimiterFailed>().is_some());
     }
     assert_eq!(hits.load(Ordering::SeqCst), 3);
     // fail_closed: 503 without reaching the inner service, marked.
     let mut s = RateLimitLayer::new(redis_policy(dead_redis(OnRedisError::FailClosed), 1))
         .layer(stub(hits.clone()));
-    let err = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap_err();
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
     let resp = crate::error::render(err.as_ref(), &id);
     assert_eq!(resp.status(), 503);
     assert!(resp.extensions().get::<LimiterFailed>().is_some());
@@ -230,21 +186,9 @@ async fn a_failed_shared_decision_is_marked_whatever_the_fallback_decides() {
         TrustedProxies::default(),
     ))
     .layer(stub(hits));
-    let resp = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap();
+    let resp = call(&mut s, "10.0.0.1").await.unwrap();
     assert!(resp.extensions().get::<LimiterFailed>().is_none());
-    let err = s
-        .ready()
-        .await
-        .unwrap()
-        .call(req("10.0.0.1"))
-        .await
-        .unwrap_err();
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
     let resp = crate::error::render(err.as_ref(), &id);
     assert_eq!(resp.status(), 429);
     assert!(resp.extensions().get::<LimiterFailed>().is_none());
