@@ -35,7 +35,7 @@ pub enum Body {
     },
     /// An upstream response body, read from the upstream connection as it
     /// is consumed.
-    H1(H1Body),
+    H1(Box<H1Body>),
     /// Anything else (transformations by middleware).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }

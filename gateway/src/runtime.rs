@@ -13,7 +13,7 @@ use crate::middleware::shed::LoadShedLayer;
 use crate::proxy::Via;
 use crate::routing::{Matcher, Router};
 use crate::stack::{self, RouteService};
-use crate::telemetry::{RouteTelemetry, SloEngine, Telemetry};
+use crate::telemetry::{Layers, RouteTelemetry, SloEngine, Telemetry};
 use crate::upstream::{spawn_health_checks, Upstream};
 
 /// One compiled route.
@@ -91,7 +91,7 @@ impl Runtime {
             tokio::time::Instant::now(),
         );
         let metrics = &telemetry.metrics;
-        let route_telemetry = |name: &Arc<str>, slos: Vec<_>, auth: bool| {
+        let route_telemetry = |name: &Arc<str>, slos: Vec<_>, auth: bool, layers: Layers| {
             Arc::new(RouteTelemetry {
                 name: name.clone(),
                 metrics: metrics.route(name),
@@ -99,6 +99,7 @@ impl Runtime {
                 enabled: config.telemetry.metrics,
                 access_log: config.telemetry.access_log.clone(),
                 auth,
+                layers,
             })
         };
         let mut shedders = Vec::new();
@@ -121,6 +122,11 @@ impl Runtime {
                         r.auth
                             .as_ref()
                             .is_some_and(|a| a.mode != crate::config::AuthMode::Off),
+                        Layers {
+                            auth: r.auth.is_some(),
+                            ratelimit: !r.rate_limits.is_empty(),
+                            cache: r.cache.is_some(),
+                        },
                     ),
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
                     service: stack::route_service(
@@ -137,7 +143,12 @@ impl Runtime {
                 Some((matcher, route))
             })
             .collect();
-        let unmatched = route_telemetry(&Arc::from("unmatched"), Vec::new(), false);
+        let unmatched = route_telemetry(
+            &Arc::from("unmatched"),
+            Vec::new(),
+            false,
+            Layers::default(),
+        );
         Ok(Self {
             router: Router::new(routes),
             middleware: shared,

@@ -45,8 +45,19 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers and every header named in `Connection`. With
 /// `upgrade`, keeps `Upgrade` and sets `Connection: upgrade` so the
 /// handshake reaches the other side.
+///
+/// Hot path: most messages carry none of these, so one pass over the names
+/// decides; a header is looked up (hashed) only when it is present.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    let (mut connection, mut other) = (false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::UPGRADE || HOP_BY_HOP.contains(name) {
+            other = true;
+        }
+    }
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -60,13 +71,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    if connection || other {
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
+        if !upgrade {
+            headers.remove(header::UPGRADE);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -80,6 +94,11 @@ pub struct ClientAddr {
 }
 
 impl ClientAddr {
+    /// The IP as a header value.
+    pub fn ip(&self) -> &HeaderValue {
+        &self.ip
+    }
+
     /// Renders `addr`'s IP once.
     pub fn new(addr: SocketAddr) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
@@ -88,27 +107,79 @@ impl ClientAddr {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (from `host`, the request's original authority).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr, host: Option<HeaderValue>) {
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok()
+/// What the proxy adds to a forwarded request: the client appended to
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` set (from
+/// `host`, the request's original authority; removed without one), this
+/// gateway appended to `Via`.
+///
+/// These are written straight into the upstream request head by
+/// [`Forwarding::encode`] instead of being inserted into the header map:
+/// nothing between the proxy and the wire reads them, and custom header
+/// names cost a hash per map operation on every request.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// The client's IP, rendered once per connection. Without it (no
+    /// client address known) the `X-Forwarded-*` headers pass unchanged.
+    pub client_ip: Option<HeaderValue>,
+    /// `X-Forwarded-Host`.
+    pub host: Option<HeaderValue>,
+    /// This gateway's `Via` entry for the client's protocol version.
+    pub via: HeaderValue,
+}
+
+impl Forwarding {
+    /// Writes `headers` as HTTP/1.1 header lines into `out`, replacing the
+    /// forwarding headers: `X-Forwarded-For` becomes the first one received
+    /// (if any) plus the client, `Via` the first one received (if any) plus
+    /// this gateway, the `X-Forwarded-Proto`/`-Host` received are dropped.
+    pub fn encode(&self, headers: &HeaderMap, out: &mut bytes::BytesMut) {
+        let mut xff: Option<&HeaderValue> = None;
+        let mut via: Option<&HeaderValue> = None;
+        let forward = self.client_ip.is_some();
+        for (name, value) in headers {
+            if name == header::VIA {
+                via.get_or_insert(value);
+            } else if !forward {
+                line(out, name.as_str().as_bytes(), &[value.as_bytes()]);
+            } else if name == X_FORWARDED_FOR {
+                xff.get_or_insert(value);
+            } else if name != X_FORWARDED_PROTO && name != X_FORWARDED_HOST {
+                line(out, name.as_str().as_bytes(), &[value.as_bytes()]);
+            }
         }
-        _ => Some(client.ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
+        if let Some(ip) = &self.client_ip {
+            let prev = xff
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            match prev {
+                Some(prev) => line(
+                    out,
+                    b"x-forwarded-for",
+                    &[prev.as_bytes(), b", ", ip.as_bytes()],
+                ),
+                None => line(out, b"x-forwarded-for", &[ip.as_bytes()]),
+            }
+            line(out, b"x-forwarded-proto", &[b"http"]);
+            if let Some(h) = &self.host {
+                line(out, b"x-forwarded-host", &[h.as_bytes()]);
+            }
+        }
+        match via {
+            Some(prev) => line(out, b"via", &[prev.as_bytes(), b", ", self.via.as_bytes()]),
+            None => line(out, b"via", &[self.via.as_bytes()]),
+        }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h);
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
+}
+
+/// Writes the header line `name: parts...`.
+pub fn line(out: &mut bytes::BytesMut, name: &[u8], value: &[&[u8]]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for v in value {
+        out.extend_from_slice(v);
     }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// This gateway's `Via` entries, rendered once per config.
@@ -135,22 +206,34 @@ impl Via {
         }
     }
 
-    /// Appends this gateway to `Via` for a message received in `version`.
-    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
-        let own = match version {
+    /// This gateway's entry for a message received in `version`.
+    pub fn entry(&self, version: Version) -> &HeaderValue {
+        match version {
             Version::HTTP_10 | Version::HTTP_09 => &self.v10,
             Version::HTTP_2 | Version::HTTP_3 => &self.v2,
             _ => &self.v11,
-        };
-        let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                HeaderValue::from_str(&format!("{prev}, {}", own.to_str().unwrap_or(&self.name)))
+        }
+    }
+
+    /// Appends this gateway to `Via` for a message received in `version`.
+    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
+        let own = self.entry(version);
+        match headers.entry(header::VIA) {
+            header::Entry::Occupied(mut e) => {
+                let value = e.get().to_str().ok().and_then(|prev| {
+                    HeaderValue::from_str(&format!(
+                        "{prev}, {}",
+                        own.to_str().unwrap_or(&self.name)
+                    ))
                     .ok()
+                });
+                if let Some(v) = value {
+                    e.insert(v);
+                }
             }
-            None => Some(own.clone()),
-        };
-        if let Some(v) = value {
-            headers.insert(header::VIA, v);
+            header::Entry::Vacant(e) => {
+                e.insert(own.clone());
+            }
         }
     }
 }
@@ -204,24 +287,55 @@ mod tests {
         assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
     }
 
+    fn encoded(h: &HeaderMap, f: &Forwarding) -> String {
+        let mut out = bytes::BytesMut::new();
+        f.encode(h, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
     #[test]
-    fn forwarded_headers_append_and_overwrite() {
-        let mut h = map(&[
+    fn forwarding_headers_are_appended_or_replaced_on_the_wire() {
+        let f = Forwarding {
+            client_ip: Some(
+                ClientAddr::new("127.0.0.1:5000".parse().unwrap())
+                    .ip()
+                    .clone(),
+            ),
+            host: Some(HeaderValue::from_static("api.local")),
+            via: Via::new("gw").entry(Version::HTTP_11).clone(),
+        };
+        let h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("via", "1.0 fred"),
+            ("accept", "*/*"),
         ]);
-        let client = ClientAddr::new("127.0.0.1:5000".parse().unwrap());
-        set_forwarded(&mut h, &client, Some(HeaderValue::from_static("api.local")));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "api.local");
-        let mut h = HeaderMap::new();
-        set_forwarded(
-            &mut h,
-            &ClientAddr::new("[::1]:5000".parse().unwrap()),
-            None,
+        assert_eq!(
+            encoded(&h, &f),
+            "accept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: api.local\r\nvia: 1.0 fred, 1.1 gw\r\n"
         );
-        assert_eq!(h["x-forwarded-for"], "::1");
+        let f = Forwarding {
+            client_ip: Some(ClientAddr::new("[::1]:5000".parse().unwrap()).ip().clone()),
+            host: None,
+            via: Via::new("gw").entry(Version::HTTP_2).clone(),
+        };
+        let h = map(&[("x-forwarded-for", " "), ("x-forwarded-host", "evil")]);
+        assert_eq!(
+            encoded(&h, &f),
+            "x-forwarded-for: ::1\r\nx-forwarded-proto: http\r\nvia: 2 gw\r\n"
+        );
+        // No client address: X-Forwarded-* pass unchanged, Via still added.
+        let f = Forwarding {
+            client_ip: None,
+            ..f
+        };
+        assert_eq!(
+            encoded(&h, &f),
+            "x-forwarded-for:  \r\nx-forwarded-host: evil\r\nvia: 2 gw\r\n"
+        );
     }
 
     #[test]

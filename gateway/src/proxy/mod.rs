@@ -21,13 +21,14 @@ use tower_service::Service;
 
 use crate::body::Body;
 use crate::error::{BoxError, GatewayError};
+use crate::telemetry::trace::AttemptSpan;
 use crate::telemetry::{SpanParent, UpstreamInfo, TRACEPARENT};
 use crate::upstream::h1::{self, Conn, Exchange, UpstreamError};
-use crate::upstream::Upstream;
+use crate::upstream::{InflightGuard, Upstream};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
-pub use headers::{ClientAddr, Via};
+pub use headers::{ClientAddr, Forwarding, Via};
 
 /// Endpoints already tried for one client request (set by the retry
 /// layer, shared by its attempts), so a retry goes to another endpoint.
@@ -144,13 +145,28 @@ impl Service<Request<Body>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move { inner.forward(req).await })
+        // The synchronous part (pick, header rules) runs here, so the boxed
+        // future holds only what lives across the upstream exchange.
+        match self.inner.begin(req) {
+            Ok(a) => Box::pin(self.inner.clone().exchange(a)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
+/// One attempt, ready to be sent.
+struct Attempt {
+    guard: InflightGuard,
+    req: Request<Body>,
+    forwarding: Forwarding,
+    /// Sampled requests only; boxed, the future stays small otherwise.
+    span: Option<Box<AttemptSpan>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
 impl Inner {
-    async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    /// Picks an endpoint and turns the client's request into the upstream's.
+    fn begin(&self, mut req: Request<Body>) -> Result<Attempt, BoxError> {
         let up = &self.upstream;
         // Endpoints already tried = how many times this request was resent.
         let (guard, resend_count) = match req.extensions().get::<Tried>() {
@@ -174,10 +190,12 @@ impl Inner {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        if let Some(client) = parts.extensions.get::<ClientAddr>() {
-            headers::set_forwarded(&mut parts.headers, client, host);
-        }
-        self.via.append(&mut parts.headers, parts.version);
+        // X-Forwarded-* and Via go straight into the encoded head.
+        let forwarding = Forwarding {
+            client_ip: parts.extensions.get::<ClientAddr>().map(|c| c.ip().clone()),
+            host,
+            via: self.via.entry(parts.version).clone(),
+        };
         parts.uri = Uri::from(self.rewrite.apply(parts.uri.path_and_query())?);
         parts.version = Version::HTTP_11;
         // Sampled requests only: a CLIENT span for this attempt, whose id
@@ -189,14 +207,36 @@ impl Inner {
             parts.headers.insert(TRACEPARENT, traceparent);
             span
         });
-        let req = Request::from_parts(parts, body);
+        Ok(Attempt {
+            guard,
+            req: Request::from_parts(parts, body),
+            forwarding,
+            span: attempt.map(Box::new),
+            client_upgrade,
+        })
+    }
 
+    /// Sends the attempt and turns the upstream's response into the
+    /// client's.
+    async fn exchange(self: Arc<Self>, a: Attempt) -> Result<Response<Body>, BoxError> {
+        let up = &self.upstream;
+        let Attempt {
+            guard,
+            req,
+            forwarding,
+            span: attempt,
+            client_upgrade,
+        } = a;
+        let endpoint = guard.endpoint().clone();
         let sent = Instant::now();
-        let exchange = tokio::time::timeout(up.request_timeout, h1::send(guard, up.pool, req))
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout {
-                upstream: up.name.clone(),
-            });
+        let exchange = tokio::time::timeout(
+            up.request_timeout,
+            h1::send(guard, up.pool, req, Some(&forwarding)),
+        )
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            upstream: up.name.clone(),
+        });
         let head = sent.elapsed();
         // The breaker counts what the endpoint did: errors, timeouts and
         // 502/503/504 are failures.

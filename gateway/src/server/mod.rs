@@ -4,13 +4,17 @@
 mod io;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,10 +24,11 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 use crate::body::Body;
 use crate::config::{self, Config, ConfigErrors, Overrides, Source};
-use crate::error::{self, BodyTooLarge};
+use crate::error::{self, BodyTooLarge, BoxError};
 use crate::middleware::ratelimit::LimiterFailed;
 use crate::proxy::ClientAddr;
 use crate::request_id::{self, X_REQUEST_ID};
@@ -261,9 +266,7 @@ async fn serve_conn(
         let ctx = ctx.clone();
         let stats = stats.clone();
         let client = ClientAddr::new(peer);
-        hyper::service::service_fn(move |req| {
-            dispatch(ctx.clone(), stats.clone(), client.clone(), kind, req)
-        })
+        hyper::service::service_fn(move |req| dispatch(&ctx, &stats, &client, kind, req))
     };
     let conn = watcher.watch(
         ctx.builder
@@ -295,20 +298,29 @@ async fn serve_conn(
     }
 }
 
-async fn dispatch(
-    ctx: Arc<ConnCtx>,
-    stats: Arc<ConnStats>,
-    client: ClientAddr,
+/// The future hyper holds for each request.
+type Dispatched =
+    Either<Edge, Pin<Box<dyn Future<Output = Result<Response<TimedBody>, Infallible>> + Send>>>;
+
+fn dispatch(
+    ctx: &ConnCtx,
+    stats: &Arc<ConnStats>,
+    client: &ClientAddr,
     kind: Kind,
     req: Request<Incoming>,
-) -> Result<Response<TimedBody>, Infallible> {
+) -> Dispatched {
     stats.request_started();
-    let resp = match kind {
-        Kind::Proxy => handle(ctx.shared.clone(), client, req).await,
-        Kind::Admin => admin::handle(&ctx.shared, req).await.map(TimedBody::plain),
-    };
-    stats.request_done();
-    Ok(resp)
+    match kind {
+        Kind::Proxy => Either::Left(Edge::start(&ctx.shared, stats.clone(), client.clone(), req)),
+        Kind::Admin => {
+            let (shared, stats) = (ctx.shared.clone(), stats.clone());
+            Either::Right(Box::pin(async move {
+                let resp = admin::handle(&shared, req).await;
+                stats.request_done();
+                Ok(resp.map(TimedBody::plain))
+            }))
+        }
+    }
 }
 
 fn send_408(raw: Option<&std::net::TcpStream>) {
@@ -330,43 +342,121 @@ fn send_408(raw: Option<&std::net::TcpStream>) {
 
 /// The edge of the request path (layer 1 of `stack`): request id, routing,
 /// body limit, client context; then the route's stack; errors rendered once.
-async fn handle(
-    shared: Arc<Shared>,
-    client: ClientAddr,
-    req: Request<Incoming>,
-) -> Response<TimedBody> {
-    let start = Instant::now();
-    let id = request_id::accept_or_generate(req.headers());
-    let (record, routed) = prepare(&shared, client, req, &id, start);
-    let mut resp = match routed {
-        Ok((svc, req)) => match tower::ServiceExt::oneshot(svc, req).await {
+///
+/// Written by hand rather than as an `async fn`: hyper stores and moves this
+/// future for every request, and a generated one carried every local of
+/// both the proxy and the admin path (about 1.6 KB). This one holds the
+/// route's boxed future and what the edge needs to finish the response.
+pub(crate) struct Edge {
+    state: EdgeState,
+    record: Option<Box<Record>>,
+    id: HeaderValue,
+    stats: Arc<ConnStats>,
+}
+
+enum EdgeState {
+    /// The route's service was not ready yet (rare: its layers are).
+    Waiting(Box<(RouteService, Request<Body>)>),
+    /// The route's service is handling the request.
+    Running(<RouteService as Service<Request<Body>>>::Future),
+    /// Answered at the edge (no route, body too large) or by a failed
+    /// `poll_ready`.
+    Answered(Option<Result<Response<Body>, BoxError>>),
+}
+
+impl Edge {
+    fn start(
+        shared: &Shared,
+        stats: Arc<ConnStats>,
+        client: ClientAddr,
+        req: Request<Incoming>,
+    ) -> Self {
+        let start = Instant::now();
+        let id = request_id::accept_or_generate(req.headers());
+        let (record, routed) = prepare(shared, client, req, &id, start);
+        let state = match routed {
+            Ok((mut svc, req)) => {
+                // The layers are always ready: ask once without a waker and
+                // call at once, so the request is not stored to wait.
+                let mut cx = Context::from_waker(Waker::noop());
+                match svc.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => EdgeState::Running(svc.call(req)),
+                    Poll::Ready(Err(e)) => EdgeState::Answered(Some(Err(e))),
+                    Poll::Pending => EdgeState::Waiting(Box::new((svc, req))),
+                }
+            }
+            Err(e) => EdgeState::Answered(Some(Ok(error::render(&e, &id)))),
+        };
+        Self {
+            state,
+            record,
+            id,
+            stats,
+        }
+    }
+
+    /// Renders a failure, sets the request id and hands the record to the
+    /// response body, which finishes it.
+    fn finish(&mut self, result: Result<Response<Body>, BoxError>) -> Response<TimedBody> {
+        let id = &self.id;
+        let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
                 let c = error::classify(e.as_ref());
-                let route = record.as_ref().map_or("", |r| r.route_name());
+                let route = self.record.as_ref().map_or("", |r| r.route_name());
                 if c.blame == error::Blame::Client {
                     // 401/403/429 floods must not flood the log too.
                     tracing::debug!(request_id = ?id, route, status = c.status.as_u16(), error = %ErrorChain(e.as_ref()), "request refused");
                 } else {
                     tracing::warn!(request_id = ?id, route, status = c.status.as_u16(), blame = ?c.blame, error = %ErrorChain(e.as_ref()), "request failed");
                 }
-                error::render(e.as_ref(), &id)
+                error::render(e.as_ref(), id)
             }
-        },
-        Err(e) => error::render(&e, &id),
-    };
-    resp.headers_mut().insert(X_REQUEST_ID, id);
-    let (mut parts, body) = resp.into_parts();
-    match record {
-        Some(mut r) => {
-            let upstream = parts.extensions.remove::<UpstreamInfo>();
-            r.head(parts.status.as_u16(), &parts.headers, upstream);
-            if parts.extensions.remove::<LimiterFailed>().is_some() {
-                r.limiter_failed();
+        };
+        self.stats.request_done();
+        resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+        let (mut parts, body) = resp.into_parts();
+        match self.record.take() {
+            Some(mut r) => {
+                let upstream = parts.extensions.remove::<UpstreamInfo>();
+                r.head(parts.status.as_u16(), &parts.headers, upstream);
+                if parts.extensions.remove::<LimiterFailed>().is_some() {
+                    r.limiter_failed();
+                }
+                Response::from_parts(parts, TimedBody::new(body, r))
             }
-            Response::from_parts(parts, TimedBody::new(body, r))
+            None => Response::from_parts(parts, TimedBody::plain(body)),
         }
-        None => Response::from_parts(parts, TimedBody::plain(body)),
+    }
+}
+
+impl Future for Edge {
+    type Output = Result<Response<TimedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let result = match &mut this.state {
+                EdgeState::Running(f) => ready!(f.as_mut().poll(cx)),
+                EdgeState::Waiting(w) => match ready!(w.0.poll_ready(cx)) {
+                    Ok(()) => {
+                        let EdgeState::Waiting(w) =
+                            std::mem::replace(&mut this.state, EdgeState::Answered(None))
+                        else {
+                            unreachable!("matched above")
+                        };
+                        let (mut svc, req) = *w;
+                        this.state = EdgeState::Running(svc.call(req));
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                EdgeState::Answered(r) => r
+                    .take()
+                    .unwrap_or_else(|| Err("edge future polled after completion".into())),
+            };
+            return Poll::Ready(Ok(this.finish(result)));
+        }
     }
 }
 
@@ -382,7 +472,7 @@ fn prepare(
     id: &HeaderValue,
     start: Instant,
 ) -> (
-    Option<Record>,
+    Option<Box<Record>>,
     Result<(RouteService, Request<Body>), GatewayError>,
 ) {
     let rt = shared.runtime.load();
@@ -425,7 +515,7 @@ fn prepare(
     let (mut parts, body) = req.into_parts();
     parts.headers.insert(X_REQUEST_ID, id.clone());
     parts.extensions.insert(client);
-    if let Some(parent) = record.as_ref().and_then(Record::span_parent) {
+    if let Some(parent) = record.as_deref().and_then(Record::span_parent) {
         parts.extensions.insert(parent);
     }
     let req = Request::from_parts(parts, Body::limited(body, route.max_body));

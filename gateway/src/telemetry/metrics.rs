@@ -300,6 +300,7 @@ impl Metrics {
     pub fn route(&self, name: &Arc<str>) -> RouteMetrics {
         RouteMetrics {
             route: name.clone(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
             duration: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
             per_route: OnceLock::new(),
         }
@@ -332,14 +333,19 @@ impl Metrics {
     /// Records a finished request.
     pub fn record(&self, rm: &RouteMetrics, r: &Finished<'_>) {
         let m = method_index(r.method);
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: rm.route.clone(),
-                method: Fixed(METHODS[m]),
-                status: r.status,
-            })
-            .inc();
         let c = class_index(r.status);
+        let labels = || RequestLabels {
+            route: rm.route.clone(),
+            method: Fixed(METHODS[m]),
+            status: r.status,
+        };
+        let (status, counter) = rm.requests[m][c]
+            .get_or_init(|| (r.status, self.requests.get_or_create_owned(&labels())));
+        if *status == r.status {
+            counter.inc();
+        } else {
+            self.requests.get_or_create(&labels()).inc();
+        }
         let h = rm.duration[m][c].get_or_init(|| {
             self.duration.get_or_create_owned(&DurationLabels {
                 route: rm.route.clone(),
@@ -421,6 +427,10 @@ impl Drop for InflightGuard {
 #[derive(Debug)]
 pub struct RouteMetrics {
     route: Arc<str>,
+    /// Per method and status class, the counter of the first status seen
+    /// (most requests of a class share one status): no label hashing or
+    /// family lock for them.
+    requests: [[OnceLock<(u16, Counter)>; 6]; 8],
     duration: [[OnceLock<DurationHistogram>; 6]; 8],
     per_route: OnceLock<PerRoute>,
 }

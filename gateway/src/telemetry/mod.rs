@@ -86,6 +86,20 @@ pub struct RouteTelemetry {
     pub access_log: AccessLogConfig,
     /// The route verifies tokens (for the auth decision event).
     pub auth: bool,
+    /// Which layers mark this route's responses: only their markers are
+    /// looked up (an upstream's own `X-Cache` is not our decision).
+    pub layers: Layers,
+}
+
+/// The decision-marking layers a route has.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Layers {
+    /// JWT auth (`WWW-Authenticate` on 401/403).
+    pub auth: bool,
+    /// Rate limits (`RateLimit-Policy`).
+    pub ratelimit: bool,
+    /// Response cache (`X-Cache`, `Cache-Status`).
+    pub cache: bool,
 }
 
 /// What the proxy learned about the upstream exchange (a response
@@ -139,8 +153,9 @@ struct Decisions {
 }
 
 impl Decisions {
-    fn of(status: u16, headers: &HeaderMap) -> Self {
-        let cache = headers.get(X_CACHE).map(|v| match v.as_bytes() {
+    fn of(status: u16, headers: &HeaderMap, layers: Layers) -> Self {
+        let x_cache = layers.cache.then(|| headers.get(X_CACHE)).flatten();
+        let cache = x_cache.map(|v| match v.as_bytes() {
             b"HIT" => "hit",
             b"STALE" => "stale",
             _ => {
@@ -155,17 +170,16 @@ impl Decisions {
                 }
             }
         });
-        let ratelimit = headers
-            .contains_key(RATELIMIT_POLICY)
+        let ratelimit = (layers.ratelimit && headers.contains_key(RATELIMIT_POLICY))
             .then_some(if status == 429 { "limited" } else { "allowed" });
-        let jwt = headers
-            .contains_key(http::header::WWW_AUTHENTICATE)
-            .then_some(match status {
-                401 => "invalid_token",
-                403 => "insufficient_scope",
-                _ => "other",
-            })
-            .filter(|_| status == 401 || status == 403);
+        let jwt = (layers.auth
+            && (status == 401 || status == 403)
+            && headers.contains_key(http::header::WWW_AUTHENTICATE))
+        .then_some(if status == 401 {
+            "invalid_token"
+        } else {
+            "insufficient_scope"
+        });
         Self {
             cache,
             ratelimit,
@@ -186,7 +200,7 @@ impl Record {
         host: Option<&str>,
         request_id: HeaderValue,
         client: ClientAddr,
-    ) -> Self {
+    ) -> Box<Self> {
         let headers = req.headers();
         let metrics = &telemetry.metrics;
         let bytes_in = headers
@@ -216,7 +230,7 @@ impl Record {
             None if telemetry.tracing.is_none() => sampled_trace_id(headers).map(Box::from),
             None => None,
         };
-        Self {
+        Box::new(Self {
             route,
             _inflight: metrics.inflight(),
             metrics: metrics.clone(),
@@ -234,7 +248,7 @@ impl Record {
             cache: None,
             decisions: Decisions::default(),
             span,
-        }
+        })
     }
 
     /// The parent of upstream attempt spans, when the request is sampled.
@@ -252,8 +266,11 @@ impl Record {
         self.head = self.start.elapsed();
         self.status = status;
         self.upstream = upstream;
-        self.cache = headers.get(X_CACHE).cloned();
-        self.decisions = Decisions::of(status, headers);
+        let layers = self.route.layers;
+        if layers.cache {
+            self.cache = headers.get(X_CACHE).cloned();
+        }
+        self.decisions = Decisions::of(status, headers, layers);
         if let Some(span) = self.span.as_mut() {
             span.head(status, self.upstream.as_ref().map(|u| &*u.upstream));
             let d = self.decisions;
@@ -355,7 +372,9 @@ impl Record {
 #[derive(Debug)]
 pub struct TimedBody {
     inner: Body,
-    record: Option<Record>,
+    // Boxed: responses are moved several times on their way out, and a
+    // record is large.
+    record: Option<Box<Record>>,
 }
 
 impl TimedBody {
@@ -368,7 +387,7 @@ impl TimedBody {
     }
 
     /// A body whose completion finishes `record`.
-    pub fn new(inner: Body, record: Record) -> Self {
+    pub fn new(inner: Body, record: Box<Record>) -> Self {
         Self {
             inner,
             record: Some(record),

@@ -17,6 +17,7 @@
 //! with an upstream closing an idle connection.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 use super::{Endpoint, InflightGuard};
 use crate::body::Body;
 use crate::error::BoxError;
+use crate::proxy::headers::{line, Forwarding};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -164,20 +166,45 @@ pub enum Exchange {
 
 /// Sends `req` (whose URI is origin-form path and query) to the endpoint
 /// held by `guard`, reusing a pooled connection when one is available.
+///
+/// With `forwarding`, the proxy's forwarding headers are written into the
+/// head as it is encoded (see [`Forwarding::encode`]).
 pub async fn send(
     guard: InflightGuard,
     pool: PoolConfig,
     req: Request<Body>,
+    forwarding: Option<&Forwarding>,
 ) -> Result<Exchange, BoxError> {
-    let (parts, mut body) = req.into_parts();
     let ep = guard.endpoint().clone();
-    let framing = RequestFraming::of(&parts.headers, &body);
-    let head = encode_head(&parts, &ep.authority, framing, body.size_hint().exact());
-    let is_head = parts.method == Method::HEAD;
-    let replayable_method = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
+    // The request's parts end here, before the first await: the future does
+    // not carry them.
+    let (head, mut body, framing, is_head, replayable_method) = {
+        let (parts, body) = req.into_parts();
+        let framing = RequestFraming::of(&parts.headers, &body);
+        let head = encode_head(
+            &parts,
+            &ep.authority,
+            framing,
+            body.size_hint().exact(),
+            forwarding,
+        );
+        let replayable_method = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        (
+            head,
+            body,
+            framing,
+            parts.method == Method::HEAD,
+            replayable_method,
+        )
+    };
     let mut fresh_only = false;
     let (mut conn, resp) = loop {
         let (mut conn, reused) = match (!fresh_only)
@@ -230,7 +257,7 @@ pub async fn send(
             release(&ep, conn, keep_alive, pool);
             Body::full(data)
         }
-        framing => Body::H1(H1Body {
+        framing => Body::H1(Box::new(H1Body {
             conn: Some(conn),
             decoder: match framing {
                 ResponseFraming::Length(n) => Decoder::Length(n),
@@ -240,7 +267,7 @@ pub async fn send(
             keep_alive,
             pool,
             guard,
-        }),
+        })),
     };
     Ok(Exchange::Response(Response::from_parts(parts, body)))
 }
@@ -278,6 +305,7 @@ fn encode_head(
     authority: &http::uri::Authority,
     framing: RequestFraming,
     exact_len: Option<u64>,
+    forwarding: Option<&Forwarding>,
 ) -> BytesMut {
     let pq = parts
         .uri
@@ -293,11 +321,13 @@ fn encode_head(
         out.extend_from_slice(authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match forwarding {
+        Some(f) => f.encode(&parts.headers, &mut out),
+        None => {
+            for (name, value) in &parts.headers {
+                line(&mut out, name.as_str().as_bytes(), &[value.as_bytes()]);
+            }
+        }
     }
     match framing {
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -434,17 +464,11 @@ async fn read_head(conn: &mut Conn, is_head_request: bool) -> Result<Head, ReadE
 /// responses); `None` when more bytes are needed.
 fn parse_head(buf: &mut BytesMut, is_head_request: bool) -> Result<Option<Head>, UpstreamError> {
     loop {
-        // Most responses carry a handful of headers: try a small array first
-        // (cheap to initialize), the full one only when it overflows.
-        let mut small = [httparse::EMPTY_HEADER; 24];
-        let mut large;
-        let mut resp = httparse::Response::new(&mut small);
-        let mut parsed = resp.parse(buf);
-        if matches!(parsed, Err(httparse::Error::TooManyHeaders)) {
-            large = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            resp = httparse::Response::new(&mut large);
-            parsed = resp.parse(buf);
-        }
+        // Uninitialized slots: nothing to fill before parsing.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
         let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -475,16 +499,25 @@ fn parse_head(buf: &mut BytesMut, is_head_request: bool) -> Result<Option<Head>,
             spans.push((n, h.name.len(), v, h.value.len()));
         }
         let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(spans.len());
+        // Room for what the proxy adds (Via, X-Request-Id) without growing.
+        let mut map = HeaderMap::with_capacity(spans.len() + 2);
+        // Which framing headers are present: looked up only if they are.
+        let mut seen = Seen::default();
         for (n, nl, v, vl) in spans {
             let name = HeaderName::from_bytes(&head[n..n + nl])
                 .map_err(|_| UpstreamError::Protocol("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                 .map_err(|_| UpstreamError::Protocol("invalid header value"))?;
+            seen.note(&name);
             map.append(name, value);
         }
-        let framing = framing_of(&map, status, is_head_request)?;
-        let keep_alive = framing != ResponseFraming::Close && keeps_alive(&map, version);
+        let framing = framing_of(&map, status, is_head_request, seen)?;
+        let keep_alive = framing != ResponseFraming::Close
+            && if seen.connection {
+                keeps_alive(&map, version)
+            } else {
+                version != Version::HTTP_10
+            };
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -497,10 +530,31 @@ fn parse_head(buf: &mut BytesMut, is_head_request: bool) -> Result<Option<Head>,
     }
 }
 
+/// Framing headers present in a response head.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        }
+    }
+}
+
 fn framing_of(
     h: &HeaderMap,
     status: StatusCode,
     is_head_request: bool,
+    seen: Seen,
 ) -> Result<ResponseFraming, UpstreamError> {
     if is_head_request
         || status.is_informational()
@@ -508,6 +562,9 @@ fn framing_of(
         || status == StatusCode::NOT_MODIFIED
     {
         return Ok(ResponseFraming::Empty);
+    }
+    if !seen.transfer_encoding && !seen.content_length {
+        return Ok(ResponseFraming::Close);
     }
     if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
         let last = te
