@@ -5,6 +5,8 @@
 //! from errors to responses once, in [`error`].
 
 pub mod admin;
+#[allow(unsafe_code)] // a GlobalAlloc impl is unsafe by definition; see its SAFETY note
+pub mod alloc;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -6,10 +6,9 @@ use clap::Parser;
 use gateway::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-// A proxy allocates small, short-lived objects on every request; mimalloc's
-// thread-local free lists make those markedly cheaper than glibc malloc.
+// mimalloc, called like std's System allocator calls malloc (gateway::alloc).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gateway::alloc::MiMalloc = gateway::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
