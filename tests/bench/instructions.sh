@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+. tests/bench/common.sh
 need wrk wrk
 need nginx nginx-light
 need valgrind valgrind
@@ -36,9 +36,6 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 400); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 UP=$(free_port)
 "$BIN/mock-upstream" --listen "127.0.0.1:$UP" --workers 1 >/dev/null 2>&1 & PIDS+=($!)
@@ -58,39 +55,6 @@ upstream = "up"
 TOML
 }
 
-nginx_conf() { # port dir
-  cat <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $2/nginx.pid;
-error_log $2/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $2/body;
-  proxy_temp_path $2/proxy;
-  fastcgi_temp_path $2/fastcgi;
-  uwsgi_temp_path $2/uwsgi;
-  scgi_temp_path $2/scgi;
-  upstream up { server 127.0.0.1:$UP; keepalive 256; }
-  server {
-    listen 127.0.0.1:$1;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header X-Request-Id \$request_id;
-      add_header X-Request-Id \$request_id;
-    }
-  }
-}
-NGINX
-}
-
 # measure NAME LOADED(0|1) -> prints "instructions requests"
 measure() {
   local name=$1 loaded=$2 port out pid requests=1
@@ -103,7 +67,7 @@ measure() {
         "$BIN/gateway" serve --config "$WORK/gateway.toml" --workers 1 >/dev/null 2>&1 & pid=$! ;;
     nginx)
       mkdir -p "$WORK/nginx-$loaded"
-      nginx_conf "$port" "$WORK/nginx-$loaded" > "$WORK/nginx-$loaded/nginx.conf"
+      nginx_conf "$port" "$WORK/nginx-$loaded" "$UP" 1 off > "$WORK/nginx-$loaded/nginx.conf"
       valgrind --tool=callgrind --callgrind-out-file="$out" \
         nginx -c "$WORK/nginx-$loaded/nginx.conf" -p "$WORK/nginx-$loaded" >/dev/null 2>&1 & pid=$! ;;
   esac

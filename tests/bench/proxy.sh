@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+. tests/bench/common.sh
 need wrk wrk
 need nginx nginx-light
 
@@ -41,8 +41,6 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 UP=$(free_port); GW=$(free_port); ADMIN=$(free_port); NG=$(free_port); GW2=$(free_port); ADMIN2=$(free_port)
 GWM=$(free_port); ADMIN3=$(free_port); GWT=$(free_port); ADMIN4=$(free_port); SINK=$(free_port)
@@ -114,38 +112,9 @@ TOKEN=$(curl -sS -X POST "http://127.0.0.1:$UP/api/auth/session" -H 'content-typ
   -d '{"username":"bench","password":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 AUTH_HEADER="Authorization: Bearer $TOKEN"
 
-# nginx as an equivalent reverse proxy: same workers, keep-alive to the
-# upstream, forwarding headers and a request id like ours, no access log.
+# nginx as an equivalent reverse proxy (tests/bench/common.sh).
 mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes $WORKERS;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  upstream up { server 127.0.0.1:$UP; keepalive 256; }
-  server {
-    listen 127.0.0.1:$NG;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header X-Request-Id \$request_id;
-      add_header X-Request-Id \$request_id;
-    }
-  }
-}
-NGINX
+nginx_conf "$NG" "$WORK/nginx" "$UP" "$WORKERS" > "$WORK/nginx/nginx.conf"
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!); NG_MASTER=$!
 wait_port "$NG"
 NG_PID=$(pgrep -P "$NG_MASTER" | head -1)   # the one worker (CPU is measured for WORKERS=1)
