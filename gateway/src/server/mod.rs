@@ -374,6 +374,16 @@ impl Edge {
         let start = Instant::now();
         let id = request_id::accept_or_generate(req.headers());
         let (record, routed) = prepare(shared, client, req, &id, start);
+        Self::new(routed, record, id, stats)
+    }
+
+    /// The edge future of a routed request (or of the error to answer).
+    fn new(
+        routed: Result<(RouteService, Request<Body>), GatewayError>,
+        record: Option<Box<Record>>,
+        id: HeaderValue,
+        stats: Arc<ConnStats>,
+    ) -> Self {
         let state = match routed {
             Ok((mut svc, req)) => {
                 // The layers are always ready: ask once without a waker and
@@ -550,4 +560,84 @@ pub(crate) fn json(status: http::StatusCode, body: String) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::util::BoxCloneSyncService;
+
+    /// Not ready on its first `poll_ready` (waking the caller), then ready
+    /// or failing; answers 200.
+    #[derive(Clone)]
+    struct Slow {
+        polls: Arc<AtomicUsize>,
+        fail: bool,
+    }
+
+    impl Service<Request<Body>> for Slow {
+        type Response = Response<Body>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if self.fail {
+                return Poll::Ready(Err("upstream pool closed".into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<Body>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Body::full("ok"))))
+        }
+    }
+
+    fn edge(fail: bool) -> (Edge, Arc<AtomicUsize>, Arc<ConnStats>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let svc = BoxCloneSyncService::new(Slow {
+            polls: polls.clone(),
+            fail,
+        });
+        let stats = Arc::new(ConnStats::default());
+        stats.request_started();
+        let e = Edge::new(
+            Ok((svc, Request::new(Body::Empty))),
+            None,
+            HeaderValue::from_static("req-1"),
+            stats.clone(),
+        );
+        (e, polls, stats)
+    }
+
+    /// The edge's response, or a failed test if it never comes.
+    async fn within(e: Edge) -> Response<TimedBody> {
+        match tokio::time::timeout(Duration::from_secs(10), e).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(never)) => match never {},
+            Err(_) => panic!("the edge future never completed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_route_service_not_ready_at_once_is_called_once_ready() {
+        let (e, polls, stats) = edge(false);
+        let resp = within(e).await;
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        assert_eq!(resp.headers()[X_REQUEST_ID], "req-1");
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert!(!stats.has_partial_request());
+    }
+
+    #[tokio::test]
+    async fn a_failing_poll_ready_is_answered_as_an_error_with_the_request_id() {
+        let (e, _, _) = edge(true);
+        let resp = within(e).await;
+        assert!(resp.status().is_server_error(), "{}", resp.status());
+        assert_eq!(resp.headers()[X_REQUEST_ID], "req-1");
+    }
 }
