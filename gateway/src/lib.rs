@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod timer;
 pub mod upstream;
 
 pub use config::Config;

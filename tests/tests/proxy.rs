@@ -412,6 +412,47 @@ async fn client_too_slow_sending_headers_gets_408() {
         .unwrap()
         .unwrap();
     assert!(buf.is_empty());
+
+    // The second request of a keep-alive connection is timed too (its
+    // header deadline is a recycled timer, moved on from the first's).
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The whole first response (head and Content-Length body), then the
+    // start of a second request.
+    tokio::time::timeout(harness::WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .split("content-length: ")
+                    .nth(1)
+                    .and_then(|r| r.split("\r\n").next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap();
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200 "));
+    s.write_all(b"GET /api/hello HTTP/1.1\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(harness::WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
 }
 
 #[tokio::test]

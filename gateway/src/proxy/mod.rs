@@ -229,14 +229,17 @@ impl Inner {
         } = a;
         let endpoint = guard.endpoint().clone();
         let sent = Instant::now();
-        let exchange = tokio::time::timeout(
-            up.request_timeout,
-            h1::send(guard, up.pool, req, Some(&forwarding)),
-        )
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout {
-            upstream: up.name.clone(),
-        });
+        let exchange = up
+            .timers
+            .timeout(
+                sent,
+                up.request_timeout,
+                h1::send(guard, up.pool, req, Some(&forwarding)),
+            )
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout {
+                upstream: up.name.clone(),
+            });
         let head = sent.elapsed();
         // The breaker counts what the endpoint did: errors, timeouts and
         // 502/503/504 are failures.

@@ -35,6 +35,7 @@ use crate::request_id::{self, X_REQUEST_ID};
 use crate::runtime::Runtime;
 use crate::stack::RouteService;
 use crate::telemetry::{Record, Telemetry, TimedBody, UpstreamInfo};
+use crate::timer::PooledTimer;
 use crate::{admin, error::GatewayError};
 use tokio::time::Instant;
 
@@ -155,7 +156,8 @@ pub async fn start(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // The header-read deadline is armed per request: pooled timers.
+        .timer(PooledTimer::new())
         .header_read_timeout(server_cfg.header_read_timeout)
         .keep_alive(true);
     builder
@@ -275,16 +277,28 @@ async fn serve_conn(
     );
     tokio::pin!(conn);
     // hyper's header timeout starts with HTTP/1 parsing; this one also covers
-    // a client that never sends enough bytes to pick a protocol.
-    let result = match tokio::time::timeout(ctx.header_timeout, &mut conn).await {
-        Ok(r) => r,
-        Err(_) if stats.requests() == 0 => {
-            if stats.has_partial_request() {
-                send_408(raw.as_ref());
-            }
-            return;
+    // a client that never sends enough bytes to pick a protocol. It is
+    // dropped once a request arrives, not polled for the connection's life.
+    let mut first = Some(Box::pin(tokio::time::sleep(ctx.header_timeout)));
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
         }
-        Err(_) => conn.await,
+        if let Some(sleep) = &mut first {
+            if stats.requests() > 0 {
+                first = None;
+            } else if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let Some(result) = result else {
+        if stats.has_partial_request() {
+            send_408(raw.as_ref());
+        }
+        return;
     };
     if let Err(e) = result {
         let header_timeout = e

@@ -21,6 +21,7 @@ use crate::config::{
     validate::check_endpoint, Balance, CircuitBreakerConfig, HealthCheckConfig, UpstreamConfig,
 };
 use crate::error::GatewayError;
+use crate::timer::SleepPool;
 use breaker::Breaker;
 
 pub use h1::PoolConfig;
@@ -141,6 +142,8 @@ pub struct Upstream {
     pub pool: PoolConfig,
     /// Deadline for response headers.
     pub request_timeout: Duration,
+    /// Armed timers for that deadline, reused request after request.
+    pub timers: Arc<SleepPool>,
     /// Active health check settings.
     pub health_check: Option<HealthCheckConfig>,
     /// Circuit breaker settings (decides whether a reload keeps endpoints).
@@ -185,6 +188,7 @@ impl Upstream {
                 max_idle: cfg.pool_max_idle,
             },
             request_timeout: cfg.request_timeout,
+            timers: previous.map_or_else(SleepPool::new, |p| p.timers.clone()),
             health_check: cfg.health_check.clone(),
             breaker: cfg.circuit_breaker.clone(),
         }
