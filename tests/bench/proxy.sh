@@ -148,13 +148,19 @@ echo "wrk -t1 -c$CONNS -d${DURATION}s $URLPATH; gateway and nginx with $WORKERS 
 wrk -t1 -c"$CONNS" -d2s -H "$AUTH_HEADER" "http://127.0.0.1:$GWM$URLPATH" >/dev/null 2>&1 || true
 for p in "$UP" "$GW" "$GW2" "$GWT" "$GWT1" "$NG"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p$URLPATH" >/dev/null 2>&1 || true; done  # warm-up
 RESULTS=$(
-  for _ in $(seq "$ROUNDS"); do
+  for r in $(seq "$ROUNDS"); do
     run direct "$UP" "$UP_PID"
-    run gateway "$GW" "$GW_PID"
+    # The pair under test runs back to back, first one then the other
+    # first, so machine drift between rounds and position in the round
+    # cancel out of the per-round ratios.
+    if [ $((r % 2)) = 1 ]; then
+      run gateway "$GW" "$GW_PID"; run nginx "$NG" "$NG_PID"
+    else
+      run nginx "$NG" "$NG_PID"; run gateway "$GW" "$GW_PID"
+    fi
     run gw-notel "$GW2" "$GW2_PID"
     run gw-trace "$GWT" "$GWT_PID"
     run gw-trace1 "$GWT1" "$GWT1_PID"
-    run nginx "$NG" "$NG_PID"
     run gateway+mw "$GWM" "$GWM_PID" "$AUTH_HEADER"
   done
 )
@@ -177,6 +183,12 @@ g, n, d = med("gateway", 1), med("nginx", 1), med("direct", 1)
 print(f"gateway/nginx throughput: {g/n:.2f}x   gateway/direct: {g/d:.2f}x")
 print(f"gateway/nginx p99: {med('gateway',3)/med('nginx',3):.2f}x (lower is better)")
 print(f"gateway/nginx CPU per request: {med('gateway',5)/med('nginx',5):.2f}x (lower is better)")
+# Paired by round (the two ran back to back): the steadier comparison on a
+# machine whose speed drifts between rounds.
+def paired(i):
+    rs = sorted(float(a[i]) / float(b[i]) for a, b in zip(by["gateway"], by["nginx"]))
+    return f"median {statistics.median(rs):.3f}x, range {rs[0]:.3f}-{rs[-1]:.3f}x"
+print(f"gateway/nginx per round: throughput {paired(1)}; p99 {paired(3)}; CPU per request {paired(5)}")
 print(f"telemetry on/off throughput: {g/med('gw-notel',1):.3f}x   CPU per request: {med('gateway',5)/med('gw-notel',5):.3f}x")
 print(f"tracing at ratio 1.0/gateway throughput: {med('gw-trace',1)/g:.3f}x   CPU per request: {med('gw-trace',5)/med('gateway',5):.3f}x")
 print(f"tracing at ratio 0.01/gateway throughput: {med('gw-trace1',1)/g:.3f}x   CPU per request: {med('gw-trace1',5)/med('gateway',5):.3f}x")

@@ -329,7 +329,8 @@ impl Record {
                     m.decision(family, &rt.name, decision);
                 }
             }
-            let now = Instant::now();
+            // The clock was just read for `total`.
+            let now = self.start + total;
             for slo in &rt.slos {
                 slo.record(now, total, self.status >= 500);
             }
