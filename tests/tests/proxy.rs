@@ -365,63 +365,22 @@ async fn body_over_the_route_limit_is_413_declared_or_streamed() {
     assert_eq!(resp.status(), 413);
 }
 
-#[tokio::test]
-async fn client_too_slow_sending_headers_gets_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let a = mock("a").await;
-    let gw = start_gateway(config(
-        "header_read_timeout = \"300ms\"",
-        &simple("a", &[a.addr()], ""),
-    ))
-    .await;
-    // Partial headers, then silence.
-    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
-    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+/// Everything the peer sends until it closes the connection.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     tokio::time::timeout(harness::WAIT, s.read_to_end(&mut buf))
         .await
         .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
-    assert!(text.contains("\"request_id\""), "{text}");
+    String::from_utf8_lossy(&buf).into_owned()
+}
 
-    // A keep-alive connection that finished its request and then idles is
-    // closed without a 408.
-    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
-    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+/// One whole response (head and `Content-Length` body), the connection
+/// left open.
+async fn read_one_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
-    tokio::time::timeout(harness::WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
-    assert!(!text.contains("408"), "{text}");
-
-    // A connection that sends nothing at all is closed silently too.
-    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(harness::WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(buf.is_empty());
-
-    // The second request of a keep-alive connection is timed too (its
-    // header deadline is a recycled timer, moved on from the first's).
-    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
-    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    // The whole first response (head and Content-Length body), then the
-    // start of a second request.
     tokio::time::timeout(harness::WAIT, async {
         loop {
             let mut chunk = [0u8; 4096];
@@ -444,14 +403,52 @@ async fn client_too_slow_sending_headers_gets_408() {
     })
     .await
     .unwrap();
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200 "));
-    s.write_all(b"GET /api/hello HTTP/1.1\r\n").await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(harness::WAIT, s.read_to_end(&mut buf))
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn client_too_slow_sending_headers_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    let a = mock("a").await;
+    let gw = start_gateway(config(
+        "header_read_timeout = \"300ms\"",
+        &simple("a", &[a.addr()], ""),
+    ))
+    .await;
+    // Partial headers, then silence.
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n")
         .await
-        .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&buf);
+    let text = read_until_closed(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("\"request_id\""), "{text}");
+
+    // A keep-alive connection that finished its request and then idles is
+    // closed without a 408.
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_until_closed(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    assert!(!text.contains("408"), "{text}");
+
+    // A connection that sends nothing at all is closed silently too.
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    assert!(read_until_closed(&mut s).await.is_empty());
+
+    // The second request of a keep-alive connection is timed too (its
+    // header deadline is a recycled timer, moved on from the first's):
+    // the whole first response, then the start of a second request.
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    s.write_all(b"GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200 "));
+    s.write_all(b"GET /api/hello HTTP/1.1\r\n").await.unwrap();
+    let text = read_until_closed(&mut s).await;
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
 }
 
