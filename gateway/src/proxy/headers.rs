@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+use crate::upstream::h1::{line, EncodeHeaders};
+
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
@@ -113,7 +115,7 @@ impl ClientAddr {
 /// gateway appended to `Via`.
 ///
 /// These are written straight into the upstream request head by
-/// [`Forwarding::encode`] instead of being inserted into the header map:
+/// [`EncodeHeaders::encode`] instead of being inserted into the header map:
 /// nothing between the proxy and the wire reads them, and custom header
 /// names cost a hash per map operation on every request.
 #[derive(Debug, Clone)]
@@ -127,12 +129,12 @@ pub struct Forwarding {
     pub via: HeaderValue,
 }
 
-impl Forwarding {
+impl EncodeHeaders for Forwarding {
     /// Writes `headers` as HTTP/1.1 header lines into `out`, replacing the
     /// forwarding headers: `X-Forwarded-For` becomes the first one received
     /// (if any) plus the client, `Via` the first one received (if any) plus
     /// this gateway, the `X-Forwarded-Proto`/`-Host` received are dropped.
-    pub fn encode(&self, headers: &HeaderMap, out: &mut bytes::BytesMut) {
+    fn encode(&self, headers: &HeaderMap, out: &mut bytes::BytesMut) {
         let mut xff: Option<&HeaderValue> = None;
         let mut via: Option<&HeaderValue> = None;
         let forward = self.client_ip.is_some();
@@ -170,16 +172,6 @@ impl Forwarding {
             None => line(out, b"via", &[self.via.as_bytes()]),
         }
     }
-}
-
-/// Writes the header line `name: parts...`.
-pub fn line(out: &mut bytes::BytesMut, name: &[u8], value: &[&[u8]]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    for v in value {
-        out.extend_from_slice(v);
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// This gateway's `Via` entries, rendered once per config.

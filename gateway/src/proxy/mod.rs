@@ -234,7 +234,7 @@ impl Inner {
             .timeout(
                 sent,
                 up.request_timeout,
-                h1::send(guard, up.pool, req, Some(&forwarding)),
+                h1::send(guard, up.pool, req, &forwarding),
             )
             .await
             .map_err(|_| GatewayError::UpstreamTimeout {

@@ -36,7 +36,6 @@ use tokio::time::Instant;
 use super::{Endpoint, InflightGuard};
 use crate::body::Body;
 use crate::error::BoxError;
-use crate::proxy::headers::{line, Forwarding};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -164,16 +163,44 @@ pub enum Exchange {
     Upgrade(Response<Body>, Conn),
 }
 
+/// How a request's header fields are written into the upstream head.
+/// [`Plain`] writes them as they are; the proxy's forwarding headers
+/// (`proxy::Forwarding`) rewrite a few on the way, with no map operation.
+pub trait EncodeHeaders {
+    /// Writes `headers` into `out` as HTTP/1.1 header lines (see [`line`]).
+    fn encode(&self, headers: &HeaderMap, out: &mut BytesMut);
+}
+
+/// The header fields as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+impl EncodeHeaders for Plain {
+    fn encode(&self, headers: &HeaderMap, out: &mut BytesMut) {
+        for (name, value) in headers {
+            line(out, name.as_str().as_bytes(), &[value.as_bytes()]);
+        }
+    }
+}
+
+/// Writes the header line `name: parts...`.
+pub fn line(out: &mut BytesMut, name: &[u8], value: &[&[u8]]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for v in value {
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Sends `req` (whose URI is origin-form path and query) to the endpoint
 /// held by `guard`, reusing a pooled connection when one is available.
-///
-/// With `forwarding`, the proxy's forwarding headers are written into the
-/// head as it is encoded (see [`Forwarding::encode`]).
+/// Its header fields are written by `headers`.
 pub async fn send(
     guard: InflightGuard,
     pool: PoolConfig,
     req: Request<Body>,
-    forwarding: Option<&Forwarding>,
+    headers: &(dyn EncodeHeaders + Sync),
 ) -> Result<Exchange, BoxError> {
     let ep = guard.endpoint().clone();
     // The request's parts end here, before the first await: the future does
@@ -186,7 +213,7 @@ pub async fn send(
             &ep.authority,
             framing,
             body.size_hint().exact(),
-            forwarding,
+            headers,
         );
         let replayable_method = matches!(
             parts.method,
@@ -305,7 +332,7 @@ fn encode_head(
     authority: &http::uri::Authority,
     framing: RequestFraming,
     exact_len: Option<u64>,
-    forwarding: Option<&Forwarding>,
+    headers: &(dyn EncodeHeaders + Sync),
 ) -> BytesMut {
     let pq = parts
         .uri
@@ -321,14 +348,7 @@ fn encode_head(
         out.extend_from_slice(authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match forwarding {
-        Some(f) => f.encode(&parts.headers, &mut out),
-        None => {
-            for (name, value) in &parts.headers {
-                line(&mut out, name.as_str().as_bytes(), &[value.as_bytes()]);
-            }
-        }
-    }
+    headers.encode(&parts.headers, &mut out);
     match framing {
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         RequestFraming::Length if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
