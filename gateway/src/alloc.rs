@@ -25,8 +25,10 @@ const MIN_ALIGN: usize = 16;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MiMalloc;
 
-fn plain(layout: Layout) -> bool {
-    layout.align() <= MIN_ALIGN && layout.align() <= layout.size()
+/// Whether a block of `size` bytes at `align` can come from the plain
+/// (unaligned) entry points.
+fn plain(size: usize, align: usize) -> bool {
+    align <= MIN_ALIGN && align <= size
 }
 
 // SAFETY: every block comes from mimalloc with at least `layout.align()`
@@ -36,7 +38,7 @@ fn plain(layout: Layout) -> bool {
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(layout) {
+        if plain(layout.size(), layout.align()) {
             mi_malloc(layout.size()).cast()
         } else {
             mi_malloc_aligned(layout.size(), layout.align()).cast()
@@ -45,7 +47,7 @@ unsafe impl GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(layout) {
+        if plain(layout.size(), layout.align()) {
             mi_zalloc(layout.size()).cast()
         } else {
             mi_zalloc_aligned(layout.size(), layout.align()).cast()
@@ -59,7 +61,7 @@ unsafe impl GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
+        if plain(new_size, layout.align()) {
             mi_realloc(ptr.cast::<c_void>(), new_size).cast()
         } else {
             mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()

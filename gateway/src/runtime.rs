@@ -91,14 +91,13 @@ impl Runtime {
             tokio::time::Instant::now(),
         );
         let metrics = &telemetry.metrics;
-        let route_telemetry = |name: &Arc<str>, slos: Vec<_>, auth: bool, layers: Layers| {
+        let route_telemetry = |name: &Arc<str>, slos: Vec<_>, layers: Layers| {
             Arc::new(RouteTelemetry {
                 name: name.clone(),
                 metrics: metrics.route(name),
                 slos,
                 enabled: config.telemetry.metrics,
                 access_log: config.telemetry.access_log.clone(),
-                auth,
                 layers,
             })
         };
@@ -119,11 +118,11 @@ impl Runtime {
                     telemetry: route_telemetry(
                         &name,
                         slos.for_route(&r.name),
-                        r.auth
-                            .as_ref()
-                            .is_some_and(|a| a.mode != crate::config::AuthMode::Off),
                         Layers {
-                            auth: r.auth.is_some(),
+                            auth: r
+                                .auth
+                                .as_ref()
+                                .is_some_and(|a| a.mode != crate::config::AuthMode::Off),
                             ratelimit: !r.rate_limits.is_empty(),
                             cache: r.cache.is_some(),
                         },
@@ -143,12 +142,7 @@ impl Runtime {
                 Some((matcher, route))
             })
             .collect();
-        let unmatched = route_telemetry(
-            &Arc::from("unmatched"),
-            Vec::new(),
-            false,
-            Layers::default(),
-        );
+        let unmatched = route_telemetry(&Arc::from("unmatched"), Vec::new(), Layers::default());
         Ok(Self {
             router: Router::new(routes),
             middleware: shared,

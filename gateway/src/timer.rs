@@ -85,7 +85,10 @@ impl SleepPool {
 
     /// Armed timers currently pooled.
     pub fn len(&self) -> usize {
-        self.free.lock().map_or(0, |f| f.len())
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no timer is pooled.
@@ -131,10 +134,13 @@ impl Drop for PooledSleep {
         let Some(sleep) = self.sleep.take() else {
             return;
         };
-        if let Ok(mut free) = self.pool.free.lock() {
-            if free.len() < MAX_POOLED {
-                free.push(sleep);
-            }
+        let mut free = self
+            .pool
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if free.len() < MAX_POOLED {
+            free.push(sleep);
         }
     }
 }

@@ -84,8 +84,6 @@ pub struct RouteTelemetry {
     pub enabled: bool,
     /// Access log settings.
     pub access_log: AccessLogConfig,
-    /// The route verifies tokens (for the auth decision event).
-    pub auth: bool,
     /// Which layers mark this route's responses: only their markers are
     /// looked up (an upstream's own `X-Cache` is not our decision).
     pub layers: Layers,
@@ -94,7 +92,8 @@ pub struct RouteTelemetry {
 /// The decision-marking layers a route has.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Layers {
-    /// JWT auth (`WWW-Authenticate` on 401/403).
+    /// JWT auth that verifies tokens, mode not `off` (`WWW-Authenticate`
+    /// on 401/403; a request it let through "passed" in the span event).
     pub auth: bool,
     /// Rate limits (`RateLimit-Policy`).
     pub ratelimit: bool,
@@ -274,7 +273,7 @@ impl Record {
         if let Some(span) = self.span.as_mut() {
             span.head(status, self.upstream.as_ref().map(|u| &*u.upstream));
             let d = self.decisions;
-            let auth = d.jwt.or(self.route.auth.then_some("passed"));
+            let auth = d.jwt.or(self.route.layers.auth.then_some("passed"));
             for (name, key, value) in [
                 ("gateway.auth", "gateway.auth.outcome", auth),
                 (
