@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod middleware;
 pub mod monitoring;
+pub mod path;
 pub mod proxy;
 pub mod request_id;
 pub mod routing;

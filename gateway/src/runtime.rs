@@ -23,6 +23,9 @@ pub struct Route {
     pub name: Arc<str>,
     /// Request body limit in bytes.
     pub max_body: u64,
+    /// An encoded slash (`%2F`) in the path is accepted
+    /// (`allow_encoded_slash = true`; see [`crate::path`]).
+    pub allow_encoded_slash: bool,
     /// The route's middleware stack.
     pub service: RouteService,
     /// Metric handles and SLOs of the route.
@@ -128,6 +131,7 @@ impl Runtime {
                         },
                     ),
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
+                    allow_encoded_slash: r.allow_encoded_slash,
                     service: stack::route_service(
                         r,
                         &matcher,

@@ -218,6 +218,11 @@ pub struct RouteConfig {
     /// with 503 at once.
     #[serde(default)]
     pub max_inflight: Option<usize>,
+    /// Accept an encoded slash (`%2F`) in the path: kept encoded, as data
+    /// inside its segment (not a separator for routing), and forwarded as
+    /// is. Off by default: such a path is refused with 400.
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
 }
 
 mod defaults {

@@ -181,6 +181,22 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
         if !r.prefix.starts_with('/') {
             errs.push(format!("{p}.prefix"), "must start with '/'");
+        } else {
+            // Requests are routed on normalised paths (path.rs): a prefix
+            // not in normal form would never match.
+            let encoded_slash = if r.allow_encoded_slash {
+                crate::path::EncodedSlash::Keep
+            } else {
+                crate::path::EncodedSlash::Reject
+            };
+            match crate::path::normalize(&r.prefix, crate::path::PathOptions { encoded_slash }) {
+                Ok(n) if n == r.prefix.as_str() => {}
+                Ok(n) => errs.push(
+                    format!("{p}.prefix"),
+                    format!("not a normalised path (requests are routed on those): write {n:?}"),
+                ),
+                Err(e) => errs.push(format!("{p}.prefix"), format!("{e}: never matches")),
+            }
         }
         if !config.upstreams.contains_key(&r.upstream) {
             errs.push(
@@ -617,6 +633,33 @@ mod tests {
             );
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn route_prefixes_must_be_normalised_paths() {
+        let errs = errors(
+            r#"
+            [upstreams.u]
+            endpoints = ["127.0.0.1:1"]
+            [[routes]]
+            name = "a"
+            prefix = "/a/../b"
+            upstream = "u"
+            [[routes]]
+            name = "c"
+            prefix = "/c%2fd"
+            upstream = "u"
+            [[routes]]
+            name = "e"
+            prefix = "/e%2Ff/"
+            upstream = "u"
+            allow_encoded_slash = true
+            "#,
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("routes[0].prefix: not a normalised path"));
+        assert!(errs[0].contains("\"/b\""), "{errs:?}");
+        assert!(errs[1].starts_with("routes[1].prefix: encoded slash"));
     }
 
     #[test]

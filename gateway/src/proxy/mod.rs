@@ -54,7 +54,8 @@ impl Tried {
 /// How the matched prefix is rewritten before forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rewrite {
-    /// Forward the path as received.
+    /// Forward the path as the edge normalised it (see [`crate::path`]:
+    /// the request URI already holds the path the route matched).
     Keep,
     /// Replace the matched `prefix` with `with` (empty = strip it).
     Replace {
