@@ -492,7 +492,7 @@ impl Future for Edge {
 fn prepare(
     shared: &Shared,
     client: ClientAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     id: &HeaderValue,
     start: Instant,
 ) -> (
@@ -500,12 +500,22 @@ fn prepare(
     Result<(RouteService, Request<Body>), GatewayError>,
 ) {
     let rt = shared.runtime.load();
+    // The path normalised once (path.rs), the URI rewritten with it: the
+    // router, every layer and the upstream see only the normalised path.
+    let path = crate::path::normalize_uri(req.uri_mut());
     let host = req
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
-    let routed = rt.router.route(req.method(), host, req.uri().path());
+    let routed = path
+        .map_err(GatewayError::from)
+        .and_then(|_| rt.router.route(req.method(), host, req.uri().path()));
+    // A kept `%2F` only on a route that allows it.
+    let routed = routed.and_then(|route| {
+        crate::path::check_encoded_slash(path == Ok(true), route.allow_encoded_slash)?;
+        Ok(route)
+    });
     let telemetry = match &routed {
         Ok(route) => &route.telemetry,
         Err(_) => &rt.unmatched,
