@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod middleware;
 pub mod monitoring;

@@ -12,6 +12,7 @@ use crate::middleware;
 use crate::middleware::shed::LoadShedLayer;
 use crate::proxy::Via;
 use crate::routing::{Matcher, Router};
+use crate::server::sanitize::EdgePolicy;
 use crate::stack::{self, RouteService};
 use crate::telemetry::{Layers, RouteTelemetry, SloEngine, Telemetry};
 use crate::upstream::{spawn_health_checks, Upstream};
@@ -23,6 +24,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// Request body limit in bytes.
     pub max_body: u64,
+    /// WebSocket handshakes are forwarded as upgrades (`websocket = true`).
+    pub websocket: bool,
     /// An encoded slash (`%2F`) in the path is accepted
     /// (`allow_encoded_slash = true`; see [`crate::path`]).
     pub allow_encoded_slash: bool,
@@ -45,6 +48,9 @@ pub struct Runtime {
     pub slos: SloEngine,
     /// Telemetry of requests that matched no route.
     pub unmatched: Arc<RouteTelemetry>,
+    /// What the edge's sanitation needs (identity headers to strip,
+    /// trusted proxies), computed once per config.
+    pub edge: EdgePolicy,
     /// What the routes share: the response cache (purged from the admin
     /// listener), the Redis limiter (its failure count is reported there),
     /// limiter state; carried over reloads where unchanged.
@@ -131,6 +137,7 @@ impl Runtime {
                         },
                     ),
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
+                    websocket: r.websocket,
                     allow_encoded_slash: r.allow_encoded_slash,
                     service: stack::route_service(
                         r,
@@ -154,6 +161,7 @@ impl Runtime {
             upstreams,
             slos,
             unmatched,
+            edge: EdgePolicy::new(&config),
             config,
             _health: stop.drop_guard(),
         })

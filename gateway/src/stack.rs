@@ -85,7 +85,6 @@ pub fn route_service(
         RateLimitLayer::new(RoutePolicies::new(
             &route.name,
             shared.rate_limits(route),
-            shared.trusted.clone(),
         ))
     });
     let svc = ServiceBuilder::new()

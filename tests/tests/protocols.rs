@@ -46,7 +46,9 @@ async fn http2_prior_knowledge_clients_are_proxied() {
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled() {
     let up = MockUpstream::start(MockOptions::default()).await.unwrap();
-    let gw = start_gateway(config("", &simple("up", &[up.addr()], ""))).await;
+    // Upgrades are forwarded only on routes with `websocket = true`.
+    let routes = format!("{}websocket = true\n", simple("up", &[up.addr()], ""));
+    let gw = start_gateway(config("", &routes)).await;
     let stream = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
     let (mut ws, resp) = tokio::time::timeout(
         WAIT,

@@ -95,6 +95,10 @@ pub struct ServerConfig {
     pub http2: bool,
     /// Name used in the `Via` header.
     pub via_name: String,
+    /// Request headers removed from every request on every route at the
+    /// edge, before anything else reads them (besides every header named
+    /// in an auth provider's `forward_claims`, always removed).
+    pub strip_request_headers: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +111,7 @@ impl Default for ServerConfig {
             max_body_size: ByteSize(10 * 1024 * 1024),
             http2: true,
             via_name: "gateway".into(),
+            strip_request_headers: Vec::new(),
         }
     }
 }
@@ -218,6 +223,11 @@ pub struct RouteConfig {
     /// with 503 at once.
     #[serde(default)]
     pub max_inflight: Option<usize>,
+    /// Forward `Upgrade: websocket` handshakes (then tunnel after `101`).
+    /// Off by default: without it an upgrade request is forwarded as a
+    /// plain request, and no other upgrade token is ever forwarded.
+    #[serde(default)]
+    pub websocket: bool,
     /// Accept an encoded slash (`%2F`) in the path: kept encoded, as data
     /// inside its segment (not a separator for routing), and forwarded as
     /// is. Off by default: such a path is refused with 400.

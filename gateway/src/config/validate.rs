@@ -96,6 +96,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     if s.via_name.is_empty() || http::HeaderValue::from_str(&s.via_name).is_err() {
         errs.push("server.via_name", "must be a non-empty header-safe token");
     }
+    for (i, h) in s.strip_request_headers.iter().enumerate() {
+        if let Err(m) = crate::server::sanitize::strippable(h) {
+            errs.push(format!("server.strip_request_headers[{i}]"), m);
+        }
+    }
 
     for (name, up) in &config.upstreams {
         let p = format!("upstreams.{name}");

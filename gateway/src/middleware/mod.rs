@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigErrors, RateLimitPolicyConfig, RouteConfig};
 
 /// What the routes of one config share: auth verifiers (with their JWKS
-/// refreshers), the Redis limiter, trusted proxies, the in-process limiter
+/// refreshers), the Redis limiter, the in-process limiter
 /// stores and the response cache. Built once per config; on reload the
 /// state whose config did not change is carried over (see [`Shared::build`]).
 #[derive(Debug)]
@@ -26,8 +26,6 @@ pub struct Shared {
     pub verifiers: BTreeMap<String, Arc<auth::Verifier>>,
     /// The shared limiter, when `[rate_limit.redis]` is set.
     pub redis: Option<Arc<ratelimit::RedisLimiter>>,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted: ratelimit::TrustedProxies,
     /// The in-process state of every rate-limit policy, by (route, policy)
     /// name, with the config it counts for.
     limiters: BTreeMap<(String, String), (RateLimitPolicyConfig, Arc<ratelimit::LocalStore>)>,
@@ -111,7 +109,6 @@ impl Shared {
         Ok(Self {
             verifiers,
             redis,
-            trusted: ratelimit::TrustedProxies::new(&rl.trusted_proxies),
             limiters,
             cache,
         })

@@ -1,19 +1,14 @@
-//! Header rules of a proxy (RFC 9110 §7.6): hop-by-hop removal, forwarding
-//! headers, `Via`.
-
-use std::net::SocketAddr;
+//! Header rules of a proxy (RFC 9110 §7.6): hop-by-hop removal from
+//! upstream responses, forwarding headers, `Via`. Requests are sanitised
+//! once at the edge (`server::sanitize`), not here.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 use crate::upstream::h1::{line, EncodeHeaders};
 
-/// `X-Forwarded-For`.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// `X-Forwarded-Proto`.
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// `X-Forwarded-Host`.
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub use crate::context::{ClientAddr, X_FORWARDED_FOR};
+pub use crate::server::sanitize::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -28,21 +23,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
-
-/// Whether a request asks for a protocol upgrade (`Connection: upgrade` and
-/// an `Upgrade` header), e.g. a WebSocket handshake.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
 
 /// Removes hop-by-hop headers and every header named in `Connection`. With
 /// `upgrade`, keeps `Upgrade` and sets `Connection: upgrade` so the
@@ -86,33 +66,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The client's address, with its IP pre-rendered as a header value once
-/// per connection.
-#[derive(Debug, Clone)]
-pub struct ClientAddr {
-    /// Peer address of the connection.
-    pub addr: SocketAddr,
-    ip: HeaderValue,
-}
-
-impl ClientAddr {
-    /// The IP as a header value.
-    pub fn ip(&self) -> &HeaderValue {
-        &self.ip
-    }
-
-    /// Renders `addr`'s IP once.
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = HeaderValue::from_str(&addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { addr, ip }
-    }
-}
-
-/// What the proxy adds to a forwarded request: the client appended to
-/// `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` set (from
-/// `host`, the request's original authority; removed without one), this
-/// gateway appended to `Via`.
+/// What the proxy adds to a forwarded request: `X-Forwarded-For` as the
+/// one line the edge resolved (`context::RequestContext::forwarded_for`),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `host`, the request's
+/// authority) unless a trusted proxy sent them (the edge removed an
+/// untrusted peer's), this gateway appended to `Via`.
 ///
 /// These are written straight into the upstream request head by
 /// [`EncodeHeaders::encode`] instead of being inserted into the header map:
@@ -120,9 +78,9 @@ impl ClientAddr {
 /// names cost a hash per map operation on every request.
 #[derive(Debug, Clone)]
 pub struct Forwarding {
-    /// The client's IP, rendered once per connection. Without it (no
-    /// client address known) the `X-Forwarded-*` headers pass unchanged.
-    pub client_ip: Option<HeaderValue>,
+    /// The `X-Forwarded-For` line. Without it (no request context) the
+    /// `X-Forwarded-*` headers pass unchanged.
+    pub forwarded_for: Option<HeaderValue>,
     /// `X-Forwarded-Host`.
     pub host: Option<HeaderValue>,
     /// This gateway's `Via` entry for the client's protocol version.
@@ -131,39 +89,34 @@ pub struct Forwarding {
 
 impl EncodeHeaders for Forwarding {
     /// Writes `headers` as HTTP/1.1 header lines into `out`, replacing the
-    /// forwarding headers: `X-Forwarded-For` becomes the first one received
-    /// (if any) plus the client, `Via` the first one received (if any) plus
-    /// this gateway, the `X-Forwarded-Proto`/`-Host` received are dropped.
+    /// forwarding headers: any `X-Forwarded-For` received by the line of
+    /// the context, `Via` the first one received (if any) plus this
+    /// gateway; `X-Forwarded-Proto`/`-Host` are added unless present (they
+    /// are present only when a trusted proxy sent them).
     fn encode(&self, headers: &HeaderMap, out: &mut bytes::BytesMut) {
-        let mut xff: Option<&HeaderValue> = None;
         let mut via: Option<&HeaderValue> = None;
-        let forward = self.client_ip.is_some();
+        let (mut proto, mut host) = (false, false);
+        let forward = self.forwarded_for.is_some();
         for (name, value) in headers {
             if name == header::VIA {
                 via.get_or_insert(value);
-            } else if !forward {
-                line(out, name.as_str().as_bytes(), &[value.as_bytes()]);
-            } else if name == X_FORWARDED_FOR {
-                xff.get_or_insert(value);
-            } else if name != X_FORWARDED_PROTO && name != X_FORWARDED_HOST {
-                line(out, name.as_str().as_bytes(), &[value.as_bytes()]);
+                continue;
             }
+            if forward {
+                if name == X_FORWARDED_FOR {
+                    continue;
+                }
+                proto |= name == X_FORWARDED_PROTO;
+                host |= name == X_FORWARDED_HOST;
+            }
+            line(out, name.as_str().as_bytes(), &[value.as_bytes()]);
         }
-        if let Some(ip) = &self.client_ip {
-            let prev = xff
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty());
-            match prev {
-                Some(prev) => line(
-                    out,
-                    b"x-forwarded-for",
-                    &[prev.as_bytes(), b", ", ip.as_bytes()],
-                ),
-                None => line(out, b"x-forwarded-for", &[ip.as_bytes()]),
+        if let Some(xff) = &self.forwarded_for {
+            line(out, b"x-forwarded-for", &[xff.as_bytes()]);
+            if !proto {
+                line(out, b"x-forwarded-proto", &[b"http"]);
             }
-            line(out, b"x-forwarded-proto", &[b"http"]);
-            if let Some(h) = &self.host {
+            if let Some(h) = self.host.as_ref().filter(|_| !host) {
                 line(out, b"x-forwarded-host", &[h.as_bytes()]);
             }
         }
@@ -271,12 +224,10 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "k"),
         ]);
-        assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
-        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
     }
 
     fn encoded(h: &HeaderMap, f: &Forwarding) -> String {
@@ -286,44 +237,49 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_headers_are_appended_or_replaced_on_the_wire() {
+    fn forwarding_headers_are_written_from_the_context_on_the_wire() {
         let f = Forwarding {
-            client_ip: Some(
-                ClientAddr::new("127.0.0.1:5000".parse().unwrap())
-                    .ip()
-                    .clone(),
-            ),
+            forwarded_for: Some(HeaderValue::from_static("203.0.113.9, 10.0.0.1")),
             host: Some(HeaderValue::from_static("api.local")),
             via: Via::new("gw").entry(Version::HTTP_11).clone(),
         };
+        // What reaches the proxy from an untrusted peer: the edge removed
+        // its forwarding headers; any X-Forwarded-For left is replaced.
         let h = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-for", "10.0.0.2"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "evil"),
+            ("x-forwarded-for", "6.6.6.6"),
             ("via", "1.0 fred"),
             ("accept", "*/*"),
         ]);
         assert_eq!(
             encoded(&h, &f),
-            "accept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: api.local\r\nvia: 1.0 fred, 1.1 gw\r\n"
+            "accept: */*\r\nx-forwarded-for: 203.0.113.9, 10.0.0.1\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: api.local\r\nvia: 1.0 fred, 1.1 gw\r\n"
+        );
+        // A trusted proxy's X-Forwarded-Proto/-Host are kept, not doubled.
+        let h = map(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "public.example"),
+        ]);
+        assert_eq!(
+            encoded(&h, &f),
+            "x-forwarded-proto: https\r\nx-forwarded-host: public.example\r\n\
+             x-forwarded-for: 203.0.113.9, 10.0.0.1\r\nvia: 1.1 gw\r\n"
         );
         let f = Forwarding {
-            client_ip: Some(ClientAddr::new("[::1]:5000".parse().unwrap()).ip().clone()),
+            forwarded_for: Some(ClientAddr::new("[::1]:5000".parse().unwrap()).ip().clone()),
             host: None,
             via: Via::new("gw").entry(Version::HTTP_2).clone(),
         };
-        let h = map(&[("x-forwarded-for", " "), ("x-forwarded-host", "evil")]);
         assert_eq!(
-            encoded(&h, &f),
+            encoded(&HeaderMap::new(), &f),
             "x-forwarded-for: ::1\r\nx-forwarded-proto: http\r\nvia: 2 gw\r\n"
         );
-        // No client address: X-Forwarded-* pass unchanged, Via still added.
+        // No context: X-Forwarded-* pass unchanged, Via still added.
         let f = Forwarding {
-            client_ip: None,
+            forwarded_for: None,
             ..f
         };
+        let h = map(&[("x-forwarded-for", " "), ("x-forwarded-host", "evil")]);
         assert_eq!(
             encoded(&h, &f),
             "x-forwarded-for:  \r\nx-forwarded-host: evil\r\nvia: 2 gw\r\n"

@@ -13,13 +13,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::body::Body;
+use crate::context::RequestContext;
 use crate::error::{BoxError, GatewayError};
 use crate::telemetry::trace::AttemptSpan;
 use crate::telemetry::{SpanParent, UpstreamInfo, TRACEPARENT};
@@ -180,7 +181,11 @@ impl Inner {
             None => (up.pick(&[])?, 0),
         };
         let endpoint = guard.endpoint().clone();
-        let upgrade = headers::is_upgrade(req.headers()) && req.version() != Version::HTTP_2;
+        // What the edge decided (server::sanitize): the one X-Forwarded-For
+        // line, and whether this is a WebSocket handshake the route allows.
+        let ctx = req.extensions().get::<RequestContext>();
+        let forwarded_for = ctx.map(|c| c.forwarded_for().clone());
+        let upgrade = ctx.is_some_and(RequestContext::websocket) && req.version() != Version::HTTP_2;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -190,10 +195,16 @@ impl Inner {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // Hop-by-hop and Connection-named headers were removed at the edge,
+        // before the gateway added its own; only the handshake's is set.
+        if upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         // X-Forwarded-* and Via go straight into the encoded head.
         let forwarding = Forwarding {
-            client_ip: parts.extensions.get::<ClientAddr>().map(|c| c.ip().clone()),
+            forwarded_for,
             host,
             via: self.via.entry(parts.version).clone(),
         };

@@ -2,6 +2,7 @@
 //! graceful drain and config reload.
 
 mod io;
+pub mod sanitize;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -500,25 +501,27 @@ fn prepare(
     Result<(RouteService, Request<Body>), GatewayError>,
 ) {
     let rt = shared.runtime.load();
+    // The one sanitation pass (sanitize.rs), before anything reads the head.
+    let sanitized = sanitize::sanitize(&mut req, &client, &rt.edge, id);
     // The path normalised once (path.rs), the URI rewritten with it: the
     // router, every layer and the upstream see only the normalised path.
     let path = crate::path::normalize_uri(req.uri_mut());
+    let sanitized = sanitized.and_then(|ctx| path.map(|_| ctx).map_err(GatewayError::from));
     let host = req
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
-    let routed = path
-        .map_err(GatewayError::from)
-        .and_then(|_| rt.router.route(req.method(), host, req.uri().path()));
+    let routed = sanitized
+        .and_then(|ctx| Ok((rt.router.route(req.method(), host, req.uri().path())?, ctx)));
     // A kept `%2F` only on a route that allows it.
-    let routed = routed.and_then(|route| {
+    let routed = routed.and_then(|(route, ctx)| {
         crate::path::check_encoded_slash(path == Ok(true), route.allow_encoded_slash)?;
-        Ok(route)
+        Ok((route, ctx))
     });
-    let telemetry = match &routed {
-        Ok(route) => &route.telemetry,
-        Err(_) => &rt.unmatched,
+    let (telemetry, client_ip) = match &routed {
+        Ok((route, ctx)) => (&route.telemetry, ctx.client_ip()),
+        Err(_) => (&rt.unmatched, client.addr.ip()),
     };
     let record =
         (telemetry.enabled || telemetry.access_log.enabled || shared.telemetry.tracing.is_some())
@@ -530,10 +533,10 @@ fn prepare(
                     &req,
                     host,
                     id.clone(),
-                    client.clone(),
+                    client_ip,
                 )
             });
-    let route = match routed {
+    let (route, mut ctx) = match routed {
         Ok(r) => r,
         Err(e) => return (record, Err(e)),
     };
@@ -548,7 +551,12 @@ fn prepare(
     }
     let (mut parts, body) = req.into_parts();
     parts.headers.insert(X_REQUEST_ID, id.clone());
-    parts.extensions.insert(client);
+    if ctx.websocket() && !route.websocket {
+        // Not on this route: forwarded as a plain request.
+        parts.headers.remove(http::header::UPGRADE);
+        ctx.set_websocket(false);
+    }
+    parts.extensions.insert(ctx);
     if let Some(parent) = record.as_deref().and_then(Record::span_parent) {
         parts.extensions.insert(parent);
     }

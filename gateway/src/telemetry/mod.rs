@@ -28,7 +28,6 @@ use crate::config::{AccessLogConfig, Config};
 use crate::error::BoxError;
 use crate::middleware::cache::{CACHE_STATUS, X_CACHE};
 use crate::middleware::ratelimit::RATELIMIT_POLICY;
-use crate::proxy::ClientAddr;
 
 pub use metrics::{Metrics, RouteMetrics};
 pub use slo::{Slo, SloEngine};
@@ -135,7 +134,8 @@ pub struct Record {
     bytes_out: u64,
     trace_id: Option<Box<str>>,
     request_id: HeaderValue,
-    client: ClientAddr,
+    /// The client address the edge resolved (`context::RequestContext`).
+    client: std::net::IpAddr,
     cache: Option<HeaderValue>,
     decisions: Decisions,
     span: Option<trace::ServerSpan>,
@@ -198,7 +198,7 @@ impl Record {
         req: &http::Request<B>,
         host: Option<&str>,
         request_id: HeaderValue,
-        client: ClientAddr,
+        client: std::net::IpAddr,
     ) -> Box<Self> {
         let headers = req.headers();
         let metrics = &telemetry.metrics;
@@ -217,7 +217,7 @@ impl Record {
                     host,
                     headers,
                     route: &route.name,
-                    client_ip: client.addr.ip(),
+                    client_ip: client,
                     request_id: &request_id,
                 },
             ))
@@ -350,7 +350,7 @@ impl Record {
             target: "access",
             request_id = self.request_id.to_str().unwrap_or_default(),
             trace_id = self.trace_id.as_deref().unwrap_or_default(),
-            client = %self.client.addr,
+            client = %self.client,
             route = %self.route.name,
             method = %self.method,
             path = self.uri.path(),

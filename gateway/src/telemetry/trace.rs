@@ -247,7 +247,8 @@ pub struct ServerRequest<'a> {
     pub headers: &'a HeaderMap,
     /// Matched route name (`http.route`).
     pub route: &'a Arc<str>,
-    /// Peer IP.
+    /// The client address the edge resolved (the peer unless it is a
+    /// trusted proxy).
     pub client_ip: std::net::IpAddr,
     /// Request id.
     pub request_id: &'a HeaderValue,

@@ -12,7 +12,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::error::{LimiterFailed, LimiterUnavailable, RateLimited};
 use super::gcra::{Gcra, Outcome};
 use super::headers::{self, ceil_secs};
-use super::key::{KeySource, TrustedProxies};
+use super::key::KeySource;
 use super::redis::RedisLimiter;
 use super::store::LocalStore;
 use crate::body::Body;
@@ -58,13 +58,12 @@ pub struct RoutePolicies {
     route: Arc<str>,
     policies: Vec<Policy>,
     policy_header: HeaderValue,
-    trusted: TrustedProxies,
     any_redis: bool,
 }
 
 impl RoutePolicies {
     /// The policies of route `route`.
-    pub fn new(route: &str, policies: Vec<Policy>, trusted: TrustedProxies) -> Self {
+    pub fn new(route: &str, policies: Vec<Policy>) -> Self {
         let desc: Vec<(&str, u32, u64)> = policies
             .iter()
             .map(|p| (&*p.name, p.gcra.limit, ceil_secs(p.gcra.window_us)))
@@ -76,7 +75,6 @@ impl RoutePolicies {
             any_redis: policies.iter().any(|p| p.redis.is_some()),
             policies,
             policy_header,
-            trusted,
         }
     }
 
@@ -151,7 +149,7 @@ impl RoutePolicies {
     fn keys<B>(&self, req: &Request<B>) -> Vec<String> {
         self.policies
             .iter()
-            .map(|p| p.key.key(req, &self.trusted))
+            .map(|p| p.key.key(req))
             .collect()
     }
 }

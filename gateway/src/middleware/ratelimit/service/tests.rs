@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::RateLimitKey;
-use crate::proxy::ClientAddr;
+use crate::context::{ClientAddr, RequestContext};
 
 type Stub = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
@@ -37,8 +37,10 @@ where
 
 fn req(ip: &str) -> Request<Body> {
     let mut r = Request::get("/x").body(Body::Empty).unwrap();
-    r.extensions_mut()
-        .insert(ClientAddr::new(format!("{ip}:1000").parse().unwrap()));
+    r.extensions_mut().insert(RequestContext::direct(
+        &ClientAddr::new(format!("{ip}:1000").parse().unwrap()),
+        http::HeaderValue::from_static("id"),
+    ));
     r
 }
 
@@ -51,7 +53,6 @@ async fn over_the_limit_is_refused_with_headers_and_never_reaches_inner() {
             policy("per-ip", RateLimitKey::ClientIp, 3, Duration::from_secs(60)),
             policy("route", RateLimitKey::Route, 100, Duration::from_secs(1)),
         ],
-        TrustedProxies::default(),
     ));
     let mut s = layer.layer(stub(hits.clone()));
     for i in 0..3u32 {
@@ -97,7 +98,6 @@ async fn headers_survive_a_pending_inner_future_and_errors() {
     let layer = RateLimitLayer::new(RoutePolicies::new(
         "r",
         vec![policy("p", RateLimitKey::Route, 5, Duration::from_secs(1))],
-        TrustedProxies::default(),
     ));
     let mut s = layer.layer(slow);
     let resp = call(&mut s, "10.0.0.1").await.unwrap();
@@ -141,7 +141,6 @@ fn redis_policy(redis: Arc<RedisLimiter>, limit: u32) -> RoutePolicies {
             Arc::new(LocalStore::new(100)),
             Some(redis),
         )],
-        TrustedProxies::default(),
     )
 }
 
@@ -183,7 +182,6 @@ async fn a_failed_shared_decision_is_marked_whatever_the_fallback_decides() {
     let mut s = RateLimitLayer::new(RoutePolicies::new(
         "r",
         vec![policy("p", RateLimitKey::Route, 1, Duration::from_secs(60))],
-        TrustedProxies::default(),
     ))
     .layer(stub(hits));
     let resp = call(&mut s, "10.0.0.1").await.unwrap();
