@@ -219,3 +219,51 @@ async fn the_upstream_receives_exactly_the_normalised_path_and_the_query_untouch
     assert!(text.contains("encoded slash"), "{text}");
     assert_eq!(up.requests().len(), before);
 }
+
+/// The cache key is built from the normalised path: spellings of one path
+/// share one entry (and one spelling cannot poison another path's entry).
+#[tokio::test]
+async fn the_cache_key_is_the_normalised_path() {
+    let up = RawUpstream::start(|req| {
+        let body = format!("served: {}", framework_path(&req.target));
+        vec![e2e::raw::Step::Write(e2e::raw::response(
+            200,
+            &[("cache-control", "public, max-age=60")],
+            &body,
+        ))]
+    })
+    .await;
+    let dir = temp_dir();
+    let config = format!(
+        r#"
+[upstreams.app]
+endpoints = ["{addr}"]
+
+[[routes]]
+name = "cached"
+prefix = "/api/c"
+upstream = "app"
+cache = {{ ttl = "60s" }}
+"#,
+        addr = up.addr,
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let gw = GatewayProcess::spawn(Some(&path), &[]);
+    let (status, text) = get(&gw, "/api/c/x", &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("x-cache: miss"),
+        "{text}"
+    );
+    for spelling in ["/api/c/%78", "/api/c/./x", "/api//c/y/../x", "/api/%63/x"] {
+        let (status, text) = get(&gw, spelling, &[]).await;
+        assert_eq!(status, 200, "{spelling}: {text}");
+        assert!(
+            text.to_ascii_lowercase().contains("x-cache: hit"),
+            "{spelling}: {text}"
+        );
+        assert!(text.ends_with("served: /api/c/x"), "{text}");
+    }
+    assert_eq!(targets(&up), ["/api/c/x"]);
+}
