@@ -142,6 +142,14 @@ pub struct UpstreamConfig {
     /// Time allowed until the upstream's response headers arrive (504 after).
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest silence allowed between two reads of a response body; the
+    /// client is then cut off and the upstream counted as failed.
+    #[serde(default = "defaults::body_idle_timeout", with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Optional deadline for a whole response body, from its head; none
+    /// by default (streams may be long).
+    #[serde(default, with = "humantime_serde")]
+    pub body_timeout: Option<Duration>,
     /// Idle keep-alive connections are closed after this long.
     #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -243,6 +251,10 @@ mod defaults {
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    /// As nginx's `proxy_read_timeout`: the time between two reads.
+    pub fn body_idle_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn pool_idle_timeout() -> Duration {
         Duration::from_secs(90)

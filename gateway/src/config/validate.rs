@@ -133,6 +133,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             &format!("{p}.request_timeout"),
             up.request_timeout,
         );
+        positive(
+            &mut errs,
+            &format!("{p}.body_idle_timeout"),
+            up.body_idle_timeout,
+        );
+        if let Some(t) = up.body_timeout {
+            positive(&mut errs, &format!("{p}.body_timeout"), t);
+        }
         if let Some(cb) = &up.circuit_breaker {
             let cp = format!("{p}.circuit_breaker");
             if cb.consecutive_failures == 0 {
