@@ -91,11 +91,41 @@ if not c.get("resources", {}).get("limits") or not c.get("securityContext"):
 # The job must be Indexed.
 if not any(j["spec"].get("completionMode") == "Indexed" for j in kinds.get("Job", [])):
     err("the distributed loadgen Job must be Indexed")
-# ServiceMonitor port exists on the Service.
-svc_ports = {p["name"] for p in kinds["Service"][0]["spec"]["ports"]}
-for ep in kinds["ServiceMonitor"][0]["spec"]["endpoints"]:
+# The admin listener is never public: no Service that reaches the gateway's
+# admin port may have a virtual IP (only a headless one, which Ingresses and
+# LoadBalancers cannot front) or be a NodePort/LoadBalancer. The
+# ServiceMonitor scrapes admin through a Service it selects.
+admin_ports = {p["containerPort"] for p in c.get("ports", []) if p.get("name") == "admin"}
+gw_labels = gw["spec"]["template"]["metadata"]["labels"]
+
+
+def admin_exposures(services, where):
+    """Errors for every Service that publishes the gateway's admin port."""
+    for svc in services:
+        spec = svc["spec"]
+        sel = spec.get("selector") or {}
+        if not sel or any(gw_labels.get(k) != v for k, v in sel.items()):
+            continue
+        for p in spec.get("ports", []):
+            tp = p.get("targetPort", p.get("port"))
+            if tp == "admin" or tp in admin_ports or p.get("name") == "admin":
+                public = spec.get("clusterIP") != "None" or spec.get("type", "ClusterIP") != "ClusterIP"
+                if public:
+                    err(f"{where}: Service {svc['metadata']['name']} exposes the gateway admin port {p.get('name', tp)}: "
+                        "use a headless (clusterIP: None) ClusterIP Service for Prometheus")
+
+
+admin_exposures(kinds.get("Service", []), "k8s/base")
+sm = kinds["ServiceMonitor"][0]["spec"]
+sm_sel = sm.get("selector", {}).get("matchLabels", {})
+scraped = [x for x in kinds.get("Service", [])
+           if all(x["metadata"].get("labels", {}).get(k) == v for k, v in sm_sel.items())]
+if not scraped:
+    err("ServiceMonitor selects no Service")
+svc_ports = {p["name"] for x in scraped for p in x["spec"]["ports"]}
+for ep in sm["endpoints"]:
     if ep["port"] not in svc_ports:
-        err(f"ServiceMonitor port {ep['port']} not on the Service")
+        err(f"ServiceMonitor port {ep['port']} not on the Services it selects")
 # The pod's gateway.toml: every key file it names is mounted from a Secret
 # or ConfigMap that holds that key, every secret_env is set, and every host
 # it talks to is a Service of the base (or an IP).
@@ -140,6 +170,21 @@ for pname, provider in gcfg.get("auth", {}).items():
                 err(f"gateway.toml auth.{pname}.keys[{i}].{field}: {full} is not mounted in the gateway pod")
         if key.get("secret_env") and key["secret_env"] not in env_names:
             err(f"gateway.toml auth.{pname}.keys[{i}].secret_env: {key['secret_env']} not set in the pod")
+# Admin writes need a token, and it comes from a Secret.
+admin_cfg = gcfg.get("admin", {})
+if admin_cfg.get("token_file"):
+    p = admin_cfg["token_file"]
+    full = p if os.path.isabs(p) else os.path.join(os.path.dirname(config_path), p)
+    found = mounted(full)
+    vol = next((volumes.get(n, {}) for m, n in mounts.items() if full.startswith(m + "/")), {})
+    if found is None or found[0] not in found[1] or "secret" not in vol:
+        err(f"gateway.toml admin.token_file: {full} is not a key of a Secret mounted in the gateway pod")
+elif admin_cfg.get("token_env"):
+    e = next((e for e in c.get("env", []) if e["name"] == admin_cfg["token_env"]), None)
+    if e is None or "secretKeyRef" not in e.get("valueFrom", {}):
+        err(f"gateway.toml admin.token_env: {admin_cfg['token_env']} is not set from a Secret in the pod")
+else:
+    err("gateway.toml: no [admin] token_file or token_env: admin writes would be refused")
 
 
 def host_ok(host):
@@ -167,6 +212,8 @@ local["rate_limit"]["redis"]["url"] = "redis://redis:6379"
 local["rate_limit"]["trusted_proxies"] = gcfg["rate_limit"]["trusted_proxies"]
 local["auth"]["meetinity"]["jwks"]["url"] = "http://mock-upstream:18080/.well-known/jwks.json"
 local["auth"]["meetinity"]["keys"][0]["secret_file"] = "/etc/gateway-keys/hs256-secret"
+if "admin" in gcfg:
+    local["admin"] = gcfg["admin"]  # the cluster's token, from its Secret
 if local != gcfg:
     err("k8s/base/gateway.toml drifted from deploy/config/meetinity.toml beyond the cluster addresses and key path")
 
@@ -222,6 +269,31 @@ for name, s in services.items():
         err(f"compose: {name}: GATEWAY_UPSTREAM host {up} is not a service")
 if services["gateway-1"]["environment"]["GATEWAY_REDIS_URL"] != services["gateway-2"]["environment"]["GATEWAY_REDIS_URL"]:
     err("compose: the gateway replicas must share Redis")
+
+
+def published(port):
+    """(host ip, container port) of a compose ports entry."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), int(str(port["target"]).split("/")[0])
+    parts = str(port).split("/")[0].split(":")
+    host_ip = parts[0] if len(parts) == 3 else ""
+    return host_ip, int(parts[-1].split("-")[0])
+
+
+for name, s in services.items():
+    env = s.get("environment", {})
+    admin = env.get("GATEWAY_ADMIN_LISTEN") if isinstance(env, dict) else None
+    if not admin:
+        continue
+    admin_port = int(admin.rsplit(":", 1)[1])
+    for port in s.get("ports", []):
+        host_ip, target = published(port)
+        if target == admin_port and host_ip not in ("127.0.0.1", "::1", "[::1]"):
+            err(f"compose: {name} publishes the admin port {admin_port} beyond 127.0.0.1 ({port})")
+    # The admin token the cluster config names is mounted.
+    tf = gcfg.get("admin", {}).get("token_file")
+    if tf and not any(str(v).split(":")[1] == tf for v in s.get("volumes", [])):
+        err(f"compose: {name} does not mount the admin token at {tf}")
 prom = yaml.safe_load(read(os.path.join(HERE, "compose", "prometheus.yml")))
 for sc in prom["scrape_configs"]:
     for st in sc["static_configs"]:
@@ -268,6 +340,8 @@ for ov in ("base", "overlays/staging", "overlays/production") if shutil.which("k
                 err(f"{where}: {e}")
         if ns and d["metadata"].get("namespace") != ns:
             err(f"{where}: not in namespace {ns}")
+        if d["kind"] == "Service":
+            admin_exposures([d], f"k8s/{ov} (built)")
         spec = d.get("spec", {})
         tmpl = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
         for v in (tmpl or {}).get("spec", {}).get("volumes", []):

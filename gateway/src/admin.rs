@@ -4,6 +4,14 @@
 //! live SLO report) and `POST /cache/purge?key=PATH` or `?prefix=PATH`
 //! (removes cached responses by path, on every route, in memory and in the
 //! shared Redis tier).
+//!
+//! Reads are open (probes and Prometheus reach them; keep the listener off
+//! public networks). Writes need `Authorization: Bearer TOKEN` with the token
+//! of `[admin]` (`token_env` or `token_file`, read on every write so a
+//! rotated Secret applies at once), compared in constant time: a wrong or
+//! missing token is a 401 with `WWW-Authenticate: Bearer`; with no token
+//! configured every write is refused with 403. An empty `prefix=` (which
+//! would purge everything) or `key=` is a 400.
 
 use std::fmt::Write as _;
 
@@ -11,6 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::config::AdminConfig;
 use crate::server::{json, Shared};
 use crate::telemetry::{metrics, process};
 
@@ -258,7 +267,6 @@ pub fn render_openmetrics(shared: &Shared) -> String {
     metrics::write_gauge_family(
         &mut out,
         "gateway_metrics_series",
-    shared.connections.write_metrics(&mut out);
         "Series exposed on this endpoint, this one included",
         &[(String::new(), series as f64)],
     );
@@ -273,12 +281,135 @@ fn slo(shared: &Shared) -> Response<Body> {
     json(StatusCode::OK, body.to_string())
 }
 
+/// The shortest admin token accepted, in bytes (`openssl rand -hex 32`
+/// gives 64).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// The admin token, never printed.
+pub struct AdminToken(Vec<u8>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Whether `offered` is the token, in time that depends only on the
+    /// token's length (no early exit on the first differing byte).
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        let mut diff = u8::from(offered.len() != self.0.len());
+        for (i, t) in self.0.iter().enumerate() {
+            diff |= t ^ offered.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+/// Loads the `[admin]` token: `Ok(None)` when none is configured (admin
+/// writes are then refused), else the token, or the key (`token_env`,
+/// `token_file`) and what is wrong. Validation and every admin write call it.
+pub fn load_token(cfg: &AdminConfig) -> Result<Option<AdminToken>, (&'static str, String)> {
+    let (field, raw) = match (&cfg.token_env, &cfg.token_file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(("token_env", "set only one of token_env, token_file".into()))
+        }
+        (Some(var), None) => (
+            "token_env",
+            std::env::var(var)
+                .map_err(|_| {
+                    (
+                        "token_env",
+                        format!("environment variable {var:?} is not set"),
+                    )
+                })?
+                .into_bytes(),
+        ),
+        (None, Some(path)) => {
+            let mut b = std::fs::read(path)
+                .map_err(|e| ("token_file", format!("cannot read {}: {e}", path.display())))?;
+            while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                b.pop();
+            }
+            ("token_file", b)
+        }
+    };
+    if raw.len() < MIN_TOKEN_LEN {
+        return Err((
+            field,
+            format!(
+                "the admin token is {} bytes; at least {MIN_TOKEN_LEN} are required",
+                raw.len()
+            ),
+        ));
+    }
+    if !raw.iter().all(|c| c.is_ascii_graphic()) {
+        return Err((
+            field,
+            "the admin token must be printable ASCII without spaces (it is sent as a bearer token)"
+                .into(),
+        ));
+    }
+    Ok(Some(AdminToken(raw)))
+}
+
+/// Admits an admin write: `None` when the request carries the configured
+/// bearer token, else the refusal.
+fn authorize_write(cfg: &AdminConfig, headers: &http::HeaderMap) -> Option<Response<Body>> {
+    let token = match load_token(cfg) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Some(json(
+            StatusCode::FORBIDDEN,
+            r#"{"error":"admin writes are disabled: configure [admin] token_env or token_file"}"#
+                .into(),
+        )),
+        Err((field, e)) => {
+            // Validated at load: the variable or file went away since.
+            tracing::error!(key = %format!("admin.{field}"), error = %e, "admin token unavailable");
+            return Some(json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"admin token unavailable"}"#.into(),
+            ));
+        }
+    };
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let offered = match (all.next(), all.next()) {
+        (Some(v), None) => v
+            .as_bytes()
+            .split_first_chunk::<7>()
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|(_, t)| t.trim_ascii()),
+        _ => None,
+    };
+    let (challenge, body) = match offered {
+        Some(t) if token.matches(t) => return None,
+        Some(_) => (
+            r#"Bearer realm="gateway-admin", error="invalid_token""#,
+            r#"{"error":"invalid admin token"}"#,
+        ),
+        None => (
+            r#"Bearer realm="gateway-admin""#,
+            r#"{"error":"admin writes need Authorization: Bearer TOKEN"}"#,
+        ),
+    };
+    let mut r = json(StatusCode::UNAUTHORIZED, body.into());
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
+    Some(r)
+}
+
 async fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::POST && req.method() != Method::DELETE {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":"use POST or DELETE"}"#.into(),
         );
+    }
+    if let Some(refused) = authorize_write(&shared.runtime().config.admin, req.headers()) {
+        return refused;
     }
     let (mut key, mut prefix) = (None, None);
     for pair in req.uri().query().unwrap_or("").split('&') {
@@ -292,6 +423,14 @@ async fn purge(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         return json(
             StatusCode::BAD_REQUEST,
             r#"{"error":"give key=PATH or prefix=PATH"}"#.into(),
+        );
+    }
+    if key.as_deref() == Some("") || prefix.as_deref() == Some("") {
+        // `prefix=` matches every path: a purge of everything is not
+        // something to do by leaving a parameter empty.
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"key and prefix must not be empty (prefix=/ purges everything)"}"#.into(),
         );
     }
     let cache = shared.runtime().middleware.cache.clone();
@@ -329,4 +468,93 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn file_cfg(name: &str, content: &str) -> AdminConfig {
+        let p = std::env::temp_dir().join(format!("gw-admin-{name}-{}", std::process::id()));
+        std::fs::write(&p, content).unwrap();
+        AdminConfig {
+            token_env: None,
+            token_file: Some(p),
+        }
+    }
+
+    #[test]
+    fn tokens_load_only_when_long_printable_and_from_one_source() {
+        let good = "a".repeat(MIN_TOKEN_LEN);
+        assert!(load_token(&AdminConfig::default()).unwrap().is_none());
+        let t = load_token(&file_cfg("ok", &format!("{good}\r\n")))
+            .unwrap()
+            .unwrap();
+        assert!(t.matches(good.as_bytes()));
+        assert!(!format!("{t:?}").contains("aaaa"));
+        let (f, m) = load_token(&file_cfg("short", "0123456789abcdef")).unwrap_err();
+        assert_eq!(f, "token_file");
+        assert!(m.contains("16 bytes; at least 32"), "{m}");
+        let spaced = format!("{} {}", &good[..20], &good[..20]);
+        assert!(load_token(&file_cfg("sp", &spaced)).is_err());
+        let both = AdminConfig {
+            token_env: Some("X".into()),
+            token_file: Some("/nonexistent".into()),
+        };
+        assert!(load_token(&both).unwrap_err().1.contains("only one"));
+        let unset = AdminConfig {
+            token_env: Some("GW_UNIT_SURELY_UNSET_ADMIN_TOKEN".into()),
+            token_file: None,
+        };
+        assert_eq!(load_token(&unset).unwrap_err().0, "token_env");
+    }
+
+    #[test]
+    fn matching_is_exact() {
+        let t = AdminToken(b"0123456789abcdef0123456789abcdef".to_vec());
+        assert!(t.matches(b"0123456789abcdef0123456789abcdef"));
+        for wrong in [
+            &b""[..],
+            b"0123456789abcdef0123456789abcde",
+            b"0123456789abcdef0123456789abcdeg",
+            b"0123456789abcdef0123456789abcdef0",
+            b"0123456789abcdef0123456789abcdef\0",
+        ] {
+            assert!(!t.matches(wrong), "{wrong:?}");
+        }
+    }
+
+    fn headers(auth: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for a in auth {
+            h.append(http::header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn writes_need_the_bearer_token() {
+        let good = "b".repeat(40);
+        let cfg = file_cfg("w", &good);
+        let ok = format!("Bearer {good}");
+        let lower = format!("bearer {good}");
+        assert!(authorize_write(&cfg, &headers(&[&ok])).is_none());
+        assert!(authorize_write(&cfg, &headers(&[&lower])).is_none());
+        for bad in [
+            vec![],
+            vec!["Bearer nope"],
+            vec!["Basic Zm9v"],
+            vec![ok.as_str(), ok.as_str()],
+        ] {
+            let r = authorize_write(&cfg, &headers(&bad)).unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad:?}");
+            let c = r.headers()[http::header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap();
+            assert!(c.starts_with("Bearer "), "{c}");
+        }
+        let r = authorize_write(&AdminConfig::default(), &headers(&[&ok])).unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
 }

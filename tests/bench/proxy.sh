@@ -84,7 +84,7 @@ RUST_LOG=warn "$BIN/gateway" serve --config "$WORK/gateway-trace1.toml" --worker
 wait_port "$GWT1"
 
 # The same gateway with the middleware on.
-printf 'meetinity-dev-secret\n' > "$WORK/jwt-secret"
+printf 'meetinity-dev-secret-change-me-in-production\n' > "$WORK/jwt-secret"
 cat > "$WORK/gateway-mw.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GWM"

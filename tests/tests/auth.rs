@@ -12,7 +12,7 @@ use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 const SECRET_ENV: &str = "GW_E2E_JWT_SECRET";
-const SECRET: &str = "meetinity-dev-secret";
+const SECRET: &str = "meetinity-dev-secret-change-me-in-production";
 
 struct Setup {
     mock: MockUpstream,

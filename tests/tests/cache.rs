@@ -10,11 +10,19 @@ use e2e::mock::{Fault, MockOptions, MockUpstream};
 use http::Request;
 use http_body_util::Full;
 
+/// The admin token of every gateway here (admin writes need one).
+const ADMIN_TOKEN_ENV: &str = "GW_E2E_CACHE_ADMIN_TOKEN";
+const ADMIN_TOKEN: &str = "cache-e2e-admin-token-0123456789abcdef";
+
 fn cache_config(m: &MockUpstream, route_cache: &str, extra: &str) -> gateway::Config {
+    // Same value from every test: setting it concurrently is harmless.
+    std::env::set_var(ADMIN_TOKEN_ENV, ADMIN_TOKEN);
     config(
         "",
         &format!(
             r#"
+            [admin]
+            token_env = "{ADMIN_TOKEN_ENV}"
             [cache]
             max_size = "1MiB"
             [upstreams.mock]
@@ -182,6 +190,7 @@ async fn purge_by_prefix_and_key_on_the_admin_listener() {
     }
     let purge = |q: &str| {
         Request::post(format!("http://{}/cache/purge?{q}", gw.admin_addr))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
             .body(Full::default())
             .unwrap()
     };
@@ -293,6 +302,7 @@ async fn the_redis_tier_is_shared_by_two_gateways_and_optional_when_redis_dies()
         "http://{}/cache/purge?prefix=%2Fcache",
         a.admin_addr
     ))
+    .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
     .body(Full::default())
     .unwrap();
     let got = send(&c, purge).await.json();

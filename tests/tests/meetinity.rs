@@ -34,13 +34,16 @@ async fn the_shipped_meetinity_config_protects_limits_and_caches() {
     let cfg = config::load(&Source::File(path), &overrides).unwrap();
     let gw = start_gateway(cfg).await;
     let c = client();
-    // A client id of its own: the limiter may be shared through Redis.
+    // An address of its own: the limiter may be shared through Redis. The
+    // config trusts 127.0.0.1 as a proxy, so this test is that proxy and
+    // names the client in X-Forwarded-For.
     let me = format!(
-        "meetinity-test-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
+        "10.{}.{}.{}",
+        fastrand::u8(..),
+        fastrand::u8(..),
+        fastrand::u8(1..255)
     );
-    let id = [("x-client-id", me.as_str())];
+    let id = [("x-forwarded-for", me.as_str())];
 
     let hello = req(&c, &gw, "/api/hello", &id).await;
     assert_eq!(hello.status(), 200);
@@ -53,9 +56,9 @@ async fn the_shipped_meetinity_config_protects_limits_and_caches() {
 
     let login = Request::post(format!("http://{}/api/auth/session", gw.proxy_addr))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"username":"ann","password":"pw"}"#,
-        )))
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"username":"ann-{me}","password":"pw"}}"#
+        ))))
         .unwrap();
     let token = send(&c, login).await.json()["access_token"]
         .as_str()
@@ -63,7 +66,7 @@ async fn the_shipped_meetinity_config_protects_limits_and_caches() {
         .to_owned();
     let bearer = format!("Bearer {token}");
     let auth = [
-        ("x-client-id", me.as_str()),
+        ("x-forwarded-for", me.as_str()),
         ("authorization", bearer.as_str()),
     ];
     let first = req(&c, &gw, "/api/users", &auth).await;
@@ -83,12 +86,19 @@ async fn the_shipped_meetinity_config_protects_limits_and_caches() {
     }
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert!((1..=10).contains(&limited), "{statuses:?}");
-    // Another client is unaffected.
-    let other = format!("{me}-other");
+    // Another client is unaffected; a new X-Client-Id is not another client.
+    let rotated = [("x-forwarded-for", me.as_str()), ("x-client-id", "fresh")];
+    assert_eq!(req(&c, &gw, "/api/hello", &rotated).await.status(), 429);
+    let other = format!("172.16.{}.{}", fastrand::u8(..), fastrand::u8(1..255));
     assert_eq!(
-        req(&c, &gw, "/api/hello", &[("x-client-id", other.as_str())])
-            .await
-            .status(),
+        req(
+            &c,
+            &gw,
+            "/api/hello",
+            &[("x-forwarded-for", other.as_str())]
+        )
+        .await
+        .status(),
         200
     );
 }

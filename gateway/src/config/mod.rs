@@ -68,10 +68,26 @@ pub struct Config {
     /// Metrics, access logs.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The admin listener's write endpoints (`POST /cache/purge`).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Service level objectives tracked live; the seed's Meetinity targets
     /// when absent.
     #[serde(default = "telemetry::default_slos")]
     pub slos: Vec<SloConfig>,
+}
+
+/// `[admin]`: the bearer token admin write endpoints require. Without one
+/// every admin write is refused (403); reads (`/health`, `/ready`,
+/// `/metrics`, `/slo`) stay open.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+    /// File holding the token (trailing newline ignored); relative to the
+    /// config file. Read on every admin write, so a rotated file applies.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Listener and connection settings.
@@ -109,11 +125,6 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             max_body_size: ByteSize(10 * 1024 * 1024),
-    /// Client connections the proxy listener holds at once; beyond it a new
-    /// connection is accepted and closed at once (counted). Default: half
-    /// of what the open-file limit leaves after a reserve (see
-    /// `server::limits`), so each client connection can have an upstream one.
-    pub max_connections: Option<usize>,
             http2: true,
             via_name: "gateway".into(),
             strip_request_headers: Vec::new(),
@@ -131,7 +142,6 @@ pub enum Balance {
     /// Power of two random choices, the one with fewer requests in flight.
     LeastRequest,
 }
-            max_connections: None,
 
 /// An upstream pool.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -148,14 +158,6 @@ pub struct UpstreamConfig {
     /// Time allowed until the upstream's response headers arrive (504 after).
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Longest silence allowed between two reads of a response body; the
-    /// client is then cut off and the upstream counted as failed.
-    #[serde(default = "defaults::body_idle_timeout", with = "humantime_serde")]
-    pub body_idle_timeout: Duration,
-    /// Optional deadline for a whole response body, from its head; none
-    /// by default (streams may be long).
-    #[serde(default, with = "humantime_serde")]
-    pub body_timeout: Option<Duration>,
     /// Idle keep-alive connections are closed after this long.
     #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -257,10 +259,6 @@ mod defaults {
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(30)
-    }
-    /// As nginx's `proxy_read_timeout`: the time between two reads.
-    pub fn body_idle_timeout() -> Duration {
-        Duration::from_secs(60)
     }
     pub fn pool_idle_timeout() -> Duration {
         Duration::from_secs(90)
@@ -369,6 +367,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if let Some(p) = self.admin.token_file.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
         }
     }
 

@@ -93,9 +93,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     if s.max_body_size.0 == 0 {
         errs.push("server.max_body_size", "must be greater than 0");
     }
-    if s.max_connections == Some(0) {
-        errs.push("server.max_connections", "must be greater than 0");
-    }
     if s.via_name.is_empty() || http::HeaderValue::from_str(&s.via_name).is_err() {
         errs.push("server.via_name", "must be a non-empty header-safe token");
     }
@@ -103,6 +100,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if let Err(m) = crate::server::sanitize::strippable(h) {
             errs.push(format!("server.strip_request_headers[{i}]"), m);
         }
+    }
+    // Reads the admin token (env var or file) so `gateway check` and
+    // start-up report a missing or short one; never prints it.
+    if let Err((field, m)) = crate::admin::load_token(&config.admin) {
+        errs.push(format!("admin.{field}"), m);
     }
 
     for (name, up) in &config.upstreams {
@@ -136,14 +138,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             &format!("{p}.request_timeout"),
             up.request_timeout,
         );
-        positive(
-            &mut errs,
-            &format!("{p}.body_idle_timeout"),
-            up.body_idle_timeout,
-        );
-        if let Some(t) = up.body_timeout {
-            positive(&mut errs, &format!("{p}.body_timeout"), t);
-        }
         if let Some(cb) = &up.circuit_breaker {
             let cp = format!("{p}.circuit_breaker");
             if cb.consecutive_failures == 0 {
@@ -285,6 +279,12 @@ fn middleware(config: &Config, errs: &mut Errors) {
         }
         if a.keys.is_empty() && a.jwks.is_none() {
             errs.push(&p, "needs at least one of keys or jwks");
+        }
+        if a.leeway > auth::MAX_LEEWAY {
+            errs.push(
+                format!("{p}.leeway"),
+                "must be at most 10m (a clock-skew allowance, not a lifetime)",
+            );
         }
         for (i, k) in a.keys.iter().enumerate() {
             // Loads the key (env var, file, PEM) so `gateway check` reports

@@ -27,7 +27,7 @@ struct Cli {
     #[arg(
         long,
         env = "MOCK_JWT_SECRET",
-        default_value = "meetinity-dev-secret",
+        default_value = "meetinity-dev-secret-change-me-in-production",
         hide_env_values = true
     )]
     jwt_secret: String,

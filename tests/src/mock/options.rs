@@ -40,7 +40,7 @@ impl Default for MockOptions {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             id: "mock".to_owned(),
-            jwt_secret: "meetinity-dev-secret".to_owned(),
+            jwt_secret: "meetinity-dev-secret-change-me-in-production".to_owned(),
             latency: Vec::new(),
             faults: Vec::new(),
         }

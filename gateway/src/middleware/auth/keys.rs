@@ -110,10 +110,30 @@ fn hmac_key(algorithms: &[Algorithm], secret: &[u8]) -> Result<DecodingKey, Stri
     if !algorithms.iter().all(|a| is_hmac(*a)) {
         return Err("a secret can only verify HS256, HS384 or HS512".into());
     }
-    if secret.len() < 16 {
-        return Err("the HMAC secret is shorter than 16 bytes".into());
+    // RFC 7518 §3.2: a key of the same size as the hash output or larger.
+    // A key allowed several HMAC algorithms must be long enough for each.
+    if let Some((alg, min)) = algorithms
+        .iter()
+        .map(|a| (*a, hmac_min_len(*a)))
+        .max_by_key(|(_, n)| *n)
+    {
+        if secret.len() < min {
+            return Err(format!(
+                "the HMAC secret is {} bytes; {alg:?} needs at least {min} (RFC 7518 §3.2)",
+                secret.len()
+            ));
+        }
     }
     Ok(DecodingKey::from_secret(secret))
+}
+
+/// The shortest HMAC secret RFC 7518 §3.2 allows: the hash output size.
+fn hmac_min_len(a: Algorithm) -> usize {
+    match a {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
 }
 
 fn pem_key(algorithms: &[Algorithm], pem: &[u8]) -> Result<DecodingKey, String> {
@@ -328,6 +348,39 @@ mod tests {
             Algorithm::ES256,
             &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
         );
+    }
+
+    fn secret_cfg(name: &str, secret: &str, algs: &[&str]) -> AuthKeyConfig {
+        let path = std::env::temp_dir().join(format!("gw-{name}-{}.secret", std::process::id()));
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        AuthKeyConfig {
+            kid: None,
+            algorithms: algs.iter().map(|a| (*a).to_owned()).collect(),
+            secret_env: None,
+            secret_file: Some(path),
+            pem_file: None,
+        }
+    }
+
+    #[test]
+    fn hmac_secrets_are_at_least_the_hash_output_size() {
+        let s32 = "k".repeat(32);
+        let s48 = "k".repeat(48);
+        let s64 = "k".repeat(64);
+        assert!(load_static(&secret_cfg("h256", &s32, &["HS256"])).is_ok());
+        let e = load_static(&secret_cfg("h256s", &s32[..31], &["HS256"])).unwrap_err();
+        assert!(e.contains("31 bytes; HS256 needs at least 32"), "{e}");
+        // Sixteen bytes (the old floor) no longer pass.
+        assert!(load_static(&secret_cfg("h16", &s32[..16], &["HS256"])).is_err());
+        let e = load_static(&secret_cfg("h384", &s32, &["HS384"])).unwrap_err();
+        assert!(e.contains("HS384 needs at least 48"), "{e}");
+        assert!(load_static(&secret_cfg("h384ok", &s48, &["HS384"])).is_ok());
+        // The longest requirement of the key's algorithms applies.
+        let e = load_static(&secret_cfg("hmix", &s48, &["HS256", "HS512"])).unwrap_err();
+        assert!(e.contains("HS512 needs at least 64"), "{e}");
+        assert!(load_static(&secret_cfg("hmixok", &s64, &["HS256", "HS512"])).is_ok());
+        // The message never shows the secret.
+        assert!(!e.contains("kkkk"));
     }
 
     #[test]

@@ -17,9 +17,24 @@ use crate::config::{AuthMode, RouteAuthConfig};
 use crate::error::BoxError;
 
 /// The authenticated subject (`sub`), put in the request's extensions for
-/// the layers below (rate limiting by subject).
+/// the layers below (rate limiting by subject). Superseded by [`Identity`]:
+/// kept while the limiter's key extractor still reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject(pub Arc<str>);
+
+/// What a verified token says about its bearer, put in the request's
+/// extensions once auth admitted the request. Layers below (the rate
+/// limiter's `subject` key, telemetry) read this instead of the token.
+///
+/// Only a verified token produces one: a request without it is anonymous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub subject: Arc<str>,
+    /// The `roles` claim (a list, or one space-separated string); empty
+    /// when absent.
+    pub roles: Vec<Box<str>>,
+}
 
 /// One route's auth policy, built at config load.
 #[derive(Debug)]
@@ -75,8 +90,19 @@ impl RoutePolicy {
             }
         }
         if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
-            req.extensions_mut()
-                .insert(Subject(Arc::from(sub.as_str())));
+            let subject: Arc<str> = Arc::from(sub.as_str());
+            let roles = match claims.get("roles") {
+                Some(serde_json::Value::String(s)) => {
+                    s.split_ascii_whitespace().map(Box::from).collect()
+                }
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().filter_map(|r| r.as_str()).map(Box::from).collect()
+                }
+                _ => Vec::new(),
+            };
+            let ext = req.extensions_mut();
+            ext.insert(Subject(subject.clone()));
+            ext.insert(Identity { subject, roles });
         }
         Ok(())
     }
@@ -115,14 +141,27 @@ pub struct Auth<S> {
     policy: Arc<RoutePolicy>,
 }
 
-/// The bearer token of a request, if any (`None` also for other schemes).
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+/// The bearer token of a request: `Ok(None)` when there is no
+/// `Authorization` at all. Any credential that is present must be one bearer
+/// token, in every mode: a second `Authorization` line (the edge refuses
+/// those with 400; this is the layer's own guarantee) or another scheme is
+/// refused, so the upstream never receives a credential auth did not verify.
+fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(AuthError::Invalid("more than one Authorization header"));
+    }
+    v.to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or(AuthError::Missing)
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
@@ -184,14 +223,18 @@ where
                 fut: self.inner.call(req),
             };
         }
+        // Optional mode admits a request with no credential at all, as
+        // anonymous; a credential that is present must verify (401 otherwise,
+        // as in required mode), so an invalid one is never forwarded.
         let checked = match bearer(req.headers()) {
-            None if p.mode == AuthMode::Optional => {
+            Ok(None) if p.mode == AuthMode::Optional => {
                 return ResponseFuture::Inner {
                     fut: self.inner.call(req),
                 }
             }
-            None => Err(AuthError::Missing),
-            Some(token) => p.verifier.check(token).map(|c| (c, token.to_owned())),
+            Ok(None) => Err(AuthError::Missing),
+            Ok(Some(token)) => p.verifier.check(token).map(|c| (c, token.to_owned())),
+            Err(e) => Err(e),
         };
         match checked {
             Ok((Checked::Valid(claims), _)) => match p.admit(&mut req, &claims) {

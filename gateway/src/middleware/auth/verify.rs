@@ -2,9 +2,10 @@
 //! signature and registered claims.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderName;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::error::AuthError;
@@ -14,7 +15,17 @@ use crate::config::AuthProviderConfig;
 /// The verified claims of a token.
 pub type Claims = Map<String, Value>;
 
+/// The largest `leeway` a provider may set (validation refuses more; the
+/// verifier clamps to it). It keeps the clock arithmetic of `exp`/`nbf`
+/// checks far from any overflow, whatever a token or a config says.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
 /// Verifies tokens for one `[auth.NAME]` provider. Built once per config.
+///
+/// Required claims follow the config: `exp` always; `iss` when the provider
+/// lists `issuers`, `aud` when it lists `audiences` (present *and* listed);
+/// `nbf` is checked when present. A token whose JWS header carries `crit`
+/// is refused: we understand no extension (RFC 7515 §4.1.11).
 #[derive(Debug)]
 pub struct Verifier {
     /// Provider name (for logs).
@@ -55,9 +66,17 @@ impl Verifier {
             .into_iter()
             .map(|alg| {
                 let mut v = Validation::new(alg);
-                v.leeway = cfg.leeway.as_secs();
+                v.leeway = cfg.leeway.min(MAX_LEEWAY).as_secs();
+                v.validate_exp = true;
                 v.validate_nbf = true;
-                v.set_required_spec_claims(&["exp"]);
+                let mut required = vec!["exp"];
+                if !cfg.issuers.is_empty() {
+                    required.push("iss");
+                }
+                if !cfg.audiences.is_empty() {
+                    required.push("aud");
+                }
+                v.set_required_spec_claims(&required);
                 if cfg.issuers.is_empty() {
                     v.iss = None;
                 } else {
@@ -96,8 +115,7 @@ impl Verifier {
 
     /// Verifies with the keys at hand; says when a JWKS refresh might help.
     pub fn check(&self, token: &str) -> Result<Checked, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::Invalid("malformed token or unsupported alg"))?;
+        let header = decode_header(token)?;
         let alg = header.alg;
         match header.kid.as_deref() {
             Some(kid) => {
@@ -141,8 +159,7 @@ impl Verifier {
             .refresh_for(kid)
             .await
             .ok_or(AuthError::Invalid("unknown key id"))?;
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::Invalid("malformed token or unsupported alg"))?;
+        let header = decode_header(token)?;
         self.verify(token, header.alg, &key)
     }
 
@@ -162,6 +179,19 @@ impl Verifier {
             .map(|d| d.claims)
             .map_err(|e| AuthError::Invalid(describe(e.kind())))
     }
+}
+
+/// The JWS header, refused when it lists critical extensions: we implement
+/// none, and RFC 7515 §4.1.11 says a recipient that does not understand one
+/// must reject the token. (`jsonwebtoken` parses `crit` but does not act on
+/// it.)
+fn decode_header(token: &str) -> Result<Header, AuthError> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| AuthError::Invalid("malformed token or unsupported alg"))?;
+    if header.crit.is_some() {
+        return Err(AuthError::Invalid("unsupported critical header parameter"));
+    }
+    Ok(header)
 }
 
 fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {

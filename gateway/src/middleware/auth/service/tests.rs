@@ -8,7 +8,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use super::*;
 use crate::config::{AuthKeyConfig, AuthProviderConfig};
 
-const SECRET: &str = "unit-test-secret-0123456789";
+const SECRET: &str = "unit-test-secret-0123456789-abcdef";
 
 fn provider() -> AuthProviderConfig {
     let dir = std::env::temp_dir().join(format!("gw-auth-{}", std::process::id()));
@@ -58,13 +58,22 @@ fn good() -> serde_json::Value {
 
 type Stub = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
-/// An inner service that counts calls and echoes `x-user-id` back.
+/// An inner service that counts calls and echoes `x-user-id`, the
+/// `Authorization` it received and the [`Identity`] subject back.
 fn stub(hits: Arc<AtomicUsize>) -> Stub {
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
         hits.fetch_add(1, Ordering::SeqCst);
         let mut resp = Response::new(Body::Empty);
         if let Some(v) = req.headers().get("x-user-id") {
             resp.headers_mut().insert("x-user-id", v.clone());
+        }
+        if let Some(v) = req.headers().get("authorization") {
+            resp.headers_mut().insert("x-seen-authorization", v.clone());
+        }
+        if let Some(id) = req.extensions().get::<Identity>() {
+            let v = format!("{}|{}", id.subject, id.roles.join(","));
+            resp.headers_mut()
+                .insert("x-identity", HeaderValue::from_str(&v).unwrap());
         }
         async move { Ok::<_, BoxError>(resp) }
     }))
@@ -203,4 +212,163 @@ fn base64_url(b: &[u8]) -> String {
         }
     }
     out
+}
+
+#[tokio::test(start_paused = true)]
+async fn claims_the_provider_lists_are_required_and_crit_is_refused() {
+    let (mut s, hits) = svc(AuthMode::Required, &[]);
+    let mut no_iss = good();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut no_aud = good();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    let mut no_exp = good();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut iss_not_a_string = good();
+    iss_not_a_string["iss"] = 7.into();
+    let missing = AuthError::Invalid("a required claim is missing");
+    for claims in [no_iss, no_aud, no_exp, iss_not_a_string] {
+        let t = token(jsonwebtoken::Algorithm::HS256, claims);
+        assert_eq!(run(&mut s, req(Some(&t))).await.unwrap_err(), missing);
+    }
+    // `crit` naming anything, even a registered claim, is refused.
+    for crit in [vec!["exp".to_owned()], vec!["b64".to_owned()], vec![]] {
+        let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+        h.crit = Some(crit);
+        let t = jsonwebtoken::encode(&h, &good(), &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap();
+        assert_eq!(
+            run(&mut s, req(Some(&t))).await.unwrap_err(),
+            AuthError::Invalid("unsupported critical header parameter")
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_issuers_or_audiences_those_claims_are_optional() {
+    let mut cfg = provider();
+    cfg.issuers.clear();
+    cfg.audiences.clear();
+    let verifier = Arc::new(Verifier::new("t", &cfg).unwrap());
+    let route = RouteAuthConfig {
+        provider: "t".into(),
+        mode: AuthMode::Required,
+        scopes: vec![],
+        roles: vec![],
+    };
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut s = AuthLayer::new(RoutePolicy::new(verifier, &route)).layer(stub(hits.clone()));
+    let mut bare = good();
+    bare.as_object_mut().unwrap().remove("iss");
+    bare.as_object_mut().unwrap().remove("aud");
+    let t = token(jsonwebtoken::Algorithm::HS256, bare);
+    assert!(run(&mut s, req(Some(&t))).await.is_ok());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_verified_credential_is_forwarded_with_its_identity() {
+    let t = token(jsonwebtoken::Algorithm::HS256, good());
+    for mode in [AuthMode::Required, AuthMode::Optional] {
+        let (mut s, hits) = svc(mode, &[]);
+        let resp = run(&mut s, req(Some(&t))).await.unwrap();
+        assert_eq!(
+            resp.headers()["x-seen-authorization"],
+            format!("Bearer {t}")
+        );
+        assert_eq!(resp.headers()["x-identity"], "u1|user");
+        // Another scheme, two credentials, an empty bearer: never forwarded.
+        let basic = Request::get("/x")
+            .header("authorization", "Basic dTpw")
+            .body(Body::Empty)
+            .unwrap();
+        assert_eq!(run(&mut s, basic).await.unwrap_err(), AuthError::Missing);
+        let two = Request::get("/x")
+            .header("authorization", format!("Bearer {t}"))
+            .header("authorization", "Bearer forged")
+            .body(Body::Empty)
+            .unwrap();
+        assert_eq!(
+            run(&mut s, two).await.unwrap_err(),
+            AuthError::Invalid("more than one Authorization header")
+        );
+        let empty = Request::get("/x")
+            .header("authorization", "Bearer  ")
+            .body(Body::Empty)
+            .unwrap();
+        assert_eq!(run(&mut s, empty).await.unwrap_err(), AuthError::Missing);
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{mode:?}");
+    }
+}
+
+/// A JSON number or an out-of-range stand-in for one, as a token may carry.
+fn extreme() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number)),
+        Just(serde_json::Value::from(u64::MAX)),
+        Just(serde_json::Value::from(i64::MIN)),
+        Just(serde_json::json!(1e308)),
+        Just(serde_json::json!(-1e308)),
+        Just(serde_json::json!("99999999999999999999999")),
+        (-100_000i64..100_000).prop_map(|d| serde_json::Value::from(now() + d)),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// Extreme `exp`/`nbf`/`iat` and `leeway` never panic, and the outcome is
+    /// what saturating arithmetic says: valid iff `exp` is a non-negative
+    /// integer-like number not before now - leeway and `nbf`, when present,
+    /// not after now + leeway.
+    #[test]
+    fn extreme_jwt_times_saturate(
+        exp in extreme(),
+        nbf in proptest::option::of(extreme()),
+        iat in extreme(),
+        leeway in proptest::prelude::any::<u64>(),
+    ) {
+        let mut cfg = provider();
+        cfg.leeway = std::time::Duration::from_secs(leeway);
+        let v = Verifier::new("t", &cfg).unwrap();
+        let mut claims = good();
+        claims["exp"] = exp.clone();
+        claims["iat"] = iat;
+        if let Some(n) = &nbf {
+            claims["nbf"] = n.clone();
+        }
+        let t = token(jsonwebtoken::Algorithm::HS256, claims);
+        let got = v.check(&t);
+        let lee = leeway.min(super::super::verify::MAX_LEEWAY.as_secs());
+        let now = u64::try_from(now()).unwrap();
+        // jsonwebtoken rounds finite non-negative floats below u64::MAX.
+        let time = |x: &serde_json::Value| -> Option<u64> {
+            x.as_u64().or_else(|| {
+                x.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+                    .map(|f| f.round() as u64)
+            })
+        };
+        let exp_ok = time(&exp).is_some_and(|e| e >= now.saturating_sub(lee));
+        let nbf_ok = match &nbf {
+            None | Some(serde_json::Value::Null) => true,
+            Some(n) => time(n).is_some_and(|n| n <= now.saturating_add(lee)),
+        };
+        // A second may pass between our `now` and the verifier's: only
+        // judge values that are not within two seconds of a boundary.
+        let near = |x: &serde_json::Value, b: u64| time(x).is_some_and(|t| t.abs_diff(b) <= 2);
+        if near(&exp, now.saturating_sub(lee))
+            || nbf.as_ref().is_some_and(|n| near(n, now.saturating_add(lee)))
+        {
+            return Ok(());
+        }
+        proptest::prop_assert_eq!(
+            matches!(got, Ok(Checked::Valid(_))),
+            exp_ok && nbf_ok,
+            "exp {:?} nbf {:?} leeway {} -> {:?}", exp, nbf, leeway, got
+        );
+    }
 }
