@@ -267,6 +267,7 @@ pub fn render_openmetrics(shared: &Shared) -> String {
     metrics::write_gauge_family(
         &mut out,
         "gateway_metrics_series",
+    shared.connections.write_metrics(&mut out);
         "Series exposed on this endpoint, this one included",
         &[(String::new(), series as f64)],
     );

@@ -100,6 +100,8 @@ pub async fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    // Before the listeners: the connection cap is derived from this limit.
+    crate::server::limits::raise_nofile_limit();
     let handle = match crate::start(cfg, source.clone(), overrides).await {
         Ok(h) => h,
         Err(e) => {

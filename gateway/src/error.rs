@@ -13,7 +13,9 @@ use http::{Response, StatusCode};
 
 use crate::body::Body;
 use crate::middleware::auth::AuthError;
-use crate::middleware::ratelimit::{LimiterFailed, LimiterUnavailable, RateLimited};
+use crate::middleware::ratelimit::{
+    LimiterFailed, LimiterUnavailable, RateLimitDecision, RateLimited,
+};
 use crate::request_id::X_REQUEST_ID;
 use crate::upstream::h1::UpstreamError;
 
@@ -247,6 +249,10 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
                 UpstreamError::Protocol(_) => {
                     (StatusCode::BAD_GATEWAY, "invalid response from upstream")
                 }
+                UpstreamError::BodyTimeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream response body timed out",
+                ),
             };
             return Classified::new(status, message, Blame::Upstream);
         }
@@ -273,7 +279,26 @@ pub fn render(err: &(dyn StdError + 'static), request_id: &HeaderValue) -> Respo
     if c.limiter_failed {
         resp.extensions_mut().insert(LimiterFailed);
     }
+    mark_decisions(err, resp.extensions_mut());
     resp
+}
+
+/// Puts on an error response the typed markers telemetry counts (it never
+/// reads response headers, which an upstream could send too): the auth
+/// layer's [`AuthError`] itself, the limiter's refusal, or the limiter's
+/// admission of a request that then failed below it ([`WithHeaders`]).
+fn mark_decisions(err: &(dyn StdError + 'static), ext: &mut http::Extensions) {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(a) = e.downcast_ref::<AuthError>() {
+            ext.insert(*a);
+        } else if e.is::<RateLimited>() {
+            ext.insert(RateLimitDecision::Limited);
+        } else if e.is::<WithHeaders>() {
+            ext.insert(RateLimitDecision::Allowed);
+        }
+        cur = e.source();
+    }
 }
 
 /// A JSON error response `{"error": message, "request_id": id}` with the
@@ -473,6 +498,40 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"], "quote \" and \\");
         assert_eq!(v["request_id"], "a\"b");
+    }
+
+    #[test]
+    fn error_responses_carry_the_typed_decision_markers() {
+        let id = HeaderValue::from_static("r");
+        let resp = render(&AuthError::Forbidden("a required role is missing"), &id);
+        assert!(matches!(
+            resp.extensions().get::<AuthError>(),
+            Some(AuthError::Forbidden(_))
+        ));
+        let limited = RateLimited {
+            policy: "p".into(),
+            retry_after: 2,
+            headers: Vec::new(),
+            limiter_failed: false,
+        };
+        let resp = render(&limited, &id);
+        assert_eq!(
+            resp.extensions().get::<RateLimitDecision>(),
+            Some(&RateLimitDecision::Limited)
+        );
+        let below = WithHeaders {
+            headers: Vec::new(),
+            source: GatewayError::Overloaded.into(),
+            limiter_failed: false,
+        };
+        let resp = render(&below, &id);
+        assert_eq!(
+            resp.extensions().get::<RateLimitDecision>(),
+            Some(&RateLimitDecision::Allowed)
+        );
+        let resp = render(&GatewayError::NoRoute, &id);
+        assert!(resp.extensions().get::<RateLimitDecision>().is_none());
+        assert!(resp.extensions().get::<AuthError>().is_none());
     }
 
     #[test]

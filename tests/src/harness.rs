@@ -217,7 +217,26 @@ impl GatewayProcess {
 
     /// Like [`GatewayProcess::spawn`], with extra command-line arguments.
     pub fn spawn_with_args(config: Option<&Path>, env: &[(&str, String)], args: &[&str]) -> Self {
-        let mut cmd = Command::new(bin("gateway"));
+        Self::spawn_wrapped(&[], config, env, args)
+    }
+
+    /// Like [`GatewayProcess::spawn_with_args`], run through `wrapper`, a
+    /// command that execs its last argument in place (so the pid is the
+    /// gateway's), e.g. `["prlimit", "--nofile=256:256"]`.
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        config: Option<&Path>,
+        env: &[(&str, String)],
+        args: &[&str],
+    ) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin("gateway"));
+                c
+            }
+            None => Command::new(bin("gateway")),
+        };
         cmd.args(args).arg("serve").arg("--workers").arg("2");
         if let Some(c) = config {
             cmd.arg("--config").arg(c);

@@ -125,6 +125,11 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             max_body_size: ByteSize(10 * 1024 * 1024),
+    /// Client connections the proxy listener holds at once; beyond it a new
+    /// connection is accepted and closed at once (counted). Default: half
+    /// of what the open-file limit leaves after a reserve (see
+    /// `server::limits`), so each client connection can have an upstream one.
+    pub max_connections: Option<usize>,
             http2: true,
             via_name: "gateway".into(),
             strip_request_headers: Vec::new(),
@@ -142,6 +147,7 @@ pub enum Balance {
     /// Power of two random choices, the one with fewer requests in flight.
     LeastRequest,
 }
+            max_connections: None,
 
 /// An upstream pool.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -158,6 +164,14 @@ pub struct UpstreamConfig {
     /// Time allowed until the upstream's response headers arrive (504 after).
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest silence allowed between two reads of a response body; the
+    /// client is then cut off and the upstream counted as failed.
+    #[serde(default = "defaults::body_idle_timeout", with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Optional deadline for a whole response body, from its head; none
+    /// by default (streams may be long).
+    #[serde(default, with = "humantime_serde")]
+    pub body_timeout: Option<Duration>,
     /// Idle keep-alive connections are closed after this long.
     #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -259,6 +273,10 @@ mod defaults {
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    /// As nginx's `proxy_read_timeout`: the time between two reads.
+    pub fn body_idle_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn pool_idle_timeout() -> Duration {
         Duration::from_secs(90)

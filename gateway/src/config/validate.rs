@@ -93,6 +93,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     if s.max_body_size.0 == 0 {
         errs.push("server.max_body_size", "must be greater than 0");
     }
+    if s.max_connections == Some(0) {
+        errs.push("server.max_connections", "must be greater than 0");
+    }
     if s.via_name.is_empty() || http::HeaderValue::from_str(&s.via_name).is_err() {
         errs.push("server.via_name", "must be a non-empty header-safe token");
     }
@@ -138,6 +141,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             &format!("{p}.request_timeout"),
             up.request_timeout,
         );
+        positive(
+            &mut errs,
+            &format!("{p}.body_idle_timeout"),
+            up.body_idle_timeout,
+        );
+        if let Some(t) = up.body_timeout {
+            positive(&mut errs, &format!("{p}.body_timeout"), t);
+        }
         if let Some(cb) = &up.circuit_breaker {
             let cp = format!("{p}.circuit_breaker");
             if cb.consecutive_failures == 0 {

@@ -370,12 +370,12 @@ fn gateway_alerts(config: &Config, opts: &Options) -> Vec<Group> {
         AlertSpec {
             name: "GatewaySaturation",
             expr: format!(
-                "gateway_route_inflight_requests{{job=\"{job}\"}} / gateway_route_inflight_limit{{job=\"{job}\"}} > 0.8\nor\nprocess_open_fds{{job=\"{job}\"}} / process_max_fds{{job=\"{job}\"}} > 0.8"
+                "gateway_route_inflight_requests{{job=\"{job}\"}} / gateway_route_inflight_limit{{job=\"{job}\"}} > 0.8\nor\ngateway_connections{{job=\"{job}\",listener=\"proxy\"}} / gateway_connections_limit{{job=\"{job}\",listener=\"proxy\"}} > 0.8\nor\nprocess_open_fds{{job=\"{job}\"}} / process_max_fds{{job=\"{job}\"}} > 0.8"
             ),
             for_secs: 300,
             severity: "ticket",
             summary: "Gateway {{ $labels.instance }} is near a concurrency limit",
-            description: "{{ $value | humanizePercentage }} of a limit for 5 minutes: {{ if $labels.route }}requests in flight on route {{ $labels.route }} against its max_inflight (503s shed above it){{ else }}open file descriptors against the process limit{{ end }}.",
+            description: "{{ $value | humanizePercentage }} of a limit for 5 minutes: {{ if $labels.route }}requests in flight on route {{ $labels.route }} against its max_inflight (503s shed above it){{ else if $labels.listener }}client connections against server.max_connections (new ones are closed at accept above it){{ else }}open file descriptors against the process limit{{ end }}.",
         },
     ];
     let alerts = specs

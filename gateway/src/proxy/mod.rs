@@ -241,12 +241,12 @@ impl Inner {
         } = a;
         let endpoint = guard.endpoint().clone();
         let sent = Instant::now();
-        let exchange = up
+        let mut exchange = up
             .timers
             .timeout(
                 sent,
                 up.request_timeout,
-                h1::send(guard, up.pool, req, &forwarding),
+                h1::send(guard, up.pool, &up.timers, req, &forwarding),
             )
             .await
             .map_err(|_| GatewayError::UpstreamTimeout {
@@ -254,13 +254,25 @@ impl Inner {
             });
         let head = sent.elapsed();
         // The breaker counts what the endpoint did: errors, timeouts and
-        // 502/503/504 are failures.
-        let ok = match &exchange {
-            Ok(Ok(Exchange::Response(r))) => !matches!(r.status().as_u16(), 502..=504),
-            Ok(Ok(Exchange::Upgrade(..))) => true,
-            _ => false,
+        // 502/503/504 are failures. A good head with a body still streaming
+        // is judged when that body ends (a truncated or stalled body fails).
+        let verdict = match &mut exchange {
+            Ok(Ok(Exchange::Response(r))) => {
+                let ok = !matches!(r.status().as_u16(), 502..=504);
+                match r.body_mut() {
+                    Body::H1(body) if ok => {
+                        body.report_outcome();
+                        None
+                    }
+                    _ => Some(ok),
+                }
+            }
+            Ok(Ok(Exchange::Upgrade(..))) => Some(true),
+            _ => Some(false),
         };
-        endpoint.record(ok);
+        if let Some(ok) = verdict {
+            endpoint.record(ok);
+        }
         if let Some(span) = attempt {
             match &exchange {
                 Ok(Ok(Exchange::Response(r))) => span.status(r.status().as_u16()),
@@ -311,6 +323,7 @@ fn error_type(e: &(dyn std::error::Error + 'static)) -> &'static str {
         Some(UpstreamError::Closed) => "connection_closed",
         Some(UpstreamError::Io(_)) => "io_error",
         Some(UpstreamError::Protocol(_)) => "protocol_error",
+        Some(UpstreamError::BodyTimeout) => "body_timeout",
         None => "_OTHER",
     }
 }

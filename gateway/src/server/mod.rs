@@ -2,13 +2,12 @@
 //! graceful drain and config reload.
 
 mod io;
+pub mod limits;
 pub mod sanitize;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -23,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -41,6 +41,7 @@ use crate::{admin, error::GatewayError};
 use tokio::time::Instant;
 
 use io::{ConnStats, CountingStream};
+use limits::Connections;
 
 /// State shared by every connection: the current runtime and where the
 /// config came from.
@@ -51,6 +52,8 @@ pub struct Shared {
     pub telemetry: Telemetry,
     source: Source,
     overrides: Overrides,
+    /// Both listeners' connection caps (fixed at start).
+    pub connections: Connections,
 }
 
 impl Shared {
@@ -68,6 +71,9 @@ impl Shared {
             || old.config.server.admin_listen != config.server.admin_listen
         {
             tracing::warn!("listener addresses changed: they take effect only on restart");
+        }
+        if old.config.server.max_connections != config.server.max_connections {
+            tracing::warn!("server.max_connections changed: it takes effect only on restart");
         }
         if config.telemetry.tracing != old.config.telemetry.tracing {
             tracing::warn!("telemetry.tracing changed: it takes effect only on restart");
@@ -152,6 +158,7 @@ pub async fn start(
         telemetry,
         source,
         overrides,
+        connections: Connections::new(server_cfg.max_connections),
     });
     let shutdown = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -220,12 +227,24 @@ async fn run(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let limit = match kind {
+                    Kind::Proxy => &ctx.shared.connections.proxy,
+                    Kind::Admin => &ctx.shared.connections.admin,
+                };
+                // Over the listener's cap: closed at once, counted (as
+                // Envoy's listener limit), so the reserve of descriptors
+                // for upstream connections and the other listener holds.
+                let Some(permit) = limit.admit() else {
+                    drop(stream);
+                    continue;
+                };
                 tokio::spawn(serve_conn(
                     ctx.clone(),
                     stream,
                     peer,
                     kind,
                     graceful.watcher(),
+                    permit,
                 ));
             }
             Err(e) => {
@@ -255,16 +274,13 @@ async fn serve_conn(
     peer: SocketAddr,
     kind: Kind,
     watcher: Watcher,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    // A second handle on the socket, to answer 408 after hyper gave it up.
-    let raw: Option<std::net::TcpStream> = stream
-        .as_fd()
-        .try_clone_to_owned()
-        .ok()
-        .map(std::net::TcpStream::from);
     let stats = Arc::new(ConnStats::default());
-    let io = TokioIo::new(CountingStream::new(stream, stats.clone()));
+    // The stream answers 408 itself when hyper drops it after a header
+    // timeout (no second descriptor), and holds the listener's permit.
+    let io = TokioIo::new(CountingStream::new(stream, stats.clone(), permit));
     let svc = {
         let ctx = ctx.clone();
         let stats = stats.clone();
@@ -297,7 +313,8 @@ async fn serve_conn(
     .await;
     let Some(result) = result else {
         if stats.has_partial_request() {
-            send_408(raw.as_ref());
+            // Written when `conn` (and with it the stream) drops, below.
+            stats.answer_408_on_close();
         }
         return;
     };
@@ -306,7 +323,7 @@ async fn serve_conn(
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_timeout);
         if header_timeout && stats.has_partial_request() {
-            send_408(raw.as_ref());
+            stats.answer_408_on_close();
         } else {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
@@ -336,23 +353,6 @@ fn dispatch(
             }))
         }
     }
-}
-
-fn send_408(raw: Option<&std::net::TcpStream>) {
-    let Some(mut s) = raw else { return };
-    let id = request_id::generate();
-    let body = format!(
-        r#"{{"error":"client did not send complete request headers in time","request_id":"{}"}}"#,
-        id.to_str().unwrap_or_default()
-    );
-    let msg = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len(),
-        id.to_str().unwrap_or_default(),
-    );
-    // Best effort: the socket's send buffer is empty while headers are read.
-    let _ = s.write_all(msg.as_bytes());
-    let _ = s.shutdown(std::net::Shutdown::Write);
 }
 
 /// The edge of the request path (layer 1 of `stack`): request id, routing,
@@ -444,7 +444,7 @@ impl Edge {
         match self.record.take() {
             Some(mut r) => {
                 let upstream = parts.extensions.remove::<UpstreamInfo>();
-                r.head(parts.status.as_u16(), &parts.headers, upstream);
+                r.head(parts.status.as_u16(), &parts.extensions, upstream);
                 if parts.extensions.remove::<LimiterFailed>().is_some() {
                     r.limiter_failed();
                 }

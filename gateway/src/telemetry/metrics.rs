@@ -3,7 +3,8 @@
 //!
 //! Label sets are bounded by construction: route names and upstream names
 //! come from the config, methods are folded to a fixed set, statuses are
-//! three-digit codes. Families persist across config reloads; each route
+//! registered codes (any other code is folded to its class, `4xx`; outside
+//! 100-599, `other`). Families persist across config reloads; each route
 //! keeps lazily resolved handles to its own series so the hot path does one
 //! labelled lookup (the request counter) and otherwise touches handles.
 
@@ -65,7 +66,38 @@ impl EncodeLabelValue for Fixed {
 pub struct RequestLabels {
     route: Arc<str>,
     method: Fixed,
-    status: u16,
+    status: StatusLabel,
+}
+
+/// The `status` label: a registered status code as itself, any other code
+/// as its class (`4xx`), so a client or upstream cannot mint series. A
+/// class still matches the rules' `status=~"5.."`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct StatusLabel(u16);
+
+impl StatusLabel {
+    /// The label of `status`.
+    pub fn of(status: u16) -> Self {
+        let registered = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .is_some();
+        if registered {
+            Self(status)
+        } else {
+            // The class index, which no real code uses.
+            Self(class_index(status) as u16)
+        }
+    }
+}
+
+impl EncodeLabelValue for StatusLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match CLASSES.get(usize::from(self.0)) {
+            Some(class) if self.0 < 100 => EncodeLabelValue::encode(class, encoder),
+            _ => write!(encoder, "{}", self.0),
+        }
+    }
 }
 
 /// `{route, method, status_class}`.
@@ -133,6 +165,9 @@ pub struct Metrics {
     pub cache: Family<DecisionLabels, Counter>,
     /// JWT rejections by reason.
     pub jwt_rejections: Family<DecisionLabels, Counter>,
+    /// Responses whose body failed after the head was sent:
+    /// `upstream_body_error`, `upstream_body_timeout`, `body_error`.
+    pub body_errors: Family<DecisionLabels, Counter>,
     /// Retries by upstream.
     pub retries: Family<UpstreamLabels, Counter>,
     /// Retries refused because the budget was spent.
@@ -196,6 +231,7 @@ impl Metrics {
             ratelimit: Family::default(),
             cache: Family::default(),
             jwt_rejections: Family::default(),
+            body_errors: Family::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             config_reloads: Family::default(),
@@ -252,6 +288,11 @@ impl Metrics {
             "gateway_jwt_rejections",
             "Requests rejected by JWT authentication, by route and reason",
             m.jwt_rejections.clone(),
+        );
+        registry.register(
+            "gateway_response_body_errors",
+            "Responses whose body failed after the head was sent (counted as 502 or 504 in gateway_requests_total), by route and reason",
+            m.body_errors.clone(),
         );
         registry.register(
             "gateway_retries",
@@ -337,7 +378,7 @@ impl Metrics {
         let labels = || RequestLabels {
             route: rm.route.clone(),
             method: Fixed(METHODS[m]),
-            status: r.status,
+            status: StatusLabel::of(r.status),
         };
         let (status, counter) = rm.requests[m][c]
             .get_or_init(|| (r.status, self.requests.get_or_create_owned(&labels())));

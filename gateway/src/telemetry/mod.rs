@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::config::{AccessLogConfig, Config};
 use crate::error::BoxError;
-use crate::middleware::cache::{CACHE_STATUS, X_CACHE};
-use crate::middleware::ratelimit::RATELIMIT_POLICY;
+use crate::middleware::auth::AuthError;
+use crate::middleware::cache::CacheDecision;
+use crate::middleware::ratelimit::RateLimitDecision;
 
 pub use metrics::{Metrics, RouteMetrics};
 pub use slo::{Slo, SloEngine};
@@ -84,19 +85,20 @@ pub struct RouteTelemetry {
     /// Access log settings.
     pub access_log: AccessLogConfig,
     /// Which layers mark this route's responses: only their markers are
-    /// looked up (an upstream's own `X-Cache` is not our decision).
+    /// looked up (a route without them costs no extension lookup).
     pub layers: Layers,
 }
 
 /// The decision-marking layers a route has.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Layers {
-    /// JWT auth that verifies tokens, mode not `off` (`WWW-Authenticate`
-    /// on 401/403; a request it let through "passed" in the span event).
+    /// JWT auth that verifies tokens, mode not `off` (its refusal is the
+    /// [`AuthError`] marker; a request it let through "passed" in the span
+    /// event).
     pub auth: bool,
-    /// Rate limits (`RateLimit-Policy`).
+    /// Rate limits ([`RateLimitDecision`] marker).
     pub ratelimit: bool,
-    /// Response cache (`X-Cache`, `Cache-Status`).
+    /// Response cache ([`CacheDecision`] marker).
     pub cache: bool,
 }
 
@@ -136,14 +138,83 @@ pub struct Record {
     request_id: HeaderValue,
     /// The client address the edge resolved (`context::RequestContext`).
     client: std::net::IpAddr,
-    cache: Option<HeaderValue>,
     decisions: Decisions,
     span: Option<trace::ServerSpan>,
+    /// How the response body ended.
+    outcome: Outcome,
 }
 
-/// Middleware decisions read off the response head (the layers mark their
-/// responses: `X-Cache`/`Cache-Status`, `RateLimit-Policy`,
-/// `WWW-Authenticate`), so recording them costs the layers nothing.
+/// How a response body ended. A body that fails after its head was sent
+/// is an error everywhere (metrics, SLOs, access log, span): the client got
+/// a broken response whatever the head said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still being sent (the state until its end or drop).
+    Streaming,
+    /// Sent whole.
+    Complete,
+    /// The upstream broke the body off (closed, reset, bad framing).
+    UpstreamBodyError,
+    /// The upstream's body stalled past its deadline.
+    UpstreamBodyTimeout,
+    /// Another body failure (a layer's transformation).
+    BodyError,
+    /// The client went away before the end: its doing, not an error.
+    ClientAborted,
+}
+
+impl Outcome {
+    /// The outcome of a body that failed with `e`.
+    pub fn of_error(e: &(dyn std::error::Error + 'static)) -> Self {
+        use crate::upstream::h1::UpstreamError;
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            match e.downcast_ref::<UpstreamError>() {
+                Some(UpstreamError::BodyTimeout) => return Self::UpstreamBodyTimeout,
+                Some(_) => return Self::UpstreamBodyError,
+                None => cur = e.source(),
+            }
+        }
+        Self::BodyError
+    }
+
+    /// Its name (the access log's `outcome`, the metric's `reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Streaming => "streaming",
+            Self::Complete => "complete",
+            Self::UpstreamBodyError => "upstream_body_error",
+            Self::UpstreamBodyTimeout => "upstream_body_timeout",
+            Self::BodyError => "body_error",
+            Self::ClientAborted => "client_aborted",
+        }
+    }
+
+    /// The status counted for a response whose head said `head`: 504 for
+    /// a stalled body, 502 for a broken one (what the gateway answers when
+    /// the same happens before the head), `head` otherwise.
+    pub fn status(self, head: u16) -> u16 {
+        match self {
+            Self::UpstreamBodyTimeout => 504,
+            Self::UpstreamBodyError | Self::BodyError => 502,
+            _ => head,
+        }
+    }
+
+    fn failed(self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamBodyError | Self::UpstreamBodyTimeout | Self::BodyError
+        )
+    }
+}
+
+/// Middleware decisions, from the typed markers the layers put in the
+/// response extensions ([`CacheDecision`], [`RateLimitDecision`], the auth
+/// layer's [`AuthError`] put there by `crate::error::render`). Never from
+/// response headers: an upstream's own `X-Cache: HIT`, `RateLimit-Policy`
+/// or `WWW-Authenticate` is not a gateway decision. Only the markers of
+/// layers the route has are looked up.
 #[derive(Debug, Default, Clone, Copy)]
 struct Decisions {
     cache: Option<&'static str>,
@@ -152,33 +223,25 @@ struct Decisions {
 }
 
 impl Decisions {
-    fn of(status: u16, headers: &HeaderMap, layers: Layers) -> Self {
-        let x_cache = layers.cache.then(|| headers.get(X_CACHE)).flatten();
-        let cache = x_cache.map(|v| match v.as_bytes() {
-            b"HIT" => "hit",
-            b"STALE" => "stale",
-            _ => {
-                let bypass = headers
-                    .get(CACHE_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("fwd=bypass"));
-                if bypass {
-                    "bypass"
-                } else {
-                    "miss"
-                }
-            }
-        });
-        let ratelimit = (layers.ratelimit && headers.contains_key(RATELIMIT_POLICY))
-            .then_some(if status == 429 { "limited" } else { "allowed" });
-        let jwt = (layers.auth
-            && (status == 401 || status == 403)
-            && headers.contains_key(http::header::WWW_AUTHENTICATE))
-        .then_some(if status == 401 {
-            "invalid_token"
-        } else {
-            "insufficient_scope"
-        });
+    fn of(ext: &http::Extensions, layers: Layers) -> Self {
+        let cache = layers
+            .cache
+            .then(|| ext.get::<CacheDecision>())
+            .flatten()
+            .map(|d| d.as_str());
+        let ratelimit = layers
+            .ratelimit
+            .then(|| ext.get::<RateLimitDecision>())
+            .flatten()
+            .map(|d| d.as_str());
+        let jwt = layers
+            .auth
+            .then(|| ext.get::<AuthError>())
+            .flatten()
+            .map(|e| match e {
+                AuthError::Forbidden(_) => "insufficient_scope",
+                _ => "invalid_token",
+            });
         Self {
             cache,
             ratelimit,
@@ -244,9 +307,9 @@ impl Record {
             trace_id,
             request_id,
             client,
-            cache: None,
             decisions: Decisions::default(),
             span,
+            outcome: Outcome::Streaming,
         })
     }
 
@@ -260,16 +323,13 @@ impl Record {
         &self.route.name
     }
 
-    /// The response head is ready.
-    pub fn head(&mut self, status: u16, headers: &HeaderMap, upstream: Option<UpstreamInfo>) {
+    /// The response head is ready; `ext` are its extensions, where the
+    /// layers left their decision markers.
+    pub fn head(&mut self, status: u16, ext: &http::Extensions, upstream: Option<UpstreamInfo>) {
         self.head = self.start.elapsed();
         self.status = status;
         self.upstream = upstream;
-        let layers = self.route.layers;
-        if layers.cache {
-            self.cache = headers.get(X_CACHE).cloned();
-        }
-        self.decisions = Decisions::of(status, headers, layers);
+        self.decisions = Decisions::of(ext, self.route.layers);
         if let Some(span) = self.span.as_mut() {
             span.head(status, self.upstream.as_ref().map(|u| &*u.upstream));
             let d = self.decisions;
@@ -299,16 +359,26 @@ impl Record {
 
     fn finish(&mut self) {
         let total = self.start.elapsed();
+        let failed = self.outcome.failed();
+        // A broken body counts as the 502/504 it effectively was.
+        let status = self.outcome.status(self.status);
         if let Some(span) = self.span.as_mut() {
+            if failed {
+                span.body_failed(self.outcome.as_str());
+            }
             span.end(self.bytes_out);
         }
         let rt = &self.route;
         if rt.enabled {
+            if failed {
+                self.metrics
+                    .decision(&self.metrics.body_errors, &rt.name, self.outcome.as_str());
+            }
             self.metrics.record(
                 &rt.metrics,
                 &metrics::Finished {
                     method: &self.method,
-                    status: self.status,
+                    status,
                     total,
                     head: self.head,
                     upstream_head: self.upstream.as_ref().map(|u| u.head),
@@ -331,20 +401,22 @@ impl Record {
             // The clock was just read for `total`.
             let now = self.start + total;
             for slo in &rt.slos {
-                slo.record(now, total, self.status >= 500);
+                slo.record(now, total, status >= 500);
             }
         }
         let log = &rt.access_log;
         if log.enabled
-            && (self.status >= 500
-                || (log.always_log_client_errors && self.status >= 400)
+            && (status >= 500
+                || (log.always_log_client_errors && status >= 400)
                 || (log.sample_ratio > 0.0 && fastrand::f64() < log.sample_ratio))
         {
-            self.access_log(total);
+            self.access_log(total, status);
         }
     }
 
-    fn access_log(&self, total: Duration) {
+    /// `status` is the one counted (see [`Outcome::status`]); the head's is
+    /// `response_status`.
+    fn access_log(&self, total: Duration, status: u16) {
         // The path only: query strings may carry secrets; headers never logged.
         tracing::info!(
             target: "access",
@@ -354,14 +426,16 @@ impl Record {
             route = %self.route.name,
             method = %self.method,
             path = self.uri.path(),
-            status = self.status,
+            status,
+            response_status = self.status,
+            outcome = self.outcome.as_str(),
             latency_ms = total.as_secs_f64() * 1000.0,
             upstream = self.upstream.as_ref().map_or("", |u| &*u.upstream),
             endpoint = self.upstream.as_ref().map_or("", |u| u.endpoint.as_str()),
             upstream_ms = self.upstream.as_ref().map_or(0.0, |u| u.head.as_secs_f64() * 1000.0),
             bytes_in = self.bytes_in.unwrap_or(0),
             bytes_out = self.bytes_out,
-            cache = self.cache.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
+            cache = self.decisions.cache.unwrap_or_default(),
             ratelimit = self.decisions.ratelimit.unwrap_or_default(),
             "request"
         );
@@ -398,6 +472,16 @@ impl TimedBody {
 impl Drop for TimedBody {
     fn drop(&mut self) {
         if let Some(r) = self.record.as_mut() {
+            if r.outcome == Outcome::Streaming {
+                // Never polled to its end: complete if nothing was left to
+                // send (or HEAD), else the client stopped reading.
+                let ended = http_body::Body::is_end_stream(&self.inner);
+                r.outcome = if ended || r.method == Method::HEAD {
+                    Outcome::Complete
+                } else {
+                    Outcome::ClientAborted
+                };
+            }
             r.finish();
         }
     }
@@ -413,9 +497,16 @@ impl http_body::Body for TimedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(rec)) = (&r, this.record.as_mut()) {
-            if let Some(d) = f.data_ref() {
-                rec.bytes_out += d.len() as u64;
+        if let (Poll::Ready(o), Some(rec)) = (&r, this.record.as_mut()) {
+            match o {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        rec.bytes_out += d.len() as u64;
+                    }
+                }
+                Some(Err(e)) => rec.outcome = Outcome::of_error(e.as_ref()),
+                None if rec.outcome == Outcome::Streaming => rec.outcome = Outcome::Complete,
+                None => {}
             }
         }
         r

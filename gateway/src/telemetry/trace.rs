@@ -305,6 +305,12 @@ impl ServerSpan {
         self.span.add_event(name, vec![KeyValue::new(key, value)]);
     }
 
+    /// The response body failed after the head (`kind` is `error.type`).
+    pub fn body_failed(&mut self, kind: &'static str) {
+        self.span.set_attribute(KeyValue::new("error.type", kind));
+        self.span.set_status(Status::error("response body failed"));
+    }
+
     /// Ends the span when the response body is done.
     pub fn end(&mut self, bytes_out: u64) {
         self.span.set_attribute(KeyValue::new(

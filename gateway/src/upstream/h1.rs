@@ -15,12 +15,34 @@
 //! single response byte arrived is retried once on a fresh connection when
 //! it is safe (idempotent, or no body was sent): the classic keep-alive race
 //! with an upstream closing an idle connection.
+//!
+//! Parsing is strict where a lenient reading would let an upstream smuggle
+//! a second response or frame a body two ways: `Content-Length` is
+//! `1*DIGIT` (identical comma-separated repeats collapse to one value, sent
+//! downstream as one; anything else is a 502); a chunk size is `1*HEXDIG`
+//! that must fit 64 bits; a status outside 100-599 is a 502. A response with
+//! both `Transfer-Encoding: chunked` and `Content-Length` is read as chunked
+//! (RFC 9112 §6.3), its `Content-Length` removed, and its connection closed
+//! afterwards.
+//!
+//! Connection reuse is safe only if nothing unexpected can still arrive on
+//! a connection: one goes back to the pool only when its response ended
+//! exactly at the end of what was read (no byte beyond it, no framing
+//! fault), and a pooled connection is checked on take-out with one
+//! non-blocking `MSG_PEEK` read: readable data or EOF means the upstream
+//! sent something nobody asked for (or left), and the connection is closed.
+//!
+//! A response body that goes silent for `body_idle_timeout` (or outlasts the
+//! optional `body_timeout`) fails with [`UpstreamError::BodyTimeout`]: the
+//! client's response is aborted, never ended cleanly, and the upstream
+//! connection is closed. One pooled timer per body, armed the first time
+//! the body has to wait and moved (not re-armed) after progress.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,13 +51,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use std::future::Future as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{Endpoint, InflightGuard};
 use crate::body::Body;
 use crate::error::BoxError;
+use crate::timer::{PooledSleep, SleepPool};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -64,6 +88,10 @@ pub enum UpstreamError {
     /// The upstream sent something that is not valid HTTP/1.1.
     #[error("invalid response from upstream: {0}")]
     Protocol(&'static str),
+    /// The response body stalled past `body_idle_timeout` or outlasted
+    /// `body_timeout`.
+    #[error("upstream response body timed out")]
+    BodyTimeout,
 }
 
 /// An open upstream connection.
@@ -89,14 +117,18 @@ impl Conn {
         })
     }
 
-    /// Whether a pooled connection looks unusable: the upstream closed it or
-    /// sent unsolicited bytes. Uses readiness the runtime already has (no
-    /// system call): a healthy idle connection is never readable.
+    /// Whether a pooled connection is unusable: the upstream closed it or
+    /// sent bytes nobody asked for (a stray response would be read as the
+    /// answer to the next, unrelated request). A healthy idle connection is
+    /// never readable. One non-blocking `MSG_PEEK` receive asks the kernel
+    /// itself: the runtime's readiness may not have seen bytes that arrived
+    /// since its last poll of the driver.
     fn looks_closed(&self) -> bool {
-        match self.io.ready(Interest::READABLE).now_or_never() {
-            Some(Ok(r)) => !r.is_empty(),
-            Some(Err(_)) => true,
-            None => false,
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.io).peek(&mut probe) {
+            // Data, or 0 = EOF.
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
         }
     }
 
@@ -152,6 +184,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Idle connections kept per endpoint.
     pub max_idle: usize,
+    /// Longest wait for the next bytes of a response body.
+    pub body_idle_timeout: Duration,
+    /// Deadline for a whole response body from its head, if any.
+    pub body_timeout: Option<Duration>,
 }
 
 /// What came back from an upstream.
@@ -195,10 +231,12 @@ pub fn line(out: &mut BytesMut, name: &[u8], value: &[&[u8]]) {
 
 /// Sends `req` (whose URI is origin-form path and query) to the endpoint
 /// held by `guard`, reusing a pooled connection when one is available.
-/// Its header fields are written by `headers`.
+/// Its header fields are written by `headers`; a streamed response body
+/// takes its deadline timer from `timers`.
 pub async fn send(
     guard: InflightGuard,
     pool: PoolConfig,
+    timers: &Arc<SleepPool>,
     req: Request<Body>,
     headers: &(dyn EncodeHeaders + Sync),
 ) -> Result<Exchange, BoxError> {
@@ -294,6 +332,11 @@ pub async fn send(
             keep_alive,
             pool,
             guard,
+            timers: timers.clone(),
+            sleep: None,
+            progressed: false,
+            deadline: pool.body_timeout.map(|t| Instant::now() + t),
+            report: false,
         })),
     };
     Ok(Exchange::Response(Response::from_parts(parts, body)))
@@ -497,7 +540,12 @@ fn parse_head(buf: &mut BytesMut, is_head_request: bool) -> Result<Option<Head>,
             }
             Err(_) => return Err(UpstreamError::Protocol("malformed response head")),
         };
+        // HTTP's range only: a `999` would otherwise reach the client and
+        // mint a metric series of its own.
         let code = resp.code.unwrap_or(0);
+        if !(100..=599).contains(&code) {
+            return Err(UpstreamError::Protocol("status code out of range"));
+        }
         let status = StatusCode::from_u16(code)
             .map_err(|_| UpstreamError::Protocol("invalid status code"))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
@@ -531,8 +579,9 @@ fn parse_head(buf: &mut BytesMut, is_head_request: bool) -> Result<Option<Head>,
             seen.note(&name);
             map.append(name, value);
         }
-        let framing = framing_of(&map, status, is_head_request, seen)?;
-        let keep_alive = framing != ResponseFraming::Close
+        let (framing, must_close) = framing_of(&mut map, status, is_head_request, seen)?;
+        let keep_alive = !must_close
+            && framing != ResponseFraming::Close
             && if seen.connection {
                 keeps_alive(&map, version)
             } else {
@@ -570,56 +619,137 @@ impl Seen {
     }
 }
 
+/// The body framing of a response, and whether its connection must be
+/// closed after it. Normalises `Content-Length` in `h` to one value and
+/// removes it when `Transfer-Encoding` is present too.
 fn framing_of(
-    h: &HeaderMap,
+    h: &mut HeaderMap,
     status: StatusCode,
     is_head_request: bool,
     seen: Seen,
-) -> Result<ResponseFraming, UpstreamError> {
-    if is_head_request
+) -> Result<(ResponseFraming, bool), UpstreamError> {
+    let no_body = is_head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(ResponseFraming::Empty);
-    }
-    if !seen.transfer_encoding && !seen.content_length {
-        return Ok(ResponseFraming::Close);
-    }
-    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let last = te
-            .to_str()
-            .ok()
+        || status == StatusCode::NOT_MODIFIED;
+    if seen.transfer_encoding {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and
+        // such a message may be an attempt at request/response smuggling:
+        // the client gets one framing (no Content-Length) and the
+        // connection is not reused.
+        let must_close = seen.content_length;
+        if must_close {
+            h.remove(header::CONTENT_LENGTH);
+        }
+        if no_body {
+            return Ok((ResponseFraming::Empty, must_close));
+        }
+        let chunked = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|te| te.to_str().ok())
             .and_then(|s| s.rsplit(',').next())
-            .map(str::trim);
-        return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        let framing = if chunked {
             ResponseFraming::Chunked
         } else {
             ResponseFraming::Close
-        });
+        };
+        return Ok((framing, must_close));
     }
+    if seen.content_length {
+        let n = content_length(h)?;
+        return Ok((
+            match n {
+                _ if no_body => ResponseFraming::Empty,
+                0 => ResponseFraming::Empty,
+                n => ResponseFraming::Length(n),
+            },
+            false,
+        ));
+    }
+    Ok((
+        if no_body {
+            ResponseFraming::Empty
+        } else {
+            ResponseFraming::Close
+        },
+        false,
+    ))
+}
+
+/// The value of the `Content-Length` fields of `h`, parsed strictly: each
+/// is `1*DIGIT`, or a comma-separated list of identical such values (RFC
+/// 9110 §8.6), several fields only if they agree. When the fields were not
+/// already one canonical value, they are replaced by it, so the client
+/// receives exactly one.
+fn content_length(h: &mut HeaderMap) -> Result<u64, UpstreamError> {
     let mut len: Option<u64> = None;
+    let mut canonical = true;
     for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v
-            .to_str()
-            .map_err(|_| UpstreamError::Protocol("invalid content-length"))?
-            .split(',')
-        {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| UpstreamError::Protocol("invalid content-length"))?;
+        let bytes = v.as_bytes();
+        if len.is_some() || bytes.len() > 1 && bytes[0] == b'0' {
+            canonical = false;
+        }
+        for part in bytes.split(|&b| b == b',') {
+            let part = trim_ows(part);
+            if part.len() != bytes.len() {
+                canonical = false;
+            }
+            let n = parse_decimal(part)?;
             if len.is_some_and(|l| l != n) {
                 return Err(UpstreamError::Protocol("conflicting content-length"));
             }
             len = Some(n);
         }
     }
-    Ok(match len {
-        Some(0) => ResponseFraming::Empty,
-        Some(n) => ResponseFraming::Length(n),
-        None => ResponseFraming::Close,
+    let n = len.ok_or(UpstreamError::Protocol("invalid content-length"))?;
+    if !canonical {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(n)
+}
+
+/// `1*DIGIT` as a `u64`; no sign, no space, no overflow.
+fn parse_decimal(digits: &[u8]) -> Result<u64, UpstreamError> {
+    if digits.is_empty() {
+        return Err(UpstreamError::Protocol("invalid content-length"));
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        if !b.is_ascii_digit() {
+            return Err(UpstreamError::Protocol("invalid content-length"));
+        }
+        acc.checked_mul(10)
+            .and_then(|a| a.checked_add(u64::from(b - b'0')))
+            .ok_or(UpstreamError::Protocol("content-length too large"))
     })
+}
+
+/// `1*HEXDIG` as a `u64`; no sign, no `0x`, no overflow.
+fn parse_chunk_size(hex: &[u8]) -> Result<u64, UpstreamError> {
+    if hex.is_empty() {
+        return Err(UpstreamError::Protocol("invalid chunk size"));
+    }
+    hex.iter().try_fold(0u64, |acc, &b| {
+        let d = char::from(b)
+            .to_digit(16)
+            .ok_or(UpstreamError::Protocol("invalid chunk size"))?;
+        acc.checked_mul(16)
+            .and_then(|a| a.checked_add(u64::from(d)))
+            .ok_or(UpstreamError::Protocol("chunk size too large"))
+    })
+}
+
+/// Strips optional whitespace (SP, HTAB) at both ends.
+fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
 }
 
 fn keeps_alive(h: &HeaderMap, version: Version) -> bool {
@@ -682,12 +812,13 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, Upstrea
                     }
                     continue;
                 }
+                // chunk-size [ BWS ";" chunk-ext ]: trailing whitespace only.
                 let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                let hex = std::str::from_utf8(hex)
-                    .map_err(|_| UpstreamError::Protocol("invalid chunk size"))?
-                    .trim();
-                let size = u64::from_str_radix(hex, 16)
-                    .map_err(|_| UpstreamError::Protocol("invalid chunk size"))?;
+                let hex = match hex.iter().rposition(|&b| b != b' ' && b != b'\t') {
+                    Some(end) => &hex[..=end],
+                    None => &[],
+                };
+                let size = parse_chunk_size(hex)?;
                 *state = if size == 0 {
                     Chunk::Trailer
                 } else {
@@ -730,13 +861,68 @@ pub struct H1Body {
     keep_alive: bool,
     pool: PoolConfig,
     guard: InflightGuard,
+    timers: Arc<SleepPool>,
+    /// The body's deadline timer, taken the first time it has to wait.
+    sleep: Option<PooledSleep>,
+    /// Bytes arrived since the timer was last moved.
+    progressed: bool,
+    /// `body_timeout` from the head, if configured.
+    deadline: Option<Instant>,
+    /// Whether the endpoint's breaker learns the outcome from this body
+    /// (see [`H1Body::report_outcome`]).
+    report: bool,
 }
 
 impl H1Body {
+    /// Has this body record the exchange's outcome with the endpoint's
+    /// circuit breaker when it ends, instead of the caller at head time: a
+    /// success when it completes (or the client stops reading), a failure
+    /// when it breaks off or stalls. A half-open breaker's probe is held
+    /// until then.
+    pub fn report_outcome(&mut self) {
+        self.report = true;
+    }
+
+    fn outcome(&mut self, ok: bool) {
+        if std::mem::take(&mut self.report) {
+            self.guard.endpoint().record(ok);
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
             release(self.guard.endpoint(), conn, self.keep_alive, self.pool);
         }
+        self.outcome(true);
+    }
+
+    /// The body failed: the connection is closed, never pooled.
+    fn fail(&mut self, e: UpstreamError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.sleep = None;
+        self.outcome(false);
+        Poll::Ready(Some(Err(e.into())))
+    }
+
+    /// Nothing to read: arms the body timer (or moves it after progress);
+    /// `true` when it has fired.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = Instant::now() + self.pool.body_idle_timeout;
+        let at = self.deadline.map_or(idle, |d| d.min(idle));
+        match &mut self.sleep {
+            Some(sleep) => {
+                if std::mem::take(&mut self.progressed) {
+                    sleep.reset(at);
+                }
+            }
+            None => {
+                self.progressed = false;
+                self.sleep = Some(self.timers.sleep_until(at));
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| Pin::new(s).poll(cx).is_ready())
     }
 
     /// Polls the next frame.
@@ -770,10 +956,7 @@ impl H1Body {
                             return Poll::Ready(None);
                         }
                         Ok(Step::NeedMore) => {}
-                        Err(e) => {
-                            self.conn = None;
-                            return Poll::Ready(Some(Err(e.into())));
-                        }
+                        Err(e) => return self.fail(e),
                     }
                 }
                 Decoder::Close if !conn.buf.is_empty() => {
@@ -783,26 +966,25 @@ impl H1Body {
                 _ => {}
             }
             conn.buf.reserve(READ_CHUNK);
-            let n = match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut conn.io),
-                cx,
-                &mut conn.buf
-            )) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(UpstreamError::Io(e).into())));
+            let n = match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return self.fail(UpstreamError::Io(e)),
+                Poll::Pending => {
+                    if self.timed_out(cx) {
+                        return self.fail(UpstreamError::BodyTimeout);
+                    }
+                    return Poll::Pending;
                 }
             };
             if n == 0 {
-                self.conn = None;
-                return Poll::Ready(match self.decoder {
-                    Decoder::Close => None,
-                    _ => Some(Err(
-                        UpstreamError::Protocol("upstream closed mid-body").into()
-                    )),
-                });
+                if matches!(self.decoder, Decoder::Close) {
+                    self.conn = None;
+                    self.outcome(true);
+                    return Poll::Ready(None);
+                }
+                return self.fail(UpstreamError::Protocol("upstream closed mid-body"));
             }
+            self.progressed = true;
         }
     }
 
@@ -817,6 +999,14 @@ impl H1Body {
             Decoder::Length(n) if self.conn.is_some() => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        // Dropped before its end: the client stopped reading. Not the
+        // endpoint's fault; its connection is closed with the body.
+        self.outcome(true);
     }
 }
 
@@ -893,6 +1083,130 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.parts.status, 101);
+    }
+
+    /// A pooled connection on which the upstream wrote bytes nobody asked
+    /// for is never handed out, even when the runtime has not polled its
+    /// I/O driver since they arrived (readiness alone misses them: on a
+    /// busy runtime the next request can take the connection first).
+    #[tokio::test]
+    async fn take_out_discards_connections_with_unsolicited_bytes_or_eof() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let conn = |io| Conn {
+            io,
+            buf: BytesMut::new(),
+            idle_since: Instant::now(),
+        };
+        let pool = IdlePool::default();
+        let idle = Duration::from_secs(60);
+
+        // Healthy: nothing to read, handed out.
+        let c = TcpStream::connect(addr).await.unwrap();
+        let (_peer, _) = l.accept().unwrap();
+        pool.put(conn(c), 8);
+        assert!(pool.take(idle).is_some());
+
+        // Stray bytes, written while this task never yields to the driver.
+        let c = TcpStream::connect(addr).await.unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        pool.put(conn(c), 8);
+        std::io::Write::write_all(&mut peer, b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(pool.take(idle).is_none());
+        assert!(pool.is_empty());
+
+        // EOF: the upstream closed it.
+        let c = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = l.accept().unwrap();
+        pool.put(conn(c), 8);
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(pool.take(idle).is_none());
+    }
+
+    #[test]
+    fn content_length_is_strict_and_normalised() {
+        let head = |cl: &str| format!("HTTP/1.1 200 OK\r\n{cl}\r\n\r\n");
+        for bad in [
+            "Content-Length: +5",
+            "Content-Length: -5",
+            "Content-Length: 0x5",
+            "Content-Length: 5 5",
+            "Content-Length: 5,",
+            "Content-Length: ,5",
+            "Content-Length: 5, 6",
+            "Content-Length: 5\r\nContent-Length: 6",
+            "Content-Length: 99999999999999999999999",
+            "Content-Length: ",
+        ] {
+            assert!(parse(head(bad).as_bytes(), false).is_err(), "{bad}");
+        }
+        for (ok, n) in [
+            ("Content-Length: 5", "5"),
+            ("Content-Length: 5, 5", "5"),
+            ("Content-Length: 5,5 , 5", "5"),
+            ("Content-Length: 5\r\nContent-Length: 5", "5"),
+            ("Content-Length: 007", "7"),
+            (
+                "Content-Length: 18446744073709551615",
+                "18446744073709551615",
+            ),
+        ] {
+            let h = parse(head(ok).as_bytes(), false).unwrap().unwrap();
+            let values: Vec<_> = h.parts.headers.get_all("content-length").iter().collect();
+            assert_eq!(values, [n], "{ok}");
+            assert!(h.keep_alive, "{ok}");
+        }
+    }
+
+    #[test]
+    fn chunked_with_content_length_drops_it_and_closes() {
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        assert!(!h.parts.headers.contains_key("content-length"));
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn statuses_outside_http_range_are_refused() {
+        for code in ["999", "600", "099", "000"] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            assert!(parse(raw.as_bytes(), false).is_err(), "{code}");
+        }
+        let h = parse(b"HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.status, 599);
+    }
+
+    #[test]
+    fn chunk_sizes_are_strict_hex_that_fits() {
+        for bad in [
+            &b"+5\r\nhello\r\n"[..],
+            b"0x5\r\nhello\r\n",
+            b"-5\r\n",
+            b" 5\r\nhello\r\n",
+            b"\r\n",
+            b"10000000000000000\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                dechunk(&[bad]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let (out, done) = dechunk(&[b"5 ;x=1\r\nhello\r\n0\r\n\r\n"]).unwrap();
+        assert_eq!((&out[..], done), (&b"hello"[..], true));
+        // The largest size parses (and is then bounded by what arrives).
+        let (out, done) = dechunk(&[b"ffffffffffffffff\r\nab"]).unwrap();
+        assert_eq!((&out[..], done), (&b"ab"[..], false));
     }
 
     #[test]

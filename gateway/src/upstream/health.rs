@@ -86,7 +86,7 @@ async fn check(up: &Upstream, ep: &Arc<Endpoint>, uri: &Uri, timeout: std::time:
     );
     let guard = InflightGuard::new(ep.clone());
     let exchange = async {
-        match h1::send(guard, up.pool, req, &h1::Plain).await {
+        match h1::send(guard, up.pool, &up.timers, req, &h1::Plain).await {
             Ok(Exchange::Response(resp)) => {
                 let s = resp.status();
                 // Drain the body so the connection can be reused.

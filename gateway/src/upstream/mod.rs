@@ -186,6 +186,8 @@ impl Upstream {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle,
+                body_idle_timeout: cfg.body_idle_timeout,
+                body_timeout: cfg.body_timeout,
             },
             request_timeout: cfg.request_timeout,
             timers: previous.map_or_else(SleepPool::new, |p| p.timers.clone()),

@@ -79,9 +79,10 @@ pub fn decode(bytes: Bytes, now: Instant, now_unix_ms: u64) -> Option<Entry> {
     let written = r.u64()?;
     let age_then = r.u64()?;
     let status = StatusCode::from_u16(r.u16()?).ok()?;
-    let ttl = Duration::from_millis(r.u64()?);
-    let stale_while_revalidate = Duration::from_millis(r.u64()?);
-    let stale_if_error = Duration::from_millis(r.u64()?);
+    // Redis content is not trusted: lifetimes are clamped like the wire's.
+    let ttl = lifetime(r.u64()?);
+    let stale_while_revalidate = lifetime(r.u64()?);
+    let stale_if_error = lifetime(r.u64()?);
     let n_vary = r.u16()?;
     let mut vary = Vec::new();
     let mut vary_values = Vec::new();
@@ -102,7 +103,7 @@ pub fn decode(bytes: Bytes, now: Instant, now_unix_ms: u64) -> Option<Entry> {
     }
     let consumed = bytes.len() - r.0.len();
     let body = bytes.slice(consumed..);
-    let age = Duration::from_millis(age_then.saturating_add(now_unix_ms.saturating_sub(written)));
+    let age = lifetime(age_then.saturating_add(now_unix_ms.saturating_sub(written)));
     // Aged by moving the store time back; when the monotonic clock cannot
     // go back that far, the whole seconds go to `initial_age` instead.
     let (stored, initial_age) = match now.checked_sub(age) {
@@ -129,7 +130,15 @@ pub fn decode(bytes: Bytes, now: Instant, now_unix_ms: u64) -> Option<Entry> {
 /// expiry of its copy); zero when it already is.
 pub fn remaining_life(e: &Entry, now: Instant) -> Duration {
     let l = &e.life;
-    (l.ttl + l.stale_while_revalidate.max(l.stale_if_error)).saturating_sub(e.age(now))
+    l.ttl
+        .saturating_add(l.stale_while_revalidate.max(l.stale_if_error))
+        .saturating_sub(e.age(now))
+}
+
+/// A duration read from Redis, in ms, clamped to
+/// [`MAX_DELTA_SECONDS`](super::policy::MAX_DELTA_SECONDS).
+fn lifetime(ms: u64) -> Duration {
+    Duration::from_millis(ms.min(super::policy::MAX_DELTA_SECONDS.saturating_mul(1000)))
 }
 
 /// A cursor that fails instead of reading past the end.
@@ -228,6 +237,27 @@ mod tests {
         // A clock that went backwards does not make the age negative.
         let d = decode(Bytes::from(good), now, 0).unwrap();
         assert_eq!(d.age(now), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_lifetimes_from_redis_never_panic() {
+        let now = Instant::now();
+        let mut e = entry(now);
+        e.initial_age = u64::MAX;
+        e.life.ttl = Duration::MAX;
+        e.life.stale_while_revalidate = Duration::MAX;
+        e.life.stale_if_error = Duration::MAX;
+        let bytes = encode(&e, now, u64::MAX);
+        let _ = remaining_life(&e, now);
+        // Every lifetime field set to u64::MAX ms, the age too.
+        let mut raw = bytes.clone();
+        for at in [12, 22, 30, 38] {
+            raw[at..at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+        }
+        let d = decode(Bytes::from(raw), now, 0).unwrap();
+        let _ = d.freshness(now);
+        let _ = remaining_life(&d, now);
+        let _ = d.age(now);
     }
 
     proptest::proptest! {

@@ -31,5 +31,5 @@ mod service;
 pub(crate) mod store;
 
 pub use redis::RedisTier;
-pub use service::{Cache, CacheLayer, RouteCache, CACHE_STATUS, X_CACHE};
+pub use service::{Cache, CacheDecision, CacheLayer, RouteCache, CACHE_STATUS, X_CACHE};
 pub use store::{Entry, ResponseCache};

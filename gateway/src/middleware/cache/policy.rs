@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY};
+use http::header::{AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, StatusCode};
 
 /// The directives we act on.
@@ -39,10 +39,12 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (d.trim(), None),
                 };
-                let num = || arg.and_then(|a| a.parse::<u64>().ok());
+                let num = || arg.and_then(delta_seconds);
+                // RFC 9111 4.2.1: invalid freshness information means stale.
+                let lifetime = || Some(num().unwrap_or(0));
                 match name.to_ascii_lowercase().as_str() {
-                    "max-age" => cc.max_age = num(),
-                    "s-maxage" => cc.s_maxage = num(),
+                    "max-age" => cc.max_age = lifetime(),
+                    "s-maxage" => cc.s_maxage = lifetime(),
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
                     "private" => cc.private = true,
@@ -57,6 +59,38 @@ impl CacheControl {
     }
 }
 
+/// The greatest delta-seconds we represent: RFC 9111 1.2.2 says a larger
+/// value, or a calculation that overflows, is taken as 2^31 seconds.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Parses RFC 9111 `delta-seconds` (ASCII digits only: no sign, no
+/// spaces, no fraction), clamped to [`MAX_DELTA_SECONDS`] however many
+/// digits it has; `None` when it is not a number. Every number the cache
+/// and the retry layer read from the wire (`max-age`, `s-maxage`,
+/// `stale-while-revalidate`, `stale-if-error`, `Age`, `Retry-After`) goes
+/// through here, so no later arithmetic sees more than 2^31.
+pub fn delta_seconds(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: a parse failure can only be an overflow.
+    Some(
+        s.parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
+}
+
+/// A response's `Age` in seconds: the first member of the field (RFC 9111
+/// 5.1), clamped; an invalid value is ignored (0).
+pub fn age_seconds(headers: &HeaderMap) -> u64 {
+    headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| delta_seconds(v.trim()))
+        .unwrap_or(0)
+}
+
 /// A route's cache settings.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteRules {
@@ -68,6 +102,26 @@ pub struct RouteRules {
     pub stale_while_revalidate: Duration,
     /// Defaults for responses that do not say.
     pub stale_if_error: Duration,
+}
+
+impl RouteRules {
+    /// Whether a request may be answered personally, so that neither a
+    /// stored response answers it nor its response is stored unless the
+    /// response is explicitly shareable: it carries `Authorization` (RFC
+    /// 9111 3.5; unless the route sets `share_authorized`) or `Cookie` (our
+    /// stricter rule: session cookies are credentials too, and origins
+    /// often forget `private` on what they personalise).
+    pub fn private(&self, req: &HeaderMap) -> bool {
+        req.contains_key(COOKIE) || (req.contains_key(AUTHORIZATION) && !self.share_authorized)
+    }
+}
+
+/// Whether the response headers `resp` say a shared cache may give it to
+/// anyone (`public` or `s-maxage`): the only stored responses a private
+/// request may get.
+pub fn explicitly_shared(resp: &HeaderMap) -> bool {
+    let cc = CacheControl::parse(resp);
+    cc.public || cc.s_maxage.is_some()
 }
 
 /// How long a stored response may be used.
@@ -99,11 +153,11 @@ pub fn storable(
     {
         return None;
     }
-    // RFC 9111 3.5: authorized responses are not shared unless the
-    // response allows it (public, s-maxage) or the route opted in.
-    if req.contains_key(AUTHORIZATION)
-        && !(cc.public || cc.s_maxage.is_some() || rules.share_authorized)
-    {
+    // RFC 9111 3.5: responses to authorized requests (and, our rule, to
+    // requests with cookies) are not shared unless the response allows it
+    // (public, s-maxage); `share_authorized` opts a route in for
+    // Authorization only.
+    if rules.private(req) && !(cc.public || cc.s_maxage.is_some()) {
         return None;
     }
     let mut vary = Vec::new();
@@ -116,6 +170,7 @@ pub fn storable(
             vary.push(HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?);
         }
     }
+    // Every number went through `delta_seconds`: at most 2^31 s each.
     let ttl = cc
         .s_maxage
         .or(cc.max_age)
@@ -170,10 +225,99 @@ mod tests {
         assert!(cc.public && !cc.private && !cc.no_store);
         assert_eq!(cc.stale_if_error, Some(5));
         assert_eq!(cc.stale_while_revalidate, Some(7));
+        // Invalid freshness information means stale (RFC 9111 4.2.1).
+        for bad in [
+            "max-age=x",
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age= 1 2",
+            "max-age",
+        ] {
+            assert_eq!(
+                CacheControl::parse(&h(&[("cache-control", bad)])).max_age,
+                Some(0),
+                "{bad}"
+            );
+        }
         assert_eq!(
-            CacheControl::parse(&h(&[("cache-control", "max-age=x")])).max_age,
+            CacheControl::parse(&h(&[("cache-control", "stale-if-error=-5")])).stale_if_error,
             None
         );
+    }
+
+    #[test]
+    fn numbers_from_the_wire_are_clamped_to_2_pow_31() {
+        for (s, want) in [
+            ("0", Some(0)),
+            ("1", Some(1)),
+            ("2147483648", Some(MAX_DELTA_SECONDS)),
+            ("4294967295", Some(MAX_DELTA_SECONDS)),
+            ("9223372036854775808", Some(MAX_DELTA_SECONDS)),
+            ("18446744073709551615", Some(MAX_DELTA_SECONDS)),
+            ("18446744073709551616", Some(MAX_DELTA_SECONDS)),
+            ("000000000000000000000000000000000000000007", Some(7)),
+            ("", None),
+            ("-1", None),
+            ("+1", None),
+            (" 1", None),
+            ("1e9", None),
+            ("0x10", None),
+        ] {
+            assert_eq!(delta_seconds(s), want, "{s:?}");
+        }
+        let huge = "9".repeat(10_000);
+        assert_eq!(delta_seconds(&huge), Some(MAX_DELTA_SECONDS));
+        assert_eq!(
+            age_seconds(&h(&[("age", "18446744073709551615")])),
+            MAX_DELTA_SECONDS
+        );
+        assert_eq!(age_seconds(&h(&[("age", "7, 9")])), 7);
+        assert_eq!(age_seconds(&h(&[("age", "-3")])), 0);
+        assert_eq!(age_seconds(&h(&[("age", "soon")])), 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever numbers a `Cache-Control` carries, the decision never
+        /// panics and every lifetime is at most 2^31 s.
+        #[test]
+        fn extreme_directives_are_clamped(
+            max_age in number(),
+            s_maxage in number(),
+            swr in number(),
+            sie in number(),
+            age in number(),
+        ) {
+            let cc = format!(
+                "max-age={max_age}, s-maxage={s_maxage}, stale-while-revalidate={swr}, stale-if-error={sie}"
+            );
+            let resp = h(&[("cache-control", cc.as_str()), ("age", age.as_str())]);
+            let cap = Duration::from_secs(MAX_DELTA_SECONDS);
+            if let Some(st) = storable(&HeaderMap::new(), StatusCode::OK, &resp, &RULES) {
+                proptest::prop_assert!(st.ttl <= cap);
+                proptest::prop_assert!(st.stale_while_revalidate <= cap);
+                proptest::prop_assert!(st.stale_if_error <= cap);
+            }
+            proptest::prop_assert!(age_seconds(&resp) <= MAX_DELTA_SECONDS);
+        }
+    }
+
+    /// Numbers as an attacker writes them: the edges of every integer width,
+    /// huge digit strings, signs, fractions, garbage.
+    fn number() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("0".to_owned()),
+            Just("1".to_owned()),
+            Just(u32::MAX.to_string()),
+            Just(u64::MAX.to_string()),
+            Just((1u64 << 63).to_string()),
+            Just(format!("{}0", u64::MAX)),
+            Just("-1".to_owned()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,400}",
+            "-?[0-9]{0,30}(\\.[0-9]{0,5})?",
+            "[ -~]{0,20}".prop_map(|s| s.replace(',', "")),
+        ]
     }
 
     #[test]
@@ -208,6 +352,17 @@ mod tests {
             ..RULES
         };
         assert!(storable(&auth, ok, &none, &opted).is_some());
+        // Cookies: never shared unless the response says so, whatever the
+        // route's `share_authorized`.
+        let cookie = h(&[("cookie", "session=alice")]);
+        assert_eq!(s(&cookie, &[]), None);
+        assert_eq!(storable(&cookie, ok, &none, &opted), None);
+        assert!(s(&cookie, &[("cache-control", "public, max-age=3")]).is_some());
+        assert!(s(&cookie, &[("cache-control", "s-maxage=3")]).is_some());
+        assert!(RULES.private(&cookie) && RULES.private(&auth) && !opted.private(&auth));
+        assert!(!RULES.private(&none));
+        assert!(explicitly_shared(&h(&[("cache-control", "public")])));
+        assert!(!explicitly_shared(&h(&[("cache-control", "max-age=60")])));
         assert_eq!(
             storable(&none, StatusCode::INTERNAL_SERVER_ERROR, &none, &RULES),
             None

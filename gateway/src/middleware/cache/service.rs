@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use super::policy::{storable, CacheControl, RouteRules};
+use super::policy::{age_seconds, explicitly_shared, storable, CacheControl, RouteRules};
 use super::redis::RedisTier;
 use super::store::{self, Entry, Freshness, Lead, LeaderGuard, ResponseCache};
 use crate::body::Body;
@@ -24,6 +24,44 @@ use crate::error::BoxError;
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// RFC 9211 `Cache-Status`.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// What the cache did for one response: a typed marker the layer puts in
+/// the response extensions, which telemetry counts. Never read back from
+/// `X-Cache`: an upstream may send that header too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheDecision {
+    /// Answered from a fresh entry.
+    Hit,
+    /// Answered from a stale entry (revalidating, or the upstream failed).
+    Stale,
+    /// Went upstream; the answer may have been stored.
+    Miss,
+    /// Went upstream without using the cache: the request said `no-store`,
+    /// or it is private (`Cookie`, `Authorization`) and nothing shareable
+    /// was stored.
+    Bypass,
+}
+
+impl CacheDecision {
+    /// The metric label: `hit`, `stale`, `miss`, `bypass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
+
+    /// The `X-Cache` value: `HIT`, `STALE` or `MISS`.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Stale => "STALE",
+            Self::Miss | Self::Bypass => "MISS",
+        }
+    }
+}
 
 /// One route's cache settings and the shared store.
 #[derive(Debug)]
@@ -123,12 +161,13 @@ where
     }
 }
 
-fn tag(resp: &mut Response<Body>, x_cache: &'static str, status: &str) {
+fn tag(resp: &mut Response<Body>, decision: CacheDecision, status: &str) {
     let h = resp.headers_mut();
-    h.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    h.insert(X_CACHE, HeaderValue::from_static(decision.x_cache()));
     if let Ok(v) = HeaderValue::from_str(status) {
         h.insert(CACHE_STATUS, v);
     }
+    resp.extensions_mut().insert(decision);
 }
 
 fn from_entry(e: &Entry, head: bool, now: Instant) -> Response<Body> {
@@ -164,7 +203,7 @@ fn hit(e: &Entry, head: bool, now: Instant, detail: &str) -> Response<Body> {
     let mut resp = from_entry(e, head, now);
     tag(
         &mut resp,
-        "HIT",
+        CacheDecision::Hit,
         &format!("gateway; hit; ttl={}{detail}", ttl_left(e, now)),
     );
     resp
@@ -189,7 +228,7 @@ where
         let cache = cache.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = fetch(inner, &cache, key, bg, false).await {
+            if let Err(e) = fetch(inner, &cache, key, bg, false, CacheDecision::Miss).await {
                 tracing::debug!(error = %e, "background revalidation failed");
             }
         });
@@ -198,7 +237,7 @@ where
     let mut resp = from_entry(e, req.method() == Method::HEAD, now);
     tag(
         &mut resp,
-        "STALE",
+        CacheDecision::Stale,
         &format!("gateway; hit; ttl={}", ttl_left(e, now)),
     );
     resp
@@ -216,25 +255,48 @@ where
 {
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
-        if !method.is_safe() {
-            // RFC 9111 4.4: an unsafe request invalidates the URL.
-            let key = cache.key(&req);
+        if method.is_safe() {
+            return inner.oneshot(req).await.map_err(Into::into);
+        }
+        // RFC 9111 4.4: an unsafe request invalidates the URL, but only
+        // once its response is a non-error one (2xx, 3xx): a refused or
+        // failed POST changed nothing.
+        let key = cache.key(&req);
+        let resp = inner.oneshot(req).await.map_err(Into::into)?;
+        if resp.status().is_success() || resp.status().is_redirection() {
             cache.store.invalidate(&key);
             if let Some(tier) = &cache.shared {
                 tier.delete(&key);
             }
         }
-        return inner.oneshot(req).await.map_err(Into::into);
+        return Ok(resp);
     }
     let head = method == Method::HEAD;
     let key = cache.key(&req);
     let req_cc = CacheControl::parse(req.headers());
     if req_cc.no_store {
         let mut resp = inner.oneshot(req).await.map_err(Into::into)?;
-        tag(&mut resp, "MISS", "gateway; fwd=bypass");
+        tag(&mut resp, CacheDecision::Bypass, "gateway; fwd=bypass");
         return Ok(resp);
     }
     let now = Instant::now();
+    if cache.rules.private(req.headers()) {
+        // A request with `Cookie`, or `Authorization` on a route without
+        // `share_authorized`, may be answered personally: only an entry the
+        // origin marked shareable (`public`, `s-maxage`) answers it, and it
+        // goes upstream alone (no coalescing with other clients, no stale
+        // answers); its response is stored only when explicitly shareable.
+        if !req_cc.no_cache {
+            let shareable = cache
+                .store
+                .get(&key)
+                .filter(|e| e.matches(req.headers()) && explicitly_shared(&e.headers));
+            if let Some(e) = shareable.filter(|e| e.freshness(now) == Freshness::Fresh) {
+                return Ok(hit(&e, head, now, ""));
+            }
+        }
+        return fetch(inner, &cache, key, req, head, CacheDecision::Bypass).await;
+    }
     let mut stale = None;
     if !req_cc.no_cache {
         if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
@@ -286,7 +348,7 @@ where
             }
         }
     }
-    let result = fetch(inner, &cache, key, req, head).await;
+    let result = fetch(inner, &cache, key, req, head, CacheDecision::Miss).await;
     drop(leader);
     let failed = match &result {
         Ok(r) => r.status().is_server_error(),
@@ -301,7 +363,7 @@ where
         let mut resp = from_entry(&e, head, now);
         tag(
             &mut resp,
-            "STALE",
+            CacheDecision::Stale,
             &format!("gateway; fwd=stale{fwd}; ttl={}", ttl_left(&e, now)),
         );
         return Ok(resp);
@@ -310,13 +372,15 @@ where
 }
 
 /// Sends `req` upstream and stores the answer when allowed; HEAD answers
-/// are passed through, not stored.
+/// are passed through, not stored. An answer not stored is marked
+/// `unstored` (a miss, or a bypass for a private request).
 async fn fetch<S>(
     inner: S,
     cache: &RouteCache,
     key: Arc<str>,
     req: Request<Body>,
     head: bool,
+    unstored: CacheDecision,
 ) -> Result<Response<Body>, BoxError>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send,
@@ -333,7 +397,12 @@ where
         .upper()
         .is_some_and(|n| n <= cache.max_body);
     let Some(life) = life.filter(|_| small) else {
-        tag(&mut resp, "MISS", "gateway; fwd=miss");
+        let status = if unstored == CacheDecision::Bypass {
+            "gateway; fwd=bypass"
+        } else {
+            "gateway; fwd=miss"
+        };
+        tag(&mut resp, unstored, status);
         return Ok(resp);
     };
     let (parts, body) = resp.into_parts();
@@ -343,12 +412,7 @@ where
         .iter()
         .map(|n| req_headers.get(n).cloned())
         .collect();
-    let initial_age = parts
-        .headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let initial_age = age_seconds(&parts.headers);
     let entry = Arc::new(Entry {
         status: parts.status,
         headers: parts.headers.clone(),
@@ -370,7 +434,7 @@ where
             Body::full(body)
         },
     );
-    tag(&mut resp, "MISS", "gateway; fwd=miss; stored");
+    tag(&mut resp, CacheDecision::Miss, "gateway; fwd=miss; stored");
     Ok(resp)
 }
 
@@ -441,5 +505,64 @@ mod tests {
             "MISS"
         );
         assert_eq!(hits.load(Ordering::SeqCst), 4);
+    }
+
+    /// A cache whose upstream answers with `headers`, counting its calls.
+    fn svc_with(
+        hits: Arc<AtomicUsize>,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> Cache<tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>> {
+        let inner =
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_r: Request<Body>| {
+                let n = hits.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut r = Response::new(Body::full(format!("n={n}")));
+                    for (k, v) in headers {
+                        r.headers_mut().append(*k, HeaderValue::from_static(v));
+                    }
+                    Ok::<_, BoxError>(r)
+                }
+            }));
+        let cfg = RouteCacheConfig {
+            ttl: Duration::from_secs(1),
+            max_body: ByteSize(1024),
+            share_authorized: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            redis: true,
+        };
+        let store = Arc::new(ResponseCache::new(1 << 20));
+        CacheLayer::new(RouteCache::new("r", &cfg, store)).layer(inner)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_lifetimes_and_ages_from_the_wire_never_panic() {
+        for headers in [
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=18446744073709551615",
+            )][..],
+            &[(
+                "cache-control",
+                "max-age=18446744073709551615, stale-if-error=18446744073709551615",
+            )],
+            &[("cache-control", "max-age=99999999999999999999999999999")],
+            &[
+                ("cache-control", "max-age=60"),
+                ("age", "18446744073709551615"),
+            ],
+            &[
+                ("cache-control", "s-maxage=18446744073709551615"),
+                ("age", "99999999999999999999999999999"),
+            ],
+        ] {
+            let hits = Arc::new(AtomicUsize::new(0));
+            let s = svc_with(hits.clone(), headers);
+            for _ in 0..3 {
+                let r = s.clone().oneshot(req(Method::GET)).await.unwrap();
+                assert_eq!(r.status(), 200, "{headers:?}");
+                tokio::time::advance(Duration::from_secs(2)).await;
+            }
+        }
     }
 }

@@ -45,9 +45,11 @@ pub enum Freshness {
 }
 
 impl Entry {
-    /// Current age.
+    /// Current age (saturating: an `Age` near `u64::MAX` is "very old",
+    /// never an overflow).
     pub fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.stored) + Duration::from_secs(self.initial_age)
+        now.saturating_duration_since(self.stored)
+            .saturating_add(Duration::from_secs(self.initial_age))
     }
 
     /// How usable the entry is at `now`.
@@ -56,9 +58,9 @@ impl Entry {
         let l = &self.life;
         if age < l.ttl {
             Freshness::Fresh
-        } else if age < l.ttl + l.stale_while_revalidate {
+        } else if age < l.ttl.saturating_add(l.stale_while_revalidate) {
             Freshness::Revalidate
-        } else if age < l.ttl + l.stale_if_error {
+        } else if age < l.ttl.saturating_add(l.stale_if_error) {
             Freshness::IfError
         } else {
             Freshness::Expired
@@ -74,15 +76,36 @@ impl Entry {
             .all(|(name, v)| req.get(name) == v.as_ref())
     }
 
-    fn weight(&self) -> u32 {
+    /// Bytes this entry holds under a key of `key_len` bytes: the key
+    /// (a client chooses its length: a long path, query or `Host`), body,
+    /// headers, the `Vary` names and values, plus a fixed overhead.
+    fn weight(&self, key_len: usize) -> u32 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        u32::try_from(self.body.len() + headers + 128).unwrap_or(u32::MAX)
+        let vary: usize = self
+            .life
+            .vary
+            .iter()
+            .zip(&self.vary_values)
+            .map(|(k, v)| k.as_str().len() + v.as_ref().map_or(0, HeaderValue::len) + 32)
+            .sum();
+        u32::try_from(
+            key_len
+                .saturating_add(self.body.len())
+                .saturating_add(headers)
+                .saturating_add(vary)
+                .saturating_add(ENTRY_OVERHEAD),
+        )
+        .unwrap_or(u32::MAX)
     }
 }
+
+/// Bytes counted per entry beyond what it holds: the moka node, the `Arc`s,
+/// the `HeaderMap` tables.
+const ENTRY_OVERHEAD: usize = 256;
 
 /// The store shared by every cached route of a config.
 pub struct ResponseCache {
@@ -136,7 +159,7 @@ impl ResponseCache {
         Self {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|_k: &Arc<str>, e: &Arc<Entry>| e.weight())
+                .weigher(|k: &Arc<str>, e: &Arc<Entry>| e.weight(k.len()))
                 .build(),
             inflight: Mutex::new(HashMap::new()),
             redis: None,
@@ -162,9 +185,14 @@ impl ResponseCache {
         self.entries.get(key)
     }
 
-    /// Stores `entry` under `key` (in memory only).
+    /// Stores `entry` under `key` (in memory only), then lets moka apply
+    /// its pending writes: until it does, inserted entries (with their keys,
+    /// up to 64 KiB each) wait in its write log outside the weighed bound,
+    /// and a flood of distinct keys would hold hundreds of them. A fill
+    /// already cost an upstream exchange; this is a short lock.
     pub fn insert(&self, key: Arc<str>, entry: impl Into<Arc<Entry>>) {
         self.entries.insert(key, entry.into());
+        self.entries.run_pending_tasks();
     }
 
     /// Removes `key`.
@@ -242,4 +270,59 @@ pub fn path_matches(key: &str, exact: Option<&str>, prefix: Option<&str>) -> boo
 /// The cache key of a request on a route: `route \0 host \0 path?query`.
 pub fn key(route: &str, host: &str, path_query: &str) -> Arc<str> {
     Arc::from(format!("{route}\0{host}\0{path_query}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn entry(initial_age: u64, ttl: Duration, swr: Duration, sie: Duration) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            stored: Instant::now(),
+            initial_age,
+            life: Storable {
+                ttl,
+                stale_while_revalidate: swr,
+                stale_if_error: sie,
+                vary: Vec::new(),
+            },
+            vary_values: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ages_and_lifetimes_saturate() {
+        let max = Duration::MAX;
+        let old = entry(u64::MAX, max, max, max);
+        let swr = entry(0, Duration::from_secs(1), max, Duration::ZERO);
+        let long = entry(0, max, Duration::ZERO, max);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let now = Instant::now();
+        assert_eq!(old.age(now), Duration::MAX);
+        // Saturated: an age of "forever" is not younger than "forever".
+        assert_eq!(old.freshness(now), Freshness::Expired);
+        assert_eq!(swr.freshness(now), Freshness::Revalidate);
+        assert_eq!(long.freshness(now), Freshness::Fresh);
+    }
+
+    #[test]
+    fn the_weigher_counts_key_bytes() {
+        let e = entry(0, Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
+        assert_eq!(e.weight(65_536) - e.weight(0), 65_536);
+        // 64 KiB keys in a 1 MiB store: at most 16 of them stay.
+        let c = ResponseCache::new(1 << 20);
+        for i in 0..200 {
+            let path = format!("/{i}?{}", "q".repeat(65_536));
+            c.insert(
+                key("r", "h", &path),
+                entry(0, Duration::from_secs(60), Duration::ZERO, Duration::ZERO),
+            );
+        }
+        assert!(c.bytes() <= 1 << 20, "{}", c.bytes());
+        assert!(c.len() <= 16, "{}", c.len());
+    }
 }

@@ -33,5 +33,7 @@ pub use gcra::{Gcra, Outcome};
 pub use headers::RATELIMIT_POLICY;
 pub use key::{parse_cidr, ClientIp, KeySource, TrustedProxies};
 pub use redis::RedisLimiter;
-pub use service::{Policy, RateLimit, RateLimitLayer, ResponseFuture, RoutePolicies};
-pub use store::LocalStore;
+pub use service::{
+    Policy, RateLimit, RateLimitDecision, RateLimitLayer, ResponseFuture, RoutePolicies,
+};
+pub use store::{bounded_key, LocalStore, MAX_KEY_BYTES};

@@ -14,10 +14,33 @@ use super::gcra::{Gcra, Outcome};
 use super::headers::{self, ceil_secs};
 use super::key::KeySource;
 use super::redis::RedisLimiter;
-use super::store::LocalStore;
+use super::store::{bounded_key, LocalStore, MAX_KEY_BYTES};
 use crate::body::Body;
 use crate::config::{OnRedisError, RateLimitPolicyConfig, RateLimitStore};
 use crate::error::{BoxError, WithHeaders};
+
+/// What the rate limiter decided for one response: a typed marker in the
+/// response extensions, which telemetry counts. Never read back from
+/// `RateLimit-Policy`: an upstream may send that header too. A refusal is
+/// marked where it is rendered (`crate::error::render`), as is an allowed
+/// request that failed below the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitDecision {
+    /// Every policy admitted the request.
+    Allowed,
+    /// A policy refused it (429).
+    Limited,
+}
+
+impl RateLimitDecision {
+    /// The metric label: `allowed`, `limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+        }
+    }
+}
 
 /// One policy of a route, with its own state.
 #[derive(Debug)]
@@ -102,7 +125,10 @@ impl RoutePolicies {
             let o = match &p.redis {
                 None => Some(p.decide_local(k)),
                 Some(r) => {
-                    let full = format!("{}{}:{}:{}", r.prefix, self.route, p.name, k);
+                    // Bounded: a long header key must not become a long
+                    // Redis key (Redis memory is bounded by bytes too).
+                    let bounded = bounded_key(k, MAX_KEY_BYTES);
+                    let full = format!("{}{}:{}:{}", r.prefix, self.route, p.name, bounded);
                     match r.decide(&p.gcra, &full).await {
                         Some(o) => Some(o),
                         None => {
@@ -147,10 +173,7 @@ impl RoutePolicies {
     }
 
     fn keys<B>(&self, req: &Request<B>) -> Vec<String> {
-        self.policies
-            .iter()
-            .map(|p| p.key.key(req))
-            .collect()
+        self.policies.iter().map(|p| p.key.key(req)).collect()
     }
 }
 
@@ -215,6 +238,7 @@ fn add_headers(resp: &mut Response<Body>, headers: Vec<(HeaderName, HeaderValue)
     for (k, v) in headers {
         h.insert(k, v);
     }
+    resp.extensions_mut().insert(RateLimitDecision::Allowed);
 }
 
 impl<F, E> Future for ResponseFuture<F>

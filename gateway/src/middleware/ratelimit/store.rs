@@ -2,14 +2,48 @@
 //! section (never held across an await), bounded in keys. A store owns the
 //! clock its TATs are measured on, so it can outlive a config reload.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
 
 use tokio::time::Instant;
 
 use super::gcra::{Gcra, Outcome};
 
 const SHARDS: usize = 16;
+
+/// Longest key kept as it is; a longer one is bounded by [`bounded_key`].
+/// A client chooses a header key's length (up to hyper's header limits), so
+/// the store's memory is bounded by `max_keys` x about 100 bytes, not by
+/// `max_keys` x whatever clients send.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// `key` itself when it is at most `max` bytes long; else its first
+/// `max / 2` bytes (cut at a character boundary), `#` and 32 hex digits of
+/// its SHA-256: at most `max / 2 + 33` bytes, still distinct per key (128
+/// bits: no client can aim a collision at another key's bucket), the same
+/// on every replica (Redis keys are shared), and a prefix of the original
+/// for whoever reads or purges by prefix. No allocation for a short key.
+pub fn bounded_key(key: &str, max: usize) -> Cow<'_, str> {
+    if key.len() <= max {
+        return Cow::Borrowed(key);
+    }
+    let mut keep = max / 2;
+    while !key.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(keep + 33);
+    out.push_str(key.get(..keep).unwrap_or_default());
+    out.push('#');
+    for b in &digest[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    Cow::Owned(out)
+}
 
 /// One shard: TATs by key.
 type Shard = Mutex<HashMap<Box<str>, u64>>;
@@ -37,8 +71,11 @@ impl LocalStore {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX / 4)
     }
 
-    /// Decides for `key` at `now` (µs) and records the new TAT.
+    /// Decides for `key` at `now` (µs) and records the new TAT; a key
+    /// longer than [`MAX_KEY_BYTES`] is remembered by [`bounded_key`].
     pub fn decide(&self, gcra: &Gcra, key: &str, now: u64) -> Outcome {
+        let key = bounded_key(key, MAX_KEY_BYTES);
+        let key = &*key;
         let idx = shard_of(key) % self.shards.len().max(1);
         let Some(shard) = self.shards.get(idx) else {
             return gcra.decide(0, now).0;
@@ -91,6 +128,7 @@ fn shard_of(key: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::time::Duration;
 
@@ -102,6 +140,40 @@ mod tests {
             assert!(s.decide(&g, &format!("k{i}"), 1_000).allowed);
         }
         assert!(s.len() <= 64, "{}", s.len());
+    }
+
+    #[test]
+    fn long_keys_are_bounded_and_stay_distinct() {
+        let long = |c: char, n: usize| format!("hdr:{}", c.to_string().repeat(n));
+        let a = long('a', 65_536);
+        let b = format!("{}b", &a[..a.len() - 1]);
+        let (ba, bb) = (
+            bounded_key(&a, MAX_KEY_BYTES),
+            bounded_key(&b, MAX_KEY_BYTES),
+        );
+        assert!(ba.len() <= MAX_KEY_BYTES && bb.len() <= MAX_KEY_BYTES);
+        assert_ne!(ba, bb);
+        assert!(ba.starts_with("hdr:aaa"));
+        assert_eq!(ba, bounded_key(&a, MAX_KEY_BYTES), "deterministic");
+        assert!(matches!(
+            bounded_key("ip:1.2.3.4", MAX_KEY_BYTES),
+            Cow::Borrowed(_)
+        ));
+        // Multi-byte characters are cut on a boundary.
+        let e = "é".repeat(1000);
+        assert!(bounded_key(&e, 101).len() <= 101);
+        // The store limits each long key on its own, by its bounded form.
+        let s = LocalStore::new(1000);
+        let g = Gcra::new(1, Duration::from_secs(60));
+        assert!(s.decide(&g, &a, 10).allowed);
+        assert!(!s.decide(&g, &a, 10).allowed);
+        assert!(s.decide(&g, &b, 10).allowed);
+        let stored: usize = s
+            .shards
+            .iter()
+            .map(|m| m.lock().unwrap().keys().map(|k| k.len()).sum::<usize>())
+            .sum();
+        assert!(stored <= 2 * MAX_KEY_BYTES, "{stored}");
     }
 
     #[test]

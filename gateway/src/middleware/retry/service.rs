@@ -105,10 +105,12 @@ fn is_upstream_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     )
 }
 
-/// `Retry-After` as delay-seconds (an HTTP date is treated as absent).
+/// `Retry-After` as delay-seconds (an HTTP date is treated as absent). A
+/// number too large for any type saturates (2^31 s, more than any
+/// `max_retry_after`), so "wait forever" means no retry, never "retry now".
 fn retry_after(resp: &Response<Body>) -> Option<Duration> {
     let v = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    crate::middleware::cache::policy::delta_seconds(v.trim()).map(Duration::from_secs)
 }
 
 fn idempotent(m: &Method) -> bool {

@@ -91,3 +91,33 @@ async fn attempts_and_budget_bound_the_retries() {
     assert_eq!(svc.oneshot(req(Method::GET)).await.unwrap().status(), 502);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn retry_after_saturates_and_a_huge_one_means_no_retry() {
+    let with = |v: &str| {
+        let mut r = Response::new(Body::Empty);
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut()
+            .insert(RETRY_AFTER, http::HeaderValue::from_str(v).unwrap());
+        r
+    };
+    let cap = Duration::from_secs(1 << 31);
+    for (v, want) in [
+        ("0", Some(Duration::ZERO)),
+        ("1", Some(Duration::from_secs(1))),
+        (" 7 ", Some(Duration::from_secs(7))),
+        ("4294967295", Some(cap)),
+        ("18446744073709551615", Some(cap)),
+        ("9223372036854775808", Some(cap)),
+        ("184467440737095516150000000000", Some(cap)),
+        ("-1", None),
+        ("1.5", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+    ] {
+        assert_eq!(retry_after(&with(v)), want, "{v}");
+    }
+    // Before, an overflowing number parsed as absent: retried at once.
+    let policy = RetryPolicy::new(&cfg(3));
+    let huge: Result<Response<Body>, BoxError> = Ok(with(&"9".repeat(100)));
+    assert_eq!(policy.wait(true, &huge, 1), None);
+}

@@ -1,0 +1,201 @@
+//! Issue 11, item 6, through the real gateway binary: memory bounds count
+//! key bytes. 10,000 distinct 64 KiB cache keys (long query strings under a
+//! cached route) and 10,000 distinct 64 KiB rate-limit keys (`X-Client-Id`
+//! under a `{ header = "X-Client-Id" }` limit) must leave the gateway's RSS
+//! within the configured cache size plus the limiter's bound plus a fixed
+//! margin. On main the cache's weigher counted ~300 bytes per entry whatever
+//! its key (10,000 entries of 64 KiB keys fit an 8 MiB "bound": ~640 MiB)
+//! and the limiter kept `max_keys` whole keys (64 KiB each).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use e2e::harness::{client, get, send, GatewayProcess, TestClient};
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Distinct keys per flood.
+const KEYS: usize = 10_000;
+/// Bytes of each limiter key's client-chosen part.
+const KEY_BYTES: usize = 64 * 1024;
+/// Bytes of each cache key's query: as close to 64 KiB as a URI may be
+/// (`http::Uri` and so hyper refuse 65,534 bytes and more).
+const QUERY_BYTES: usize = 65_400;
+/// `[cache] max_size`.
+const CACHE_MAX: u64 = 8 << 20;
+/// `[rate_limit] max_keys`.
+const MAX_KEYS: u64 = 2_000;
+/// What one remembered limiter key may cost: a bounded key of at most 128
+/// bytes, its TAT and the map's slot, generously.
+const PER_LIMITER_KEY: u64 = 512;
+/// Allocator slack, connection buffers grown to 64 KiB heads, moka's
+/// pending-write queue: measured at 10-20 MiB on a 2-core box; on main the
+/// growth was hundreds of MiB.
+const MARGIN: u64 = 48 << 20;
+/// Concurrent connections of each flood.
+const CONNS: usize = 4;
+
+fn temp_config(content: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-sec-memory-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("gateway.toml");
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// A keep-alive upstream answering every bodiless request with a small,
+/// cacheable `200`. It records nothing: 1.3 GB of request heads would
+/// measure the test, not the gateway.
+async fn sink_upstream() -> SocketAddr {
+    const RESP: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncache-control: max-age=600\r\n\r\nok";
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                // The gateway sends one request per pooled connection at a
+                // time, so a head ends where a read ends with CRLF CRLF (no
+                // scanning: this runs unoptimised).
+                let mut tail = [0u8; 4];
+                let mut chunk = vec![0u8; 256 * 1024];
+                loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if n >= 4 {
+                        tail.copy_from_slice(&chunk[n - 4..n]);
+                    } else {
+                        tail.rotate_left(n);
+                        tail[4 - n..].copy_from_slice(&chunk[..n]);
+                    }
+                    if &tail == b"\r\n\r\n" && s.write_all(RESP).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `KEYS` requests over `CONNS` connections; `make(i)` builds the
+/// i-th. Every answer must be a 200.
+async fn flood(
+    c: &TestClient,
+    make: impl Fn(usize) -> Request<Full<bytes::Bytes>> + Send + Sync + 'static,
+) {
+    let make = Arc::new(make);
+    let mut tasks = Vec::new();
+    for t in 0..CONNS {
+        let (c, make) = (c.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (t..KEYS).step_by(CONNS) {
+                let r = send(&c, make(i)).await;
+                assert_eq!(r.status(), 200, "request {i}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A string of `n` bytes unique to `i`.
+fn long(i: usize, n: usize) -> String {
+    let mut s = format!("{i}-");
+    s.push_str(&"k".repeat(n - s.len()));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
+    let up = sink_upstream().await;
+    let cfg = format!(
+        r#"
+        [cache]
+        max_size = {CACHE_MAX}
+        [rate_limit]
+        max_keys = {MAX_KEYS}
+        [upstreams.sink]
+        endpoints = ["{up}"]
+        [[routes]]
+        name = "cached"
+        prefix = "/c"
+        upstream = "sink"
+        cache = {{ ttl = "600s" }}
+        [[routes]]
+        name = "limited"
+        prefix = "/l"
+        upstream = "sink"
+        rate_limits = [{{ name = "per-client", key = {{ header = "X-Client-Id" }}, limit = 5, window = "60s" }}]
+        "#
+    );
+    let gw = GatewayProcess::spawn(Some(&temp_config(&cfg)), &[]);
+    let c = client();
+    // Warm up the connections (and the allocator) before the baseline.
+    for i in 0..CONNS * 4 {
+        assert_eq!(get(&c, gw.addr, "/c/warm").await.status(), 200);
+        let warm = Request::get(format!("http://{}/l/warm", gw.addr))
+            .header("x-client-id", format!("warm-{i}"))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(&c, warm).await.status(), 200);
+    }
+    let base = gw.rss_kib();
+    let start = Instant::now();
+    let addr = gw.addr;
+    flood(&c, move |i| {
+        Request::get(format!("http://{addr}/c/item?q={}", long(i, QUERY_BYTES)))
+            .body(Full::default())
+            .unwrap()
+    })
+    .await;
+    let after_cache = gw.rss_kib();
+    flood(&c, move |i| {
+        Request::get(format!("http://{addr}/l/item"))
+            .header("x-client-id", long(i, KEY_BYTES))
+            .body(Full::default())
+            .unwrap()
+    })
+    .await;
+    let after_limiter = gw.rss_kib();
+    let took = start.elapsed();
+    // Both floods really stored: the cache is full, the limiter full of keys.
+    let ready: serde_json::Value =
+        serde_json::from_slice(&get(&c, gw.admin, "/ready").await.body).unwrap();
+    let bound_kib = (CACHE_MAX + MAX_KEYS * PER_LIMITER_KEY + MARGIN) / 1024;
+    let grew = after_limiter.saturating_sub(base);
+    eprintln!(
+        "RSS {base} KiB -> {after_cache} KiB after {KEYS} cache keys -> {after_limiter} KiB after \
+         {KEYS} limiter keys (grew {grew} KiB, bound {bound_kib} KiB) in {took:?}; cache {}",
+        ready["cache"]
+    );
+    assert!(
+        ready["cache"]["bytes"].as_u64().unwrap_or(0) <= CACHE_MAX,
+        "{ready}"
+    );
+    assert!(
+        grew <= bound_kib,
+        "RSS grew {grew} KiB, more than the cache ({CACHE_MAX} B), the limiter \
+         ({MAX_KEYS} keys) and the margin allow ({bound_kib} KiB)"
+    );
+    assert!(
+        after_cache.saturating_sub(base) <= (CACHE_MAX + MARGIN) / 1024,
+        "the cache flood alone grew RSS {} KiB",
+        after_cache.saturating_sub(base)
+    );
+}
