@@ -258,6 +258,7 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         "1 when the objective holds in the window",
         &met,
     );
+    shared.connections.write_metrics(&mut out);
     process::write(&mut out);
     let series = out
         .lines()
@@ -267,7 +268,6 @@ pub fn render_openmetrics(shared: &Shared) -> String {
     metrics::write_gauge_family(
         &mut out,
         "gateway_metrics_series",
-    shared.connections.write_metrics(&mut out);
         "Series exposed on this endpoint, this one included",
         &[(String::new(), series as f64)],
     );
