@@ -109,6 +109,11 @@ pub struct ServerConfig {
     pub max_body_size: ByteSize,
     /// Accept HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
     pub http2: bool,
+    /// Client connections the proxy listener holds at once; beyond it a new
+    /// connection is accepted and closed at once (counted). Default: half
+    /// of what the open-file limit leaves after a reserve (see
+    /// `server::limits`), so each client connection can have an upstream one.
+    pub max_connections: Option<usize>,
     /// Name used in the `Via` header.
     pub via_name: String,
     /// Request headers removed from every request on every route at the
@@ -125,12 +130,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             max_body_size: ByteSize(10 * 1024 * 1024),
-    /// Client connections the proxy listener holds at once; beyond it a new
-    /// connection is accepted and closed at once (counted). Default: half
-    /// of what the open-file limit leaves after a reserve (see
-    /// `server::limits`), so each client connection can have an upstream one.
-    pub max_connections: Option<usize>,
             http2: true,
+            max_connections: None,
             via_name: "gateway".into(),
             strip_request_headers: Vec::new(),
         }
@@ -147,7 +148,6 @@ pub enum Balance {
     /// Power of two random choices, the one with fewer requests in flight.
     LeastRequest,
 }
-            max_connections: None,
 
 /// An upstream pool.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
