@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod middleware;
 pub mod monitoring;
 pub mod path;
