@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use e2e::harness::{client, get, send, GatewayProcess, TestClient};
 use http::Request;
@@ -33,9 +33,9 @@ const MAX_KEYS: u64 = 2_000;
 /// What one remembered limiter key may cost: a bounded key of at most 128
 /// bytes, its TAT and the map's slot, generously.
 const PER_LIMITER_KEY: u64 = 512;
-/// Allocator slack, connection buffers grown to 64 KiB heads, moka's
-/// pending-write queue: measured at 10-20 MiB on a 2-core box; on main the
-/// growth was hundreds of MiB.
+/// Allocator slack and connection buffers grown to 64 KiB heads: growth
+/// beyond the two bounds measured 13-22 MiB on a 2-core box (total growth
+/// 25-31 MiB in 13-23 s); on main it was hundreds of MiB.
 const MARGIN: u64 = 48 << 20;
 /// Concurrent connections of each flood.
 const CONNS: usize = 4;

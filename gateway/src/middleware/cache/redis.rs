@@ -3,7 +3,6 @@
 //! each other's misses. Every call is bounded by the configured timeout; a
 //! failure is counted and the cache carries on from memory alone.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,36 +12,12 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::codec;
-use super::store::{path_matches, Entry};
+use super::store::{path_matches, Entry, MAX_PATH_BYTES};
 use crate::config::CacheRedisConfig;
 use crate::middleware::ratelimit::bounded_key;
 
 /// Keys one `SCAN` step asks for while purging.
 const SCAN_COUNT: usize = 500;
-
-/// Longest `Host` kept as it is in a Redis key (RFC 1035 names fit).
-const MAX_HOST_BYTES: usize = 255;
-/// Longest path and query kept as they are in a Redis key; a longer one
-/// keeps its first half, so purging by a prefix of up to 512 bytes finds it.
-const MAX_PATH_BYTES: usize = 1024;
-
-/// The Redis form of cache key `route \0 host \0 path?query`: a long host
-/// or path is replaced by [`bounded_key`] (a prefix and a SHA-256 digest),
-/// so a client's 300 KiB `Host` or query costs Redis about 1 KiB of key.
-fn bounded(key: &str) -> Cow<'_, str> {
-    let mut parts = key.splitn(3, '\0');
-    let (Some(route), Some(host), Some(pq)) = (parts.next(), parts.next(), parts.next()) else {
-        return bounded_key(key, MAX_PATH_BYTES);
-    };
-    let (h, p) = (
-        bounded_key(host, MAX_HOST_BYTES),
-        bounded_key(pq, MAX_PATH_BYTES),
-    );
-    if matches!((&h, &p), (Cow::Borrowed(_), Cow::Borrowed(_))) {
-        return Cow::Borrowed(key);
-    }
-    Cow::Owned(format!("{route}\0{h}\0{p}"))
-}
 
 /// The Redis tier of a [`super::ResponseCache`].
 pub struct RedisTier {
@@ -127,7 +102,8 @@ impl RedisTier {
     }
 
     fn redis_key(&self, key: &str) -> String {
-        format!("{}{}", self.prefix, bounded(key))
+        // Cache keys are bounded when built (`store::key`).
+        format!("{}{key}", self.prefix)
     }
 
     /// The entry stored under `key` by any replica, aged to now; `None` on
@@ -171,10 +147,9 @@ impl RedisTier {
     /// Redis failed part way.
     pub async fn purge(&self, exact: Option<&str>, prefix: Option<&str>) -> Option<usize> {
         let pattern = format!("{}*", glob_escape(&self.prefix));
-        // A long path is stored by its bounded form: match that too.
-        let exact_bounded = exact
-            .map(|e| bounded_key(e, MAX_PATH_BYTES))
-            .filter(|b| matches!(b, Cow::Owned(_)));
+        // A long path is stored by its bounded form.
+        let exact = exact.map(|e| bounded_key(e, MAX_PATH_BYTES));
+        let exact = exact.as_deref();
         let mut cursor: u64 = 0;
         let mut n = 0;
         loop {
@@ -191,10 +166,7 @@ impl RedisTier {
                     std::str::from_utf8(k)
                         .ok()
                         .and_then(|k| k.strip_prefix(&self.prefix))
-                        .is_some_and(|k| {
-                            path_matches(k, exact, prefix)
-                                || path_matches(k, exact_bounded.as_deref(), None)
-                        })
+                        .is_some_and(|k| path_matches(k, exact, prefix))
                 })
                 .collect();
             if !doomed.is_empty() {
@@ -216,28 +188,6 @@ impl RedisTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_hosts_and_paths_make_bounded_keys() {
-        let short = crate::middleware::cache::store::key("r", "h", "/a?b");
-        assert_eq!(bounded(&short), &*short);
-        let host = "h".repeat(299_000);
-        let query = format!("/p?{}", "q".repeat(65_536));
-        let long = crate::middleware::cache::store::key("r", &host, &query);
-        let b = bounded(&long);
-        assert!(
-            b.len() <= 2 + 1 + MAX_HOST_BYTES + 1 + MAX_PATH_BYTES,
-            "{}",
-            b.len()
-        );
-        assert!(b.starts_with("r\0hhh"));
-        // Still distinct, and still found by a path prefix.
-        let other = crate::middleware::cache::store::key("r", &host, &format!("{query}x"));
-        assert_ne!(bounded(&other), b);
-        assert!(path_matches(&b, None, Some("/p?qqq")));
-        let exact = bounded_key(&query, MAX_PATH_BYTES);
-        assert!(path_matches(&b, Some(&exact), None));
-    }
 
     #[test]
     fn scan_patterns_match_the_prefix_literally() {

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{AGE, HOST};
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -407,16 +407,20 @@ where
     };
     let (parts, body) = resp.into_parts();
     let body: Bytes = body.collect().await?.to_bytes();
+    // Stored as copies: the body, header values and custom names received
+    // are slices of the connection's read buffers, and a stored slice pins
+    // its whole buffer (kilobytes for a two-byte body), which the weigher
+    // cannot see. A copy per fill keeps the byte bound true.
     let vary_values = life
         .vary
         .iter()
-        .map(|n| req_headers.get(n).cloned())
+        .map(|n| req_headers.get(n).map(owned_value))
         .collect();
     let initial_age = age_seconds(&parts.headers);
     let entry = Arc::new(Entry {
         status: parts.status,
-        headers: parts.headers.clone(),
-        body: body.clone(),
+        headers: owned_headers(&parts.headers),
+        body: Bytes::copy_from_slice(&body),
         stored: Instant::now(),
         initial_age,
         life,
@@ -436,6 +440,24 @@ where
     );
     tag(&mut resp, CacheDecision::Miss, "gateway; fwd=miss; stored");
     Ok(resp)
+}
+
+/// `v` in an allocation of its own.
+fn owned_value(v: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes()))
+        .unwrap_or_else(|_| v.clone());
+    copy.set_sensitive(v.is_sensitive());
+    copy
+}
+
+/// `h` with every custom name and every value in allocations of its own.
+fn owned_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (k, v) in h {
+        let k = HeaderName::from_bytes(k.as_str().as_bytes()).unwrap_or_else(|_| k.clone());
+        out.append(k, owned_value(v));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::policy::Storable;
 use super::redis::RedisTier;
+use crate::middleware::ratelimit::bounded_key;
 
 /// A stored response.
 #[derive(Debug)]
@@ -105,7 +106,7 @@ impl Entry {
 
 /// Bytes counted per entry beyond what it holds: the moka node, the `Arc`s,
 /// the `HeaderMap` tables.
-const ENTRY_OVERHEAD: usize = 256;
+const ENTRY_OVERHEAD: usize = 512;
 
 /// The store shared by every cached route of a config.
 pub struct ResponseCache {
@@ -216,6 +217,9 @@ impl ResponseCache {
     /// Removes entries whose path (and query) equals `exact` or starts with
     /// `prefix`; returns how many.
     pub fn purge(&self, exact: Option<&str>, prefix: Option<&str>) -> usize {
+        // A long path is stored by its bounded form.
+        let exact = exact.map(|e| bounded_key(e, MAX_PATH_BYTES));
+        let exact = exact.as_deref();
         let mut n = 0;
         for (k, _) in &self.entries {
             if path_matches(&k, exact, prefix) {
@@ -267,8 +271,23 @@ pub fn path_matches(key: &str, exact: Option<&str>, prefix: Option<&str>) -> boo
         || prefix.is_some_and(|p| path.starts_with(p))
 }
 
-/// The cache key of a request on a route: `route \0 host \0 path?query`.
+/// Longest `Host` kept as it is in a cache key (RFC 1035 names fit).
+pub const MAX_HOST_BYTES: usize = 255;
+/// Longest path and query kept as they are in a cache key; a longer one
+/// keeps its first 512 bytes, so purging by a prefix that long finds it.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// The cache key of a request on a route: `route \0 host \0 path?query`,
+/// the same in memory and (after the prefix) in Redis. A `Host` or path a
+/// client made long is replaced by
+/// [`bounded_key`](crate::middleware::ratelimit::bounded_key) (its start and
+/// a SHA-256 digest): a key is at most about 900 bytes whatever the client
+/// sends, so neither the store's node overhead, nor entries its eviction
+/// has not reclaimed yet, nor Redis hold client-sized keys. Short keys
+/// (nearly all) are built as before, without hashing.
 pub fn key(route: &str, host: &str, path_query: &str) -> Arc<str> {
+    let host = bounded_key(host, MAX_HOST_BYTES);
+    let path_query = bounded_key(path_query, MAX_PATH_BYTES);
     Arc::from(format!("{route}\0{host}\0{path_query}"))
 }
 
@@ -310,15 +329,39 @@ mod tests {
     }
 
     #[test]
+    fn long_hosts_and_paths_make_bounded_keys() {
+        assert_eq!(&*key("r", "h", "/a?b"), "r\0h\0/a?b");
+        let host = "h".repeat(299_000);
+        let query = format!("/p?{}", "q".repeat(65_536));
+        let long = key("r", &host, &query);
+        assert!(
+            long.len() <= 2 + MAX_HOST_BYTES + 1 + MAX_PATH_BYTES,
+            "{}",
+            long.len()
+        );
+        assert!(long.starts_with("r\0hhh"));
+        // Still distinct, and still found by a path prefix or the exact path.
+        assert_ne!(key("r", &host, &format!("{query}x")), long);
+        assert_ne!(key("r", &format!("{host}x"), &query), long);
+        assert!(path_matches(&long, None, Some("/p?qqq")));
+        let c = ResponseCache::new(1 << 20);
+        let e = || entry(0, Duration::from_secs(60), Duration::ZERO, Duration::ZERO);
+        c.insert(long.clone(), e());
+        assert!(c.get(&long).is_some());
+        assert_eq!(c.purge(Some(&query), None), 1);
+        assert!(c.get(&long).is_none());
+    }
+
+    #[test]
     fn the_weigher_counts_key_bytes() {
         let e = entry(0, Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
         assert_eq!(e.weight(65_536) - e.weight(0), 65_536);
-        // 64 KiB keys in a 1 MiB store: at most 16 of them stay.
+        // 64 KiB entries in a 1 MiB store: at most 16 of them stay.
         let c = ResponseCache::new(1 << 20);
         for i in 0..200 {
             let path = format!("/{i}?{}", "q".repeat(65_536));
             c.insert(
-                key("r", "h", &path),
+                Arc::from(path),
                 entry(0, Duration::from_secs(60), Duration::ZERO, Duration::ZERO),
             );
         }

@@ -17,29 +17,30 @@ const SHARDS: usize = 16;
 
 /// Longest key kept as it is; a longer one is bounded by [`bounded_key`].
 /// A client chooses a header key's length (up to hyper's header limits), so
-/// the store's memory is bounded by `max_keys` x about 100 bytes, not by
+/// the store's memory is bounded by `max_keys` x about 200 bytes, not by
 /// `max_keys` x whatever clients send.
 pub const MAX_KEY_BYTES: usize = 128;
 
 /// `key` itself when it is at most `max` bytes long; else its first
-/// `max / 2` bytes (cut at a character boundary), `#` and 32 hex digits of
-/// its SHA-256: at most `max / 2 + 33` bytes, still distinct per key (128
-/// bits: no client can aim a collision at another key's bucket), the same
-/// on every replica (Redis keys are shared), and a prefix of the original
-/// for whoever reads or purges by prefix. No allocation for a short key.
+/// `min(max / 2, max - 65)` bytes (cut at a character boundary), `#` and
+/// the 64 hex digits of its SHA-256: at most `max` bytes (for `max >= 65`),
+/// still distinct per key (a client cannot aim a collision at another key's
+/// bucket or cache entry), the same on every replica (Redis keys are
+/// shared), and starting like the original for whoever reads or purges by
+/// prefix. No allocation and no hashing for a short key.
 pub fn bounded_key(key: &str, max: usize) -> Cow<'_, str> {
     if key.len() <= max {
         return Cow::Borrowed(key);
     }
-    let mut keep = max / 2;
+    let mut keep = (max / 2).min(max.saturating_sub(65));
     while !key.is_char_boundary(keep) {
         keep -= 1;
     }
     let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(keep + 33);
+    let mut out = String::with_capacity(keep + 65);
     out.push_str(key.get(..keep).unwrap_or_default());
     out.push('#');
-    for b in &digest[..16] {
+    for b in digest {
         let _ = write!(out, "{b:02x}");
     }
     Cow::Owned(out)
