@@ -9,6 +9,7 @@
 //! then is cut off and recorded as a timeout failure with the time it had taken: a stuck
 //! user is in every count, histogram and threshold, never silently left out.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -461,6 +462,13 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
                 }
                 if monitor.late_share() > 0.05 {
                     warn.push_str(" | WARNING: generator behind schedule");
+                }
+                let dropped = monitor.dropped_iterations();
+                if dropped > 0 {
+                    let _ = write!(
+                        warn,
+                        " | WARNING: {dropped} arrivals dropped, every VU busy (raise --max-vus)"
+                    );
                 }
                 print_live(&line, elapsed, duration, active, &warn);
             }
