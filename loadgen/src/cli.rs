@@ -131,12 +131,18 @@ pub struct RunArgs {
     /// No live view; only the final summary.
     #[arg(long)]
     pub only_summary: bool,
-    /// Per-request timeout.
+    /// Per-request timeout (a request's `timeout` overrides it).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// How long on_stop requests may take at the end.
+    /// After the run time: how long requests in flight and on_stop requests may take
+    /// (k6's gracefulStop); requests still in flight then are recorded as timeout failures.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+    /// Most response-body bytes kept for checks and extraction (`4MiB`, `512KB`; a
+    /// request's `max_body_size` overrides it); a longer body fails its checks and is not
+    /// read further.
+    #[arg(long, default_value = "4MiB", value_parser = parse_max_body)]
+    pub max_body_size: u64,
     /// Runtime worker threads (default: one per core; 1 = a single-threaded runtime).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -173,6 +179,12 @@ pub struct MergeArgs {
 /// Parses a human duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+fn parse_max_body(s: &str) -> Result<u64, String> {
+    crate::scenario::template::parse_size(s)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("bad size {s:?}: expected e.g. 4MiB, 512KB, 65536 (more than 0)"))
 }
 
 fn parse_stage(s: &str) -> Result<Stage, String> {
@@ -291,6 +303,7 @@ pub fn prepare(args: &RunArgs) -> Result<(RunConfig, Option<String>), String> {
             plan,
             target,
             timeout: args.timeout,
+            max_body: args.max_body_size,
             max_requests: spec.max_requests,
             thresholds: spec.thresholds.iter().map(|t| t.source.clone()).collect(),
             live: !args.only_summary,

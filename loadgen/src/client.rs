@@ -144,20 +144,56 @@ impl Conn {
     }
 }
 
-/// Reads a body to its end: the byte count, and the bytes when `keep`.
-pub async fn read_body(body: Incoming, keep: bool) -> Result<(u64, Vec<u8>), ClientError> {
+/// Default of the most response-body bytes kept for checks and extraction
+/// (`--max-body-size`, a request's `max_body_size`): 4 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 4 * 1024 * 1024;
+
+/// A byte count in words: `4 MiB`, `64 KiB`, `100 B`.
+pub fn format_size(n: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n % KIB == 0 {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// What [`read_body`] read.
+#[derive(Debug, Default)]
+pub struct ReadBody {
+    /// Body bytes received.
+    pub bytes: u64,
+    /// The kept bytes (empty unless asked to keep).
+    pub kept: Vec<u8>,
+    /// The body was longer than the bytes one may keep: reading stopped there, the rest
+    /// was never read, and the connection must be closed.
+    pub over_limit: bool,
+}
+
+/// Reads a body to its end: the byte count, and the bytes when `keep`. A kept body stops
+/// at `max_keep` bytes: past it reading ends with `over_limit` (an endless body never
+/// grows memory); a body that is only counted is read to its end (its memory is one
+/// frame at a time, and the request's timeout bounds its time).
+pub async fn read_body(body: Incoming, keep: bool, max_keep: u64) -> Result<ReadBody, ClientError> {
     let mut body = body;
-    let mut n = 0u64;
-    let mut kept = Vec::new();
+    let mut out = ReadBody::default();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
-            n += data.len() as u64;
+            let len = data.len() as u64;
+            out.bytes = out.bytes.saturating_add(len);
             if keep {
-                kept.extend_from_slice(&data);
+                if out.bytes > max_keep {
+                    out.over_limit = true;
+                    return Ok(out);
+                }
+                out.kept.extend_from_slice(&data);
             }
         }
     }
-    Ok((n, kept))
+    Ok(out)
 }
 
 /// Sends a WebSocket handshake on a fresh connection: `Ok(status)`; on 101 the upgraded

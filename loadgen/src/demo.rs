@@ -186,6 +186,7 @@ fn demo(args: &DemoArgs) -> Result<ExitCode, String> {
         plan,
         target,
         timeout: Duration::from_secs(30),
+        max_body: crate::client::DEFAULT_MAX_BODY,
         max_requests: spec.max_requests,
         thresholds: spec.thresholds.iter().map(|t| t.source.clone()).collect(),
         live: !args.only_summary,

@@ -143,6 +143,8 @@ pub fn merge(mut all: Vec<RunResult>) -> Result<RunResult, String> {
         out.checks_failed += r.checks_failed;
         out.max_users += r.max_users;
         out.interrupted |= r.interrupted;
+        out.stopped_in_flight += r.stopped_in_flight;
+        out.dropped_iterations += r.dropped_iterations;
         let rel = &mut out.reliability;
         rel.unreliable |= r.reliability.unreliable;
         rel.reasons.extend(

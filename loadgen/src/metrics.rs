@@ -29,6 +29,10 @@ pub const MAX_FAILURE_KINDS: usize = 1000;
 pub const MAX_EXCEPTION_KINDS: usize = 100;
 /// The failure kind that absorbs the rest past [`MAX_FAILURE_KINDS`].
 pub const OTHER_FAILURES: &str = "(other failures, past the table's bound)";
+/// The failure of a request still in flight when the run's stop timeout ran out: a
+/// timeout, as k6 (`request timeout`) and Locust would name it, with the time it had taken
+/// so far as its latency.
+pub const STOPPED_IN_FLIGHT: &str = "request timeout: still in flight when the run stopped";
 
 /// A histogram could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +313,14 @@ pub struct RunResult {
     pub reliability: Reliability,
     /// Shards merged into this result (`i/n` each); empty for a single run.
     pub shards: Vec<String>,
+    /// Requests still in flight when the stop timeout ran out, recorded as failures
+    /// ([`STOPPED_IN_FLIGHT`]); they are in every count and histogram above.
+    #[serde(default)]
+    pub stopped_in_flight: u64,
+    /// Open model: arrivals that found every VU busy and were dropped, never sent (k6's
+    /// `dropped_iterations`).
+    #[serde(default)]
+    pub dropped_iterations: u64,
     /// Server-side cross-check, when scraped.
     pub server: Option<ServerSide>,
 }
@@ -370,6 +382,7 @@ struct Live {
     checks_failed: u64,
     series: Vec<SeriesPoint>,
     max_users: u64,
+    stopped_in_flight: u64,
 }
 
 /// The live recorder every simulated user reports to. One short lock per request; never
@@ -399,6 +412,7 @@ impl Recorder {
                 checks_failed: 0,
                 series: Vec::new(),
                 max_users: 0,
+                stopped_in_flight: 0,
             }),
         })
     }
@@ -448,6 +462,13 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// Records a request still in flight when the run's stop timeout ran out: a failure
+    /// ([`STOPPED_IN_FLIGHT`]) whose latency is the time it had taken so far.
+    pub fn record_stopped(&self, stat: usize, latency: Duration, checks: usize) {
+        self.record(stat, latency, 0, checks, Some(STOPPED_IN_FLIGHT));
+        self.lock().stopped_in_flight += 1;
     }
 
     /// Records an exception of the users' flow.
@@ -563,6 +584,8 @@ impl Recorder {
             interrupted: false,
             reliability: Reliability::default(),
             shards: Vec::new(),
+            stopped_in_flight: live.stopped_in_flight,
+            dropped_iterations: 0,
             server: None,
         }
     }

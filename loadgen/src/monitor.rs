@@ -1,7 +1,8 @@
 //! The generator watches itself, so a slow generator is never mistaken for a slow gateway:
 //! the lag of its own timers (a saturated runtime wakes late), its CPU use (from
 //! `/proc/self/stat`), and in the open model how late arrivals leave against their
-//! schedule. [`Monitor::reliability`] turns these into the verdict every output carries.
+//! schedule and how many were dropped because every VU was busy. [`Monitor::reliability`]
+//! turns these into the verdict every output carries.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub struct Monitor {
     max_lag_us: AtomicU64,
     arrivals: AtomicU64,
     late_arrivals: AtomicU64,
+    dropped: AtomicU64,
     cpu_seconds: AtomicU64,
     cpu_saturated: AtomicU64,
     max_cpu_pct: AtomicU64,
@@ -68,6 +70,16 @@ impl Monitor {
         if late > LATE_ARRIVAL {
             self.late_arrivals.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Notes an open-model arrival dropped because every VU was busy.
+    pub fn dropped(&self) {
+        self.dropped.fetch_add(1, Relaxed);
+    }
+
+    /// Arrivals dropped so far (k6's `dropped_iterations`).
+    pub fn dropped_iterations(&self) -> u64 {
+        self.dropped.load(Relaxed)
     }
 
     /// Notes one second's CPU use: `ticks` of CPU over `wall` with `workers` threads.
@@ -126,6 +138,12 @@ impl Monitor {
                 LATE_ARRIVAL.as_millis()
             ));
         }
+        let dropped = self.dropped.load(Relaxed);
+        if dropped > 0 {
+            reasons.push(format!(
+                "dropped iterations: {dropped} of {arrivals} arrivals found every VU busy and were never sent (raise --max-vus); the target got less load than planned"
+            ));
+        }
         Reliability {
             unreliable: !reasons.is_empty(),
             reasons,
@@ -155,6 +173,12 @@ mod tests {
             m.arrival(Duration::from_millis(if i < 5 { 50 } else { 0 }));
         }
         assert!(m.reliability().reasons[0].contains("behind schedule"));
+        let m = Monitor::default();
+        m.arrival(Duration::ZERO);
+        m.dropped();
+        let r = m.reliability();
+        assert!(r.unreliable && r.reasons[0].contains("dropped iterations: 1 of 1"));
+        assert_eq!(m.dropped_iterations(), 1);
         assert!(process_cpu_ticks().is_some());
     }
 }

@@ -1,14 +1,21 @@
 //! Runs a plan: starts and stops simulated users (closed model, stages) or dispatches
 //! iterations at their intended times (open model), ticks the per-second series and the
-//! live view, schedules faults, and stops at the run time, the request budget or Ctrl-C,
-//! abandoning requests in flight so the run ends on time.
+//! live view, schedules faults, and stops at the run time, the request budget or Ctrl-C.
+//!
+//! The open model keeps no queue: an arrival that finds all `max_vus` busy is dropped and
+//! counted (k6's `dropped_iterations`), so memory stays bounded whatever the target does.
+//! At the stop no task or arrival starts; requests in flight get the stop timeout to finish
+//! (k6's `gracefulStop`), `on_stop` requests run in it too, and whatever is still in flight
+//! then is cut off and recorded as a timeout failure with the time it had taken: a stuck
+//! user is in every count, histogram and threshold, never silently left out.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -23,6 +30,8 @@ use crate::user::{stop, Budget, Outcome, Shared, User};
 const CONTROL_PERIOD: Duration = Duration::from_millis(100);
 /// Most time on_start may be retried for before a user gives up.
 const ON_START_RETRY: Duration = Duration::from_secs(1);
+/// After the hard stop, how long users get to record what they cut off and end.
+const CUT_OFF_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -37,6 +46,8 @@ pub struct RunConfig {
     pub target: Target,
     /// Default per-request timeout.
     pub timeout: Duration,
+    /// Default of the most response-body bytes kept for checks.
+    pub max_body: u64,
     /// Stop after this many requests.
     pub max_requests: Option<u64>,
     /// Threshold expressions to judge.
@@ -47,7 +58,8 @@ pub struct RunConfig {
     pub control: Option<Target>,
     /// Worker threads of the runtime (for the CPU check).
     pub workers: usize,
-    /// How long `on_stop` requests may take at the end.
+    /// How long requests in flight and `on_stop` requests may take after the stop; what
+    /// is still in flight then is recorded as a timeout failure.
     pub stop_timeout: Duration,
     /// `i/n` when this is one shard of a distributed run.
     pub shard: Option<(u64, u64)>,
@@ -135,7 +147,7 @@ async fn user_loop(
 /// The open model's pool of idle users per class, and the cap on iterations in flight.
 struct OpenPool {
     idle: Vec<Mutex<Vec<User>>>,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     max: u64,
     next_index: std::sync::atomic::AtomicU64,
 }
@@ -163,19 +175,15 @@ impl OpenPool {
     }
 }
 
-/// One open-model iteration, measured from `intended`.
+/// One open-model iteration, measured from `intended`, holding its VU slot (`_permit`).
 async fn iteration(
     shared: Arc<Shared>,
     pool: Arc<OpenPool>,
     class: usize,
     intended: Instant,
     mut stop_rx: watch::Receiver<u8>,
+    _permit: OwnedSemaphorePermit,
 ) {
-    let permit = tokio::select! {
-        p = pool.in_flight.acquire() => p,
-        _ = stop_rx.wait_for(|s| *s >= stop::HARD) => return,
-    };
-    let Ok(_permit) = permit else { return };
     let scenario = Arc::clone(&shared.scenario);
     let mut user = match pool.take(class) {
         Some(u) => u,
@@ -195,6 +203,13 @@ async fn iteration(
     };
     if user.task(&shared, task, Some(intended), &mut stop_rx).await != Outcome::Stopped {
         pool.give(user);
+    }
+}
+
+/// Waits (polling, bounded by `until`) until no open-model iteration is in flight.
+async fn wait_idle(pool: &OpenPool, until: Instant) {
+    while pool.busy() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -298,6 +313,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         addr,
         recorder,
         timeout: cfg.timeout,
+        max_body: cfg.max_body,
         budget: cfg.max_requests.map(Budget::new),
     });
     let monitor = Arc::new(Monitor::default());
@@ -314,7 +330,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     let started_unix = unix_now();
     let start = Instant::now();
     let faults = schedule_faults(&cfg, &shared, start);
-    let (hard_tx, hard_rx) = watch::channel(stop::RUN);
+    // The open model's stop signal (closed-model users each have their own).
+    let (stop_tx, stop_rx) = watch::channel(stop::RUN);
     let duration = cfg.plan.duration();
 
     let mut users: Vec<Running> = Vec::new();
@@ -325,10 +342,11 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         idle: (0..cfg.scenario.classes.len())
             .map(|_| Mutex::new(Vec::new()))
             .collect(),
-        in_flight: Semaphore::new(match &cfg.plan {
-            Plan::Open { max_vus, .. } => usize::try_from(*max_vus).unwrap_or(usize::MAX >> 4),
+        in_flight: Arc::new(Semaphore::new(match &cfg.plan {
+            Plan::Open { max_vus, .. } => usize::try_from(*max_vus)
+                .map_or(Semaphore::MAX_PERMITS, |n| n.min(Semaphore::MAX_PERMITS)),
             _ => 0,
-        }),
+        })),
         max: match &cfg.plan {
             Plan::Open { max_vus, .. } => *max_vus,
             _ => 0,
@@ -341,24 +359,32 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         let plan = cfg.plan.clone();
         let classes = cfg.classes.clone();
         let monitor = Arc::clone(&monitor);
-        let hard_rx = hard_rx.clone();
+        let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             let mut at = Duration::ZERO;
             loop {
                 let intended = start + at;
-                tokio::time::sleep_until(intended).await;
-                if *hard_rx.borrow() >= stop::HARD {
-                    break;
+                tokio::select! {
+                    () = tokio::time::sleep_until(intended) => {}
+                    Ok(_) = stop_rx.wait_for(|s| *s >= stop::SOFT) => break,
                 }
                 monitor.arrival(intended.elapsed());
-                let class = weighted_class(&classes, &shared.scenario);
-                tokio::spawn(iteration(
-                    Arc::clone(&shared),
-                    Arc::clone(&pool),
-                    class,
-                    intended,
-                    hard_rx.clone(),
-                ));
+                // A free VU or none: an arrival never waits (k6 drops it), so nothing
+                // queues and memory stays bounded whatever the target does.
+                match Arc::clone(&pool.in_flight).try_acquire_owned() {
+                    Ok(permit) => {
+                        let class = weighted_class(&classes, &shared.scenario);
+                        tokio::spawn(iteration(
+                            Arc::clone(&shared),
+                            Arc::clone(&pool),
+                            class,
+                            intended,
+                            stop_rx.clone(),
+                            permit,
+                        ));
+                    }
+                    Err(_) => monitor.dropped(),
+                }
                 match plan.next_arrival(at) {
                     Some(next) => at = next,
                     None => break,
@@ -437,6 +463,13 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
                 if monitor.late_share() > 0.05 {
                     warn.push_str(" | WARNING: generator behind schedule");
                 }
+                let dropped = monitor.dropped_iterations();
+                if dropped > 0 {
+                    let _ = write!(
+                        warn,
+                        " | WARNING: {dropped} arrivals dropped, every VU busy (raise --max-vus)"
+                    );
+                }
                 print_live(&line, elapsed, duration, active, &warn);
             }
         }
@@ -447,44 +480,72 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     } else {
         users.len() as u64
     };
-    shared
-        .recorder
-        .tick(unix_now(), measured.as_secs_f64(), active);
-    if cfg.live && std::io::stderr().is_terminal() {
-        eprintln!();
-    }
 
-    // Stop: abandon requests in flight, then let on_stop run within the stop timeout.
-    let _ = hard_tx.send(stop::HARD);
-    for u in users.iter().chain(&stopping) {
-        let _ = u.stop.send(stop::HARD);
-    }
-    if let Some(d) = dispatcher {
-        d.abort();
+    // Stop, k6's gracefulStop: no new task or arrival; what is in flight gets the stop
+    // timeout to finish, on_stop requests run in it too.
+    let _ = stop_tx.send(stop::SOFT);
+    let mut running: Vec<Running> = users.into_iter().chain(stopping).collect();
+    for u in &running {
+        let _ = u.stop.send(stop::SOFT);
     }
     for f in faults {
         f.abort();
     }
     let deadline = Instant::now() + cfg.stop_timeout;
-    for u in users.into_iter().chain(stopping) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, u.handle).await.is_err() {
-            // Still in its on_stop past the stop timeout: stop waiting for it.
+    if let Some(d) = dispatcher {
+        if tokio::time::timeout_at(deadline, d).await.is_err() {
+            // Cannot happen (it ends at the stop signal); stop looking at it.
+        }
+    }
+    for u in &mut running {
+        let _ = tokio::time::timeout_at(deadline, &mut u.handle).await;
+    }
+    let mut open_stop = None;
+    if cfg.plan.is_open() {
+        wait_idle(&pool, deadline).await;
+        // The pooled users' on_stop, in the same stop timeout.
+        let (shared, pool, mut stop_rx) = (Arc::clone(&shared), Arc::clone(&pool), stop_rx);
+        let classes = cfg.scenario.classes.len();
+        let mut handle = tokio::spawn(async move {
+            for class in 0..classes {
+                while let Some(mut u) = pool.take(class) {
+                    u.lifecycle(&shared, false, &mut stop_rx).await;
+                }
+            }
+        });
+        let _ = tokio::time::timeout_at(deadline, &mut handle).await;
+        open_stop = Some(handle);
+    }
+
+    // The stop timeout ran out: requests still in flight are cut off, and recorded as
+    // timeout failures by their users before these end.
+    let _ = stop_tx.send(stop::HARD);
+    for u in &running {
+        let _ = u.stop.send(stop::HARD);
+    }
+    let cut_off = Instant::now() + CUT_OFF_WAIT;
+    for handle in running
+        .iter_mut()
+        .map(|u| &mut u.handle)
+        .chain(open_stop.as_mut())
+        .filter(|h| !h.is_finished())
+    {
+        if tokio::time::timeout_at(cut_off, &mut *handle)
+            .await
+            .is_err()
+        {
+            handle.abort();
         }
     }
     if cfg.plan.is_open() {
-        let mut stop_rx = hard_rx.clone();
-        for class in 0..cfg.scenario.classes.len() {
-            while let Some(mut u) = pool.take(class) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if tokio::time::timeout(left, u.lifecycle(&shared, false, &mut stop_rx))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
+        wait_idle(&pool, cut_off).await;
+    }
+    // The last point of the series, with what the stop recorded.
+    shared
+        .recorder
+        .tick(unix_now(), measured.as_secs_f64(), active);
+    if cfg.live && std::io::stderr().is_terminal() {
+        eprintln!();
     }
     probe.abort();
     ctrl_c.abort();
@@ -497,6 +558,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     result.thresholds = cfg.thresholds.clone();
     result.interrupted = interrupted;
     result.reliability = monitor.reliability();
+    result.dropped_iterations = monitor.dropped_iterations();
     if let Some((i, n)) = cfg.shard {
         result.shards = vec![format!("{i}/{n}")];
     }

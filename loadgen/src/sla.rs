@@ -8,6 +8,13 @@
 //! | `error_rate` | a percentage `0.5%`, or a fraction `0.005` |
 //! | `rps` | requests per second over the run |
 //! | `requests`, `failures` | counts |
+//! | `dropped_iterations` | open-model arrivals dropped because every VU was busy (whole run only) |
+//!
+//! Requests still in flight when the run's stop timeout ran out are failures (a request
+//! timeout) in every metric above. A run that dropped arrivals did not deliver its planned
+//! load: when it has thresholds, none of them on `dropped_iterations`, [`judge_all`] adds
+//! a missed verdict that says so; a `dropped_iterations` threshold (k6's opt-in) decides
+//! instead.
 //!
 //! ```
 //! use loadgen::sla::Threshold;
@@ -45,6 +52,8 @@ pub enum Metric {
     Requests,
     /// Failures.
     Failures,
+    /// Open-model arrivals dropped (k6's `dropped_iterations`), for the whole run.
+    DroppedIterations,
 }
 
 /// A comparison.
@@ -115,6 +124,7 @@ fn parse_metric(s: &str) -> Option<Metric> {
         "rps" => Metric::Rps,
         "requests" => Metric::Requests,
         "failures" => Metric::Failures,
+        "dropped_iterations" => Metric::DroppedIterations,
         _ => {
             let inner = s
                 .strip_prefix("p(")
@@ -176,8 +186,13 @@ impl FromStr for Threshold {
             return Err(err("expected <, <=, > or >="));
         };
         let metric = parse_metric(metric.trim()).ok_or_else(|| {
-            err("unknown metric (p50..p100, p(99.9), avg, min, max, med, error_rate, rps, requests, failures)")
+            err("unknown metric (p50..p100, p(99.9), avg, min, max, med, error_rate, rps, requests, failures, dropped_iterations)")
         })?;
+        if metric == Metric::DroppedIterations && name.is_some() {
+            return Err(err(
+                "dropped_iterations counts arrivals of the whole run, not of a request name",
+            ));
+        }
         let value = value.trim();
         let value = match metric {
             Metric::Percentile(_) | Metric::Avg | Metric::Min | Metric::Max => {
@@ -196,7 +211,7 @@ impl FromStr for Threshold {
                         * 100.0
                 }
             },
-            Metric::Rps | Metric::Requests | Metric::Failures => {
+            Metric::Rps | Metric::Requests | Metric::Failures | Metric::DroppedIterations => {
                 value.parse::<f64>().map_err(|_| err("expected a number"))?
             }
         };
@@ -236,6 +251,19 @@ impl Threshold {
     /// Judges this threshold on `result`. A per-name threshold on a name that made no
     /// request does not hold (a silent name is not a met SLA).
     pub fn judge(&self, result: &RunResult) -> Verdict {
+        if self.metric == Metric::DroppedIterations {
+            let observed = result.dropped_iterations as f64;
+            return Verdict {
+                threshold: self.source.clone(),
+                held: self.op.holds(observed, self.value),
+                observed,
+                detail: format!(
+                    "observed {observed}, wanted {} {}",
+                    self.op.as_str(),
+                    self.value
+                ),
+            };
+        }
         let Some(entry) = result.entry(self.name.as_deref()) else {
             return Verdict {
                 threshold: self.source.clone(),
@@ -259,6 +287,7 @@ impl Threshold {
             ),
             Metric::Requests => (entry.requests as f64, ""),
             Metric::Failures => (entry.failures as f64, ""),
+            Metric::DroppedIterations => (result.dropped_iterations as f64, ""),
         };
         let held = entry.requests > 0 && self.op.holds(observed, self.value);
         let detail = if entry.requests == 0 {
@@ -279,14 +308,23 @@ impl Threshold {
     }
 }
 
+/// The name of the verdict [`judge_all`] adds when a threshold run dropped arrivals.
+pub const IMPLICIT_DROPPED: &str = "dropped_iterations<1 (implicit)";
+
 /// Judges every threshold expression of `result`; the ones that do not parse (a hand-edited
-/// result file) are reported as missed.
+/// result file) are reported as missed. A run with thresholds that dropped arrivals, and
+/// has no threshold of its own on `dropped_iterations`, gets one more, missed verdict
+/// ([`IMPLICIT_DROPPED`]): its figures describe less load than the plan asked for.
 pub fn judge_all(result: &RunResult) -> Vec<Verdict> {
-    result
+    let mut on_dropped = false;
+    let mut verdicts: Vec<Verdict> = result
         .thresholds
         .iter()
         .map(|t| match t.parse::<Threshold>() {
-            Ok(t) => t.judge(result),
+            Ok(t) => {
+                on_dropped |= t.metric == Metric::DroppedIterations;
+                t.judge(result)
+            }
             Err(e) => Verdict {
                 threshold: t.clone(),
                 held: false,
@@ -294,7 +332,19 @@ pub fn judge_all(result: &RunResult) -> Vec<Verdict> {
                 detail: e.to_string(),
             },
         })
-        .collect()
+        .collect();
+    if !verdicts.is_empty() && !on_dropped && result.dropped_iterations > 0 {
+        verdicts.push(Verdict {
+            threshold: IMPLICIT_DROPPED.to_owned(),
+            held: false,
+            observed: result.dropped_iterations as f64,
+            detail: format!(
+                "{} of {} arrivals were dropped (every VU busy): the target got less load than planned; raise --max-vus, or set a dropped_iterations threshold to accept drops",
+                result.dropped_iterations, result.reliability.arrivals
+            ),
+        });
+    }
+    verdicts
 }
 
 #[cfg(test)]
@@ -315,7 +365,12 @@ mod tests {
             t("API - List Agents: p95<500ms").name.as_deref(),
             Some("API - List Agents")
         );
+        assert_eq!(
+            t("dropped_iterations<=10").metric,
+            Metric::DroppedIterations
+        );
         for bad in [
+            "GET /a: dropped_iterations<1",
             "p95",
             "p101<1s",
             "p95<fast",
@@ -325,5 +380,28 @@ mod tests {
         ] {
             assert!(bad.parse::<Threshold>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn dropped_arrivals_fail_a_threshold_run_unless_a_threshold_accepts_them() {
+        let rec = crate::metrics::Recorder::new(&[("GET".into(), "/a".into())]).unwrap();
+        rec.record(0, std::time::Duration::from_millis(1), 0, 0, None);
+        let mut r = rec.result(std::time::Duration::from_secs(1));
+        r.thresholds = vec!["p95<1s".into()];
+        assert!(judge_all(&r).iter().all(|v| v.held));
+        r.dropped_iterations = 5;
+        let v = judge_all(&r);
+        assert_eq!(v.len(), 2);
+        assert!(v[0].held && !v[1].held, "{v:?}");
+        assert_eq!(v[1].threshold, IMPLICIT_DROPPED);
+        assert!(v[1].detail.contains("5 of"), "{}", v[1].detail);
+        r.thresholds.push("dropped_iterations<10".into());
+        let v = judge_all(&r);
+        assert_eq!(v.len(), 2);
+        assert!(v.iter().all(|v| v.held), "{v:?}");
+        r.thresholds = vec!["dropped_iterations<5".into()];
+        assert!(!judge_all(&r)[0].held);
+        r.thresholds.clear();
+        assert!(judge_all(&r).is_empty(), "no thresholds, no verdict");
     }
 }

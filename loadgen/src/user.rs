@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::checks::{self, Body};
-use crate::client::{self, ClientError, Conn, CookieJar, Target};
+use crate::client::{self, ClientError, Conn, CookieJar, ReadBody, Target};
 use crate::metrics::Recorder;
 use crate::scenario::template::Vars;
 use crate::scenario::{BodyTemplate, Request, Scenario, Task};
@@ -54,6 +54,8 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Default per-request timeout.
     pub timeout: Duration,
+    /// Default of the most response-body bytes kept for checks (`--max-body-size`).
+    pub max_body: u64,
     /// The request budget, if any.
     pub budget: Option<Budget>,
 }
@@ -62,9 +64,11 @@ pub struct Shared {
 pub mod stop {
     /// Keep going.
     pub const RUN: u8 = 0;
-    /// Stop after the current task (scale-down).
+    /// Stop after the current task (scale-down, and the end of the run: requests in flight
+    /// get the stop timeout to finish).
     pub const SOFT: u8 = 1;
-    /// Stop now: abandon the request in flight (end of the run).
+    /// Stop now: the stop timeout ran out; a request still in flight is recorded as a
+    /// timeout failure and abandoned.
     pub const HARD: u8 = 2;
 }
 
@@ -75,7 +79,8 @@ pub enum Outcome {
     Ok,
     /// Recorded as a failure.
     Failed,
-    /// Not sent or abandoned: the run is over or the budget is spent.
+    /// Not sent, or cut off (and recorded as a failure) by the hard stop: the run is over
+    /// or the budget is spent.
     Stopped,
 }
 
@@ -124,7 +129,7 @@ impl User {
             &class.on_stop
         };
         for req in requests {
-            let out = self.exec(shared, req, None, stop, on_start).await;
+            let out = self.exec(shared, req, None, stop).await;
             if out != Outcome::Ok {
                 if out == Outcome::Failed {
                     let what = if on_start { "on_start" } else { "on_stop" };
@@ -150,7 +155,7 @@ impl User {
     ) -> Outcome {
         let mut intended = intended;
         for req in &task.steps {
-            match self.exec(shared, req, intended.take(), stop, true).await {
+            match self.exec(shared, req, intended.take(), stop).await {
                 Outcome::Ok => {}
                 other => return other,
             }
@@ -195,16 +200,17 @@ impl User {
         Ok(http_req)
     }
 
-    /// Sends one request and records it. `abortable`: a hard stop abandons it unrecorded.
+    /// Sends one request and records it. The hard stop (the stop timeout ran out) cuts a
+    /// request in flight off and records it as a timeout failure whose latency is the time
+    /// it had taken, so a stuck user shows in every count, histogram and threshold.
     async fn exec(
         &mut self,
         shared: &Shared,
         req: &Request,
         intended: Option<Instant>,
         stop: &mut watch::Receiver<u8>,
-        abortable: bool,
     ) -> Outcome {
-        if abortable && *stop.borrow() >= stop::HARD {
+        if *stop.borrow() >= stop::HARD {
             return Outcome::Stopped;
         }
         if shared.budget.as_ref().is_some_and(|b| !b.take()) {
@@ -227,14 +233,18 @@ impl User {
             .is_none_or(|c| c.keep_alive);
         let start = intended.unwrap_or_else(Instant::now);
         let timeout = req.timeout.unwrap_or(shared.timeout);
-        let call = self.call(shared.addr, req, http_req, keep_alive);
-        let res = if abortable {
-            tokio::select! {
-                r = tokio::time::timeout(timeout, call) => r,
-                _ = stop.wait_for(|s| *s >= stop::HARD) => return Outcome::Stopped,
-            }
-        } else {
-            tokio::time::timeout(timeout, call).await
+        let max_body = req.max_body.unwrap_or(shared.max_body);
+        let call = self.call(shared.addr, req, http_req, keep_alive, max_body);
+        let res = tokio::select! {
+            r = tokio::time::timeout(timeout, call) => Some(r),
+            Ok(_) = stop.wait_for(|s| *s >= stop::HARD) => None,
+        };
+        let Some(res) = res else {
+            self.conn.close();
+            shared
+                .recorder
+                .record_stopped(req.stat, start.elapsed(), req.checks.len());
+            return Outcome::Stopped;
         };
         let elapsed = start.elapsed();
         let res = res.unwrap_or(Err(ClientError::Timeout(timeout)));
@@ -243,7 +253,12 @@ impl User {
                 self.conn.close();
                 (Err(e.to_string()), 0)
             }
-            Ok((status, headers, bytes, raw)) => {
+            Ok((status, headers, read)) => {
+                let ReadBody {
+                    bytes,
+                    kept: raw,
+                    over_limit,
+                } = read;
                 if shared
                     .scenario
                     .classes
@@ -253,8 +268,14 @@ impl User {
                     self.jar.store(&headers);
                 }
                 let mut body = Body::new(&raw);
-                let mut verdict =
-                    checks::judge(status, elapsed, &mut body, &req.expect, &req.checks);
+                let mut verdict = if over_limit {
+                    Err(format!(
+                        "check failed: response body over the {} kept for checks (max_body_size); not read further",
+                        client::format_size(max_body)
+                    ))
+                } else {
+                    checks::judge(status, elapsed, &mut body, &req.expect, &req.checks)
+                };
                 if verdict.is_ok() {
                     for (var, path) in &req.extract {
                         match checks::extract(&mut body, path) {
@@ -283,17 +304,19 @@ impl User {
         }
     }
 
-    /// The network part: status, headers, body size and (when needed) the body.
+    /// The network part: status, headers, body size and (when needed) the body, at most
+    /// `max_body` bytes of it (past that the connection is closed, the rest never read).
     async fn call(
         &mut self,
         addr: SocketAddr,
         req: &Request,
         http_req: HttpRequest<Full<Bytes>>,
         keep_alive: bool,
-    ) -> Result<(u16, http::HeaderMap, u64, Vec<u8>), ClientError> {
+        max_body: u64,
+    ) -> Result<(u16, http::HeaderMap, ReadBody), ClientError> {
         if req.websocket {
             let status = client::websocket_handshake(addr, http_req).await?;
-            return Ok((status, http::HeaderMap::new(), 0, Vec::new()));
+            return Ok((status, http::HeaderMap::new(), ReadBody::default()));
         }
         let fresh = req.new_connection || !keep_alive;
         if fresh {
@@ -301,10 +324,10 @@ impl User {
         }
         let res = self.conn.send(addr, http_req).await?;
         let (parts, body) = res.into_parts();
-        let (n, raw) = client::read_body(body, req.needs_body()).await?;
-        if fresh {
+        let read = client::read_body(body, req.needs_body(), max_body).await?;
+        if fresh || read.over_limit {
             self.conn.close();
         }
-        Ok((parts.status.as_u16(), parts.headers, n, raw))
+        Ok((parts.status.as_u16(), parts.headers, read))
     }
 }

@@ -27,6 +27,7 @@ async fn run(scenario: Scenario, plan: Plan, host: &str, control: Option<&str>) 
         plan,
         target: Target::parse(host).unwrap(),
         timeout: Duration::from_secs(10),
+        max_body: loadgen::client::DEFAULT_MAX_BODY,
         max_requests: None,
         thresholds: Vec::new(),
         live: false,
@@ -192,20 +193,21 @@ async fn the_open_model_shows_a_stall_the_closed_model_hides() {
     let c = run(stalling("/api/users"), closed, &host, Some(&host)).await;
     assert!(c.exceptions.is_empty(), "{:?}", c.exceptions);
 
-    // Open model: 200 iterations/s whatever happens, at most 4 in flight like the closed
-    // run: the iterations that queue behind the stall are measured from their intended
-    // start.
+    // Open model: 200 iterations/s whatever happens, with VUs enough for a second of them
+    // (an arrival that finds every VU busy is dropped, as in k6): the iterations that
+    // start during the stall are measured from their intended start.
     let open = Plan::Open {
         start_rate: 200.0,
         stages: vec![Stage {
             duration: secs,
             target: 200.0,
         }],
-        max_vus: 4,
+        max_vus: 300,
     };
     let o = run(stalling("/api/users"), open, &host, Some(&host)).await;
     mock.shutdown().await;
     assert!(o.exceptions.is_empty(), "{:?}", o.exceptions);
+    assert_eq!(o.dropped_iterations, 0, "every arrival found a VU");
     let (cp99, op99) = (c.total.percentile_ms(0.99), o.total.percentile_ms(0.99));
     eprintln!(
         "stall: closed {} requests p50 {:.1} p99 {cp99:.1} ms; open {} requests p50 {:.1} p99 {op99:.1} ms",

@@ -270,7 +270,7 @@ figcaption{{font-weight:600;margin:2px 6px}} .tick{{font-size:10px;fill:#4a5568}
 .pass{{color:#22543d;font-weight:600}} .fail{{color:#9b2c2c;font-weight:600}} .note{{color:#718096;font-size:12px}}
 </style></head><body>
 <h1>loadgen report: {title}</h1>
-<div class="meta">target {host} · {plan} · {secs:.1} s · {reqs} requests · {rps:.1} req/s · max users {users}{shards}{interrupted}</div>
+<div class="meta">target {host} · {plan} · {secs:.1} s · {reqs} requests · {rps:.1} req/s · max users {users} · <span id="stopped-in-flight">{stopped} stopped in flight</span> · <span id="dropped-iterations">{dropped} dropped iterations</span>{shards}{interrupted}</div>
 <div class="verdict {verdict_class}" id="verdict">{verdict_text}</div>"#,
         title = escape(&result.scenario),
         host = escape(&result.host),
@@ -279,6 +279,8 @@ figcaption{{font-weight:600;margin:2px 6px}} .tick{{font-size:10px;fill:#4a5568}
         reqs = result.total.requests,
         rps = result.rps(),
         users = result.max_users,
+        stopped = result.stopped_in_flight,
+        dropped = result.dropped_iterations,
         shards = if result.shards.is_empty() {
             String::new()
         } else {
@@ -290,8 +292,16 @@ figcaption{{font-weight:600;margin:2px 6px}} .tick{{font-size:10px;fill:#4a5568}
             ""
         },
     );
+    if result.stopped_in_flight > 0 {
+        let _ = write!(
+            s,
+            "<div class=\"unreliable\" id=\"stopped\"><strong>Stopped in flight:</strong> {} request(s) had no response when the stop timeout ran out; they are counted as failures ({}) with the time they had taken.</div>",
+            result.stopped_in_flight,
+            escape(crate::metrics::STOPPED_IN_FLIGHT)
+        );
+    }
     if result.reliability.unreliable {
-        s.push_str("<div class=\"unreliable\" id=\"unreliable\"><strong>Unreliable run:</strong> the generator did not keep up, so these figures may describe the generator rather than the target.<ul>");
+        s.push_str("<div class=\"unreliable\" id=\"unreliable\"><strong>Unreliable run:</strong> the load did not go as planned (the generator did not keep up, or arrivals were dropped), so these figures may not describe the target under the planned load.<ul>");
         for r in &result.reliability.reasons {
             let _ = write!(s, "<li>{}</li>", escape(r));
         }

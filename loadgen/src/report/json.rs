@@ -1,13 +1,14 @@
 //! The JSON summary (`--summary-export`), with metric keys that follow k6's summary export:
 //! `http_reqs`, `http_req_duration` (and `http_req_duration{name:NAME}` per request name),
-//! `http_req_failed`, `checks`, `data_received`, `vus_max`. As in k6, a threshold maps to
-//! `true` when it FAILED. A `loadgen` object adds the verdict and the generator's
-//! reliability.
+//! `http_req_failed`, `checks`, `data_received`, `vus_max`, `dropped_iterations`. As in
+//! k6, a threshold maps to `true` when it FAILED. A `loadgen` object adds the verdict, the
+//! requests cut off at the stop (`stopped_in_flight`, already failures in
+//! `http_req_failed`) and the generator's reliability.
 
 use serde_json::{json, Map, Value};
 
 use crate::metrics::{rate, RunResult, StatEntry, PERCENTILES};
-use crate::sla::{Metric, Threshold, Verdict};
+use crate::sla::{Metric, Threshold, Verdict, IMPLICIT_DROPPED};
 
 fn trend(s: &StatEntry) -> Map<String, Value> {
     let mut m = Map::new();
@@ -28,6 +29,7 @@ fn metric_key(t: &Threshold) -> String {
     let base = match t.metric {
         Metric::ErrorRate | Metric::Failures => "http_req_failed",
         Metric::Rps | Metric::Requests => "http_reqs",
+        Metric::DroppedIterations => "dropped_iterations",
         _ => "http_req_duration",
     };
     match &t.name {
@@ -71,6 +73,10 @@ pub fn render(result: &RunResult, verdicts: &[Verdict]) -> Value {
         "vus_max".into(),
         json!({"value": result.max_users, "min": result.max_users, "max": result.max_users}),
     );
+    metrics.insert(
+        "dropped_iterations".into(),
+        json!({"count": result.dropped_iterations, "rate": rate(result.dropped_iterations, secs)}),
+    );
     for s in &result.stats {
         metrics.insert(
             format!("http_req_duration{{name:{}}}", s.name),
@@ -89,12 +95,21 @@ pub fn render(result: &RunResult, verdicts: &[Verdict]) -> Value {
             }),
         );
     }
-    for (expr, v) in result.thresholds.iter().zip(verdicts) {
-        let Ok(th) = expr.parse::<Threshold>() else {
-            continue;
-        };
+    let judged = result
+        .thresholds
+        .iter()
+        .zip(verdicts)
+        .filter_map(|(expr, v)| {
+            let th = expr.parse::<Threshold>().ok()?;
+            Some((metric_key(&th), expr.clone(), v))
+        });
+    let implicit = verdicts
+        .iter()
+        .filter(|v| v.threshold == IMPLICIT_DROPPED)
+        .map(|v| ("dropped_iterations".to_owned(), v.threshold.clone(), v));
+    for (key, expr, v) in judged.chain(implicit) {
         let entry = metrics
-            .entry(metric_key(&th))
+            .entry(key)
             .or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(m) = entry {
             let ths = m
@@ -116,6 +131,8 @@ pub fn render(result: &RunResult, verdicts: &[Verdict]) -> Value {
             "started_unix": result.started_unix,
             "duration_secs": secs,
             "interrupted": result.interrupted,
+            "stopped_in_flight": result.stopped_in_flight,
+            "dropped_iterations": result.dropped_iterations,
             "shards": result.shards,
             "verdict": if verdicts.is_empty() { "none" } else if missed == 0 { "held" } else { "missed" },
             "thresholds": verdicts,

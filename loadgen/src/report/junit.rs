@@ -31,6 +31,8 @@ pub fn render(result: &RunResult, verdicts: &[Verdict]) -> String {
         ("requests", result.total.requests.to_string()),
         ("rps", format!("{:.1}", result.rps())),
         ("reliable", (!result.reliability.unreliable).to_string()),
+        ("stopped_in_flight", result.stopped_in_flight.to_string()),
+        ("dropped_iterations", result.dropped_iterations.to_string()),
     ] {
         let _ = writeln!(
             out,

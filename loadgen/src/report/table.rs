@@ -132,8 +132,23 @@ pub fn render(result: &RunResult, verdicts: &[Verdict]) -> String {
             let _ = writeln!(out, "  DIVERGENCE: {d}");
         }
     }
+    if result.stopped_in_flight > 0 {
+        let _ = writeln!(
+            out,
+            "\nSTOPPED IN FLIGHT: {} request(s) had no response when the stop timeout ran out; they are failures ({:?}) with the time they had taken",
+            result.stopped_in_flight,
+            crate::metrics::STOPPED_IN_FLIGHT
+        );
+    }
+    if result.dropped_iterations > 0 {
+        let _ = writeln!(
+            out,
+            "\nDROPPED ITERATIONS: {} of {} arrivals found every VU busy and were never sent",
+            result.dropped_iterations, result.reliability.arrivals
+        );
+    }
     if result.reliability.unreliable {
-        let _ = writeln!(out, "\nUNRELIABLE RUN: the generator did not keep up; these figures may describe the generator, not the target:");
+        let _ = writeln!(out, "\nUNRELIABLE RUN: the load did not go as planned (the generator did not keep up, or arrivals were dropped); these figures may not describe the target under the planned load:");
         for r in &result.reliability.reasons {
             let _ = writeln!(out, "  - {r}");
         }
@@ -171,8 +186,18 @@ pub fn verdict_line(result: &RunResult, verdicts: &[Verdict]) -> String {
             verdicts.len()
         )
     };
+    if result.stopped_in_flight > 0 {
+        let _ = write!(
+            line,
+            " [{} request(s) stuck at stop, counted as failures]",
+            result.stopped_in_flight
+        );
+    }
+    if result.dropped_iterations > 0 {
+        let _ = write!(line, " [{} arrivals dropped]", result.dropped_iterations);
+    }
     if result.reliability.unreliable {
-        line.push_str(" [UNRELIABLE: generator saturated or behind schedule]");
+        line.push_str(" [UNRELIABLE: see the reasons above]");
     }
     line
 }

@@ -254,6 +254,13 @@ impl Req {
         self
     }
 
+    /// The most response-body bytes kept for this request's checks (`"16MiB"`); the run's
+    /// `--max-body-size` when unset.
+    pub fn max_body_size(mut self, size: &str) -> Self {
+        self.spec.max_body_size = Some(size.to_owned());
+        self
+    }
+
     /// Keeps the JSON field at `path` in variable `var`.
     pub fn extract(mut self, var: &str, path: &str) -> Self {
         self.spec.extract.insert(var.to_owned(), path.to_owned());

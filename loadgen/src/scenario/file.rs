@@ -207,6 +207,10 @@ pub struct RequestSpec {
     pub extract: BTreeMap<String, String>,
     /// Per-request timeout (default: the run's `--timeout`).
     pub timeout: Option<String>,
+    /// Most response-body bytes kept for `checks` and `extract` (`"16MiB"`; default: the
+    /// run's `--max-body-size`, 4 MiB). A longer body fails the request's checks and is
+    /// not read further.
+    pub max_body_size: Option<String>,
     /// Open a new connection for this request (and close it after).
     #[serde(default)]
     pub new_connection: bool,

@@ -98,6 +98,8 @@ pub struct Request {
     pub extract: Vec<(String, JsonPath)>,
     /// Timeout (the run's default when `None`).
     pub timeout: Option<Duration>,
+    /// Most response-body bytes kept for checks (the run's default when `None`).
+    pub max_body: Option<u64>,
     /// Use a fresh connection and close it after.
     pub new_connection: bool,
     /// A WebSocket handshake (101 is success); the connection is dropped after.

@@ -387,6 +387,16 @@ impl ClassCtx<'_> {
             .timeout
             .as_deref()
             .and_then(|t| duration(self.errors, &format!("{path}.timeout"), t));
+        let max_body = r.max_body_size.as_deref().and_then(|s| {
+            let n = parse_size(s).filter(|n| *n > 0);
+            if n.is_none() {
+                self.errors.at(
+                    &format!("{path}.max_body_size"),
+                    format!("bad size {s:?} (e.g. 64KB, 16MiB; more than 0)"),
+                );
+            }
+            n
+        });
         if r.websocket && method.as_ref().is_some_and(|m| m != Method::GET) {
             self.errors
                 .at(&format!("{path}.method"), "a websocket request is a GET");
@@ -413,6 +423,7 @@ impl ClassCtx<'_> {
             expect,
             extract,
             timeout,
+            max_body,
             new_connection: r.new_connection || r.websocket,
             websocket: r.websocket,
         })
@@ -447,7 +458,8 @@ impl ClassCtx<'_> {
                 || !t.headers.is_empty()
                 || !t.checks.is_empty()
                 || !t.extract.is_empty()
-                || t.expect_status.is_some();
+                || t.expect_status.is_some()
+                || t.max_body_size.is_some();
             if has_request_fields {
                 self.errors.at(
                     path,
