@@ -39,6 +39,8 @@ const PER_LIMITER_KEY: u64 = 512;
 const MARGIN: u64 = 48 << 20;
 /// Concurrent connections of each flood.
 const CONNS: usize = 4;
+/// The sink's answer: small and cacheable.
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncache-control: max-age=600\r\n\r\nok";
 
 fn temp_config(content: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -55,9 +57,7 @@ fn temp_config(content: &str) -> PathBuf {
 /// A keep-alive upstream answering every bodiless request with a small,
 /// cacheable `200`. It records nothing: 1.3 GB of request heads would
 /// measure the test, not the gateway.
-async fn sink_upstream() -> SocketAddr {
-    const RESP: &[u8] =
-        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncache-control: max-age=600\r\n\r\nok";
+async fn sink_upstream(resp: &'static [u8]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -82,7 +82,7 @@ async fn sink_upstream() -> SocketAddr {
                         tail.rotate_left(n);
                         tail[4 - n..].copy_from_slice(&chunk[..n]);
                     }
-                    if &tail == b"\r\n\r\n" && s.write_all(RESP).await.is_err() {
+                    if &tail == b"\r\n\r\n" && s.write_all(resp).await.is_err() {
                         return;
                     }
                 }
@@ -123,7 +123,7 @@ fn long(i: usize, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
-    let up = sink_upstream().await;
+    let up = sink_upstream(RESP).await;
     let cfg = format!(
         r#"
         [cache]
@@ -198,4 +198,100 @@ async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
         "the cache flood alone grew RSS {} KiB",
         after_cache.saturating_sub(base)
     );
+}
+
+/// The shared tier and the shared limiter: on main each stored response's
+/// Redis key carried the client's whole `Host` and path (62 MiB of Redis
+/// for 200 requests with 292 KiB `Host`s) and each limiter key the whole
+/// header; and a `stale-while-revalidate` of 2^64-1 s overflowed when the
+/// entry's Redis expiry was computed. Now every key is at most about 1 KiB
+/// and the entry is written with a clamped expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_stay_short_whatever_the_client_sends() {
+    const SWR: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\
+        cache-control: max-age=1, stale-while-revalidate=18446744073709551615\r\n\r\nok";
+    const N: usize = 200;
+    let up = sink_upstream(SWR).await;
+    let redis = e2e::harness::RedisServer::start(e2e::harness::free_port()).await;
+    let cfg = format!(
+        r#"
+        [cache]
+        max_size = "8MiB"
+        [cache.redis]
+        url = "redis://127.0.0.1:{port}"
+        prefix = "c:"
+        timeout = "500ms"
+        [rate_limit.redis]
+        url = "redis://127.0.0.1:{port}"
+        prefix = "l:"
+        timeout = "500ms"
+        on_error = "fail_closed"
+        [upstreams.sink]
+        endpoints = ["{up}"]
+        [[routes]]
+        name = "cached"
+        prefix = "/c"
+        upstream = "sink"
+        cache = {{ ttl = "600s" }}
+        [[routes]]
+        name = "limited"
+        prefix = "/l"
+        upstream = "sink"
+        rate_limits = [{{ name = "p", key = {{ header = "X-Client-Id" }}, limit = 5, window = "60s", store = "redis" }}]
+        "#,
+        port = redis.port
+    );
+    let gw = GatewayProcess::spawn(Some(&temp_config(&cfg)), &[]);
+    let c = client();
+    let before: u64 = redis
+        .cli(&["memory", "stats"])
+        .lines()
+        .skip_while(|l| *l != "total.allocated")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for i in 0..N {
+        let r = get(&c, gw.addr, &format!("/c/item?q={}", long(i, QUERY_BYTES))).await;
+        assert_eq!(r.status(), 200);
+        let l = Request::get(format!("http://{}/l/item", gw.addr))
+            .header("x-client-id", long(i, KEY_BYTES))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(&c, l).await.status(), 200);
+    }
+    // Cache writes to Redis happen in the background.
+    e2e::harness::wait_until("every entry and limiter key in Redis", || async {
+        redis.cli(&["dbsize"]).parse::<usize>().unwrap_or(0) >= 2 * N
+    })
+    .await;
+    let keys = redis.cli(&["keys", "*"]);
+    let longest = keys.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest <= 1_200, "a Redis key of {longest} bytes");
+    assert_eq!(keys.lines().filter(|k| k.starts_with("c:")).count(), N);
+    // The clamped expiry: 1 s + 2^31 s, in ms.
+    // (Cache keys hold NUL separators: not an argv, so asked by a script.)
+    let pttl: u64 = redis
+        .cli(&[
+            "eval",
+            "return redis.call('pttl', redis.call('keys', 'c:*')[1])",
+            "0",
+        ])
+        .parse()
+        .unwrap();
+    assert!(pttl > 1_000 && pttl <= (1 + (1 << 31)) * 1000, "{pttl}");
+    let after: u64 = redis
+        .cli(&["memory", "stats"])
+        .lines()
+        .skip_while(|l| *l != "total.allocated")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    eprintln!("redis total.allocated {before} -> {after} for {N} entries and {N} limiter keys");
+    // 400 keys of at most ~1 KiB plus small values; on main: 200 x 64 KiB
+    // of cache keys and as much again for the limiter (~25 MiB).
+    assert!(
+        after.saturating_sub(before) < 4 << 20,
+        "{before} -> {after}"
+    );
+    assert!(!gw.logged("panicked"), "the gateway panicked");
 }
