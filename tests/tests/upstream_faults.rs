@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use e2e::harness::{client, get, metrics_text, poll_until, sample, wait_until, GatewayProcess};
 use e2e::raw::{exchange, raw_request, response, RawUpstream, Step};
