@@ -539,7 +539,8 @@ mod tests {
     /// regression test on the stable toolchain.
     #[test]
     fn committed_seed_corpora_pass() {
-        let targets: [(&str, fn(&[u8])); 6] = [
+        type Harness = (&'static str, fn(&[u8]));
+        let targets: [Harness; 6] = [
             ("h1_response", h1_response),
             ("path", path),
             ("cache_control", cache_control),

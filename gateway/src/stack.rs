@@ -81,12 +81,8 @@ pub fn route_service(
         let verifier = shared.verifiers.get(&a.provider)?.clone();
         Some(AuthLayer::new(RoutePolicy::new(verifier, a)))
     });
-    let limits = (!route.rate_limits.is_empty()).then(|| {
-        RateLimitLayer::new(RoutePolicies::new(
-            &route.name,
-            shared.rate_limits(route),
-        ))
-    });
+    let limits = (!route.rate_limits.is_empty())
+        .then(|| RateLimitLayer::new(RoutePolicies::new(&route.name, shared.rate_limits(route))));
     let svc = ServiceBuilder::new()
         // Route deadline: outermost, so it bounds everything below.
         .option_layer(route.timeout.map(tower::timeout::TimeoutLayer::new))

@@ -445,7 +445,10 @@ async fn shutdown_flushes_queued_spans() {
 async fn auth_decisions_are_span_events() {
     harness::init_logs();
     // Same value as the auth tests use: setting it concurrently is harmless.
-    std::env::set_var("GW_E2E_JWT_SECRET", "meetinity-dev-secret-change-me-in-production");
+    std::env::set_var(
+        "GW_E2E_JWT_SECRET",
+        "meetinity-dev-secret-change-me-in-production",
+    );
     let rx = OtlpReceiver::start().await;
     let up = mock("u").await;
     let gw = start_gateway(config(

@@ -185,7 +185,8 @@ impl Inner {
         // line, and whether this is a WebSocket handshake the route allows.
         let ctx = req.extensions().get::<RequestContext>();
         let forwarded_for = ctx.map(|c| c.forwarded_for().clone());
-        let upgrade = ctx.is_some_and(RequestContext::websocket) && req.version() != Version::HTTP_2;
+        let upgrade =
+            ctx.is_some_and(RequestContext::websocket) && req.version() != Version::HTTP_2;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();

@@ -512,8 +512,8 @@ fn prepare(
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
-    let routed = sanitized
-        .and_then(|ctx| Ok((rt.router.route(req.method(), host, req.uri().path())?, ctx)));
+    let routed =
+        sanitized.and_then(|ctx| Ok((rt.router.route(req.method(), host, req.uri().path())?, ctx)));
     // A kept `%2F` only on a route that allows it.
     let routed = routed.and_then(|(route, ctx)| {
         crate::path::check_encoded_slash(path == Ok(true), route.allow_encoded_slash)?;
