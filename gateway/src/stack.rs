@@ -3,12 +3,17 @@
 //!
 //! Request path, outermost first (the README's diagram copies this list):
 //!
-//! 1. `server` (edge, per connection): request id accepted or generated,
-//!    route matched (404/405), `Content-Length` checked against the route's
-//!    body limit (413) and the body wrapped so a streamed body that grows
-//!    past it fails with 413 too, `X-Forwarded-*` context attached, the
-//!    telemetry record and (when sampled) the SERVER span started; the
-//!    span's context rides in the request extensions to the proxy.
+//! 1. `server` (edge, per connection): request id accepted or generated;
+//!    the request sanitised once, in a fixed order (`server::sanitize`:
+//!    Host, duplicate Authorization, upgrade, Connection tokens and
+//!    hop-by-hop headers, identity headers, forwarding headers) and its
+//!    context filled (`context::RequestContext`: the one client address and
+//!    `X-Forwarded-For` line); the path normalised (`path`, 400 when
+//!    refused); route matched on it (404/405); `Content-Length` checked
+//!    against the route's body limit (413) and the body wrapped so a
+//!    streamed body that grows past it fails with 413 too; the telemetry
+//!    record and (when sampled) the SERVER span started; the span's context
+//!    rides in the request extensions to the proxy.
 //! 2. `timeout` (per route): the whole deadline until response headers, so
 //!    everything below it, retries included, fits in it (504).
 //! 3. `auth` (per route): JWT verified, scopes/roles checked (401/403),
@@ -25,10 +30,12 @@
 //!    backoff with jitter, another endpoint each time; inside the deadline.
 //! 8. `proxy` (innermost): endpoint pick (round-robin / P2C, healthy and
 //!    circuit breaker not open, so each retry attempt is gated by the
-//!    breakers; 503 with `Retry-After` at once when none), hop-by-hop
-//!    headers stripped, `Via` added, path rewritten, upstream request with
+//!    breakers; 503 with `Retry-After` at once when none), the response's
+//!    hop-by-hop headers stripped (the request's were at the edge), `Via`
+//!    added, path rewritten, upstream request with
 //!    its own header deadline (504), connect/reset errors (502), upgrades
-//!    tunnelled; the outcome is recorded with the endpoint's breaker; a
+//!    tunnelled (WebSocket, on routes that allow it); the outcome is
+//!    recorded with the endpoint's breaker when the response body ends; a
 //!    sampled request gets a CLIENT span per attempt, whose id the
 //!    upstream's `traceparent` carries.
 
