@@ -322,45 +322,83 @@ pub fn valid_authority(b: &[u8]) -> bool {
         }
         &b[end + 1..]
     } else {
-        let split = b.iter().position(|&c| c == b':').unwrap_or(b.len());
-        let host = &b[..split];
-        if host.is_empty() || !reg_name(host) {
+        // One pass: the reg-name up to the first `:`.
+        let Some(split) = reg_name(b) else {
+            return false;
+        };
+        if split == 0 {
             return false;
         }
         &b[split..]
     };
     match rest {
         [] => true,
-        [b':', port @ ..] => {
-            !port.is_empty()
-                && port.len() <= 5
-                && port.iter().all(u8::is_ascii_digit)
-                && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+        [b':', port @ ..] if !port.is_empty() && port.len() <= 5 => {
+            let mut n = 0u32;
+            for &d in port {
+                if !d.is_ascii_digit() {
+                    return false;
+                }
+                n = n * 10 + u32::from(d - b'0');
+            }
+            n <= 65535
         }
         _ => false,
     }
 }
 
-/// RFC 3986 reg-name: unreserved, sub-delims and percent-encoded octets.
-fn reg_name(b: &[u8]) -> bool {
+/// Bytes of an RFC 3986 reg-name (unreserved and sub-delims; `%` is
+/// checked apart): a table, so the check is one load per byte (a `Host`
+/// is validated on every request).
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        c += 1;
+    }
+    t
+};
+
+/// RFC 3986 reg-name (unreserved, sub-delims and percent-encoded octets)
+/// at the start of `b`, up to the end or the first `:`: its length, or
+/// `None` when another byte comes first.
+fn reg_name(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        if c == b'%' {
-            let hex = b.get(i + 1..i + 3);
-            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                return false;
-            }
+        if REG_NAME[usize::from(c)] {
+            i += 1;
+        } else if c == b':' {
+            return Some(i);
+        } else if c == b'%'
+            && b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        {
             i += 3;
-            continue;
+        } else {
+            return None;
         }
-        let ok = c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c);
-        if !ok {
-            return false;
-        }
-        i += 1;
     }
-    true
+    Some(i)
 }
 
 /// [`Step::Upgrade`]: an HTTP/1.1 `GET` with `Connection: upgrade` and an
