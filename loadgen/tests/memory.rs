@@ -9,23 +9,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, scratch, spawn};
+use common::{bin, peak_rss_kb, scratch, spawn};
 
 const USERS: u64 = 10_000;
 const LIMIT_KB: u64 = 500 * 1024;
-
-/// `VmHWM` (peak resident set) of a process in kB, while it lives.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
 
 #[test]
 fn ten_thousand_users_with_wait_times_fit_in_500_mb() {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use common::{bin, scratch};
+use common::{bin, peak_rss_kb, scratch};
 use serde_json::Value;
 
 /// Reads one request head; its path, or `None` at EOF.
@@ -106,19 +106,6 @@ fn endless_target(max_open: Arc<AtomicUsize>) -> SocketAddr {
         }
     });
     addr
-}
-
-/// `VmHWM` (peak resident set) of a live process, kB.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// What a bounded loadgen run said.

@@ -42,6 +42,19 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `VmHWM` (peak resident set) of a live process, kB.
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,
