@@ -159,6 +159,21 @@ fn run(args: &[&str], kill_mb: u64) -> Ran {
     }
 }
 
+/// `loadgen run SCENARIO --host HOST --workers 1 --only-summary EXTRA...` through [`run`].
+fn run_scenario(scenario: &str, host: &str, extra: &[&str], kill_mb: u64) -> Ran {
+    let mut args = vec![
+        "run",
+        scenario,
+        "--host",
+        host,
+        "--workers",
+        "1",
+        "--only-summary",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, kill_mb)
+}
+
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -191,12 +206,10 @@ fn requests_in_flight_at_the_stop_are_timeout_failures_in_every_output() {
     let scenario = write(&dir, "stuck.toml", STUCK);
     let d = |f: &str| dir.join(f).display().to_string();
     let host = format!("http://{addr}");
-    let ran = run(
+    let ran = run_scenario(
+        &scenario,
+        &host,
         &[
-            "run",
-            &scenario,
-            "--host",
-            &host,
             "--users",
             "5",
             "--spawn-rate",
@@ -205,9 +218,6 @@ fn requests_in_flight_at_the_stop_are_timeout_failures_in_every_output() {
             "2s",
             "--stop-timeout",
             "1s",
-            "--workers",
-            "1",
-            "--only-summary",
             "--threshold",
             "error_rate<1%",
             "--summary-export",
@@ -280,12 +290,10 @@ fn requests_that_finish_within_the_stop_timeout_are_measured_not_failed() {
     );
     let summary = dir.join("summary.json").display().to_string();
     let host = format!("http://{addr}");
-    let ran = run(
+    let ran = run_scenario(
+        &scenario,
+        &host,
         &[
-            "run",
-            &scenario,
-            "--host",
-            &host,
             "--users",
             "3",
             "--spawn-rate",
@@ -294,9 +302,6 @@ fn requests_that_finish_within_the_stop_timeout_are_measured_not_failed() {
             "1s",
             "--stop-timeout",
             "3s",
-            "--workers",
-            "1",
-            "--only-summary",
             "--threshold",
             "error_rate<1%",
             "--summary-export",
@@ -324,12 +329,10 @@ fn open_model_arrivals_without_a_free_vu_are_dropped_counted_and_fail_the_verdic
     let d = |f: &str| dir.join(f).display().to_string();
     let host = format!("http://{addr}");
     let base = |threshold: &'static str, summary: &str, html: &str| -> Ran {
-        run(
+        run_scenario(
+            &scenario,
+            &host,
             &[
-                "run",
-                &scenario,
-                "--host",
-                &host,
                 "--arrival-rate",
                 "200",
                 "--max-vus",
@@ -338,9 +341,6 @@ fn open_model_arrivals_without_a_free_vu_are_dropped_counted_and_fail_the_verdic
                 "2s",
                 "--stop-timeout",
                 "500ms",
-                "--workers",
-                "1",
-                "--only-summary",
                 "--threshold",
                 "p50<1s",
                 "--threshold",
@@ -432,12 +432,10 @@ fn a_target_that_never_accepts_keeps_the_arrival_queue_bounded() {
     let host = format!("http://{addr}");
     // Before: every waiting arrival was a spawned task; RSS grew by hundreds of MB in
     // seconds (killed at 300 MB here).
-    let ran = run(
+    let ran = run_scenario(
+        &scenario,
+        &host,
         &[
-            "run",
-            &scenario,
-            "--host",
-            &host,
             "--arrival-rate",
             "50000",
             "--max-vus",
@@ -446,9 +444,6 @@ fn a_target_that_never_accepts_keeps_the_arrival_queue_bounded() {
             "4s",
             "--stop-timeout",
             "500ms",
-            "--workers",
-            "1",
-            "--only-summary",
             "--threshold",
             "p99<1s",
             "--summary-export",
@@ -513,21 +508,16 @@ checks = [{ body_contains = "needle" }]
     let failures = dir.join("endless").display().to_string();
     let host = format!("http://{addr}");
     // Before: the whole body was kept; GBs within seconds (killed at 400 MB here).
-    let ran = run(
+    let ran = run_scenario(
+        &scenario,
+        &host,
         &[
-            "run",
-            &scenario,
-            "--host",
-            &host,
             "--users",
             "1",
             "--run-time",
             "2s",
             "--stop-timeout",
             "500ms",
-            "--workers",
-            "1",
-            "--only-summary",
             "--summary-export",
             &summary,
             "--csv",
