@@ -12,8 +12,10 @@ pub use crate::server::sanitize::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never forwarded (`Upgrade` is
+/// handled by each caller: a handshake keeps it). The edge
+/// (`server::sanitize`) strips this set too.
+pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,

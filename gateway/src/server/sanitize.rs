@@ -50,6 +50,7 @@ use http::{Method, Request, Version};
 use crate::config::Config;
 use crate::context::{ClientAddr, RequestContext, TrustedProxies, X_FORWARDED_FOR};
 use crate::error::GatewayError;
+use crate::proxy::headers::HOP_BY_HOP;
 
 /// `X-Real-IP`.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -61,25 +62,15 @@ pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-po
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `HTTP2-Settings` (the h2c upgrade's settings, RFC 7540 §3.2.1).
 pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Longest `Host` accepted (a DNS name is at most 253 bytes).
 pub const MAX_HOST: usize = 255;
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    header::UPGRADE,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    HTTP2_SETTINGS,
-];
+/// A header that describes one connection, never forwarded: the proxy's
+/// hop-by-hop set plus `Upgrade` and `HTTP2-Settings`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::UPGRADE || name == HTTP2_SETTINGS || HOP_BY_HOP.contains(name)
+}
 
 /// Forwarding headers, believed from trusted proxies only.
 const FORWARDING: [HeaderName; 6] = [
@@ -187,7 +178,7 @@ impl Seen {
                 s.host_valid = valid_authority(value.as_bytes());
             } else if name == header::AUTHORIZATION {
                 s.authorizations = s.authorizations.saturating_add(1);
-            } else if HOP_BY_HOP.contains(name) {
+            } else if is_hop_by_hop(name) {
                 s.hop_by_hop = true;
             } else if FORWARDING.contains(name) {
                 s.forwarding = true;
@@ -440,6 +431,8 @@ fn strip_connection(headers: &mut HeaderMap, websocket: bool) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
+    headers.remove(header::UPGRADE);
+    headers.remove(HTTP2_SETTINGS);
     if websocket {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
