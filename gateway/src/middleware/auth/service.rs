@@ -16,12 +16,6 @@ use crate::body::Body;
 use crate::config::{AuthMode, RouteAuthConfig};
 use crate::error::BoxError;
 
-/// The authenticated subject (`sub`), put in the request's extensions for
-/// the layers below (rate limiting by subject). Superseded by [`Identity`]:
-/// kept while the limiter's key extractor still reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subject(pub Arc<str>);
-
 /// What a verified token says about its bearer, put in the request's
 /// extensions once auth admitted the request. Layers below (the rate
 /// limiter's `subject` key, telemetry) read this instead of the token.
@@ -100,9 +94,7 @@ impl RoutePolicy {
                 }
                 _ => Vec::new(),
             };
-            let ext = req.extensions_mut();
-            ext.insert(Subject(subject.clone()));
-            ext.insert(Identity { subject, roles });
+            req.extensions_mut().insert(Identity { subject, roles });
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use http::{HeaderName, Request};
 
 use crate::config::RateLimitKey;
 use crate::context::RequestContext;
-use crate::middleware::auth::Subject;
+use crate::middleware::auth::Identity;
 
 pub use crate::context::{parse_cidr, TrustedProxies};
 
@@ -57,8 +57,8 @@ impl KeySource {
             Self::Route => "route".to_owned(),
             Self::Subject => req
                 .extensions()
-                .get::<Subject>()
-                .map_or_else(ip, |s| format!("sub:{}", s.0)),
+                .get::<Identity>()
+                .map_or_else(ip, |id| format!("sub:{}", id.subject)),
             Self::Header(h) => req
                 .headers()
                 .get(h)
@@ -103,5 +103,10 @@ mod tests {
             .insert("x-api-key", HeaderValue::from_static("k1"));
         assert_eq!(h.key(&req), "hdr:k1");
         assert_eq!(KeySource::ClientIp.key(&Request::new(())), "ip:0.0.0.0");
+        req.extensions_mut().insert(Identity {
+            subject: "alice".into(),
+            roles: Vec::new(),
+        });
+        assert_eq!(KeySource::Subject.key(&req), "sub:alice");
     }
 }
