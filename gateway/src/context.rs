@@ -27,6 +27,7 @@
 //! not known at the edge, and a context shared by clones of the request is
 //! not mutated after routing.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -221,11 +222,11 @@ impl TrustedProxies {
         }
         let client = hops.last().copied().unwrap_or(peer);
         let mut line = String::with_capacity((hops.len() + 1) * 17);
+        // Written in place: no String per hop.
         for ip in hops.iter().rev() {
-            line.push_str(&ip.to_string());
-            line.push_str(", ");
+            let _ = write!(line, "{ip}, ");
         }
-        line.push_str(&peer.to_string());
+        let _ = write!(line, "{peer}");
         // IP addresses and ", " are always a valid header value.
         let line = HeaderValue::from_str(&line).unwrap_or_else(|_| HeaderValue::from_static(""));
         (client, line)
