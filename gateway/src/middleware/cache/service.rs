@@ -469,29 +469,11 @@ mod tests {
     use super::*;
     use crate::config::ByteSize;
 
+    /// A cache whose upstream answers `max-age=10`, counting its calls.
     fn svc(
         hits: Arc<AtomicUsize>,
     ) -> Cache<tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>> {
-        let inner =
-            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_r: Request<Body>| {
-                let n = hits.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let mut r = Response::new(Body::full(format!("n={n}")));
-                    r.headers_mut()
-                        .insert("cache-control", HeaderValue::from_static("max-age=10"));
-                    Ok::<_, BoxError>(r)
-                }
-            }));
-        let cfg = RouteCacheConfig {
-            ttl: Duration::from_secs(1),
-            max_body: ByteSize(1024),
-            share_authorized: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            redis: true,
-        };
-        let store = Arc::new(ResponseCache::new(1 << 20));
-        CacheLayer::new(RouteCache::new("r", &cfg, store)).layer(inner)
+        svc_with(hits, &[("cache-control", "max-age=10")])
     }
 
     fn req(m: Method) -> Request<Body> {
