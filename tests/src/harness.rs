@@ -182,6 +182,25 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A fresh directory `gateway-{tag}-{pid}-{random}` under the system temp
+/// directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `content` written to `name` in a fresh [`temp_dir`]; the file's path.
+pub fn temp_file(tag: &str, name: &str, content: &str) -> PathBuf {
+    let p = temp_dir(tag).join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
 /// Path of a workspace binary built next to the test executable
 /// (`scripts/test.sh` builds them first).
 pub fn bin(name: &str) -> PathBuf {

@@ -4,28 +4,17 @@
 //! `gateway check` refuses a short token with its key path.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use e2e::harness::{bin, GatewayProcess};
+use e2e::harness::{bin, temp_dir, GatewayProcess};
 use e2e::raw::{raw_request, response, RawUpstream, Step};
 
 const TOKEN: &str = "sec-admin-test-token-0123456789abcdefghij";
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-admin-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A gateway with a cached route to a raw upstream and `admin` as its
 /// `[admin]` section.
 fn gateway(raw: &RawUpstream, admin: &str, env: &[(&str, String)]) -> GatewayProcess {
-    let dir = temp_dir();
+    let dir = temp_dir("sec-admin");
     std::fs::write(dir.join("admin-token"), format!("{TOKEN}\n")).unwrap();
     let config = format!(
         r#"
@@ -151,7 +140,7 @@ async fn the_token_may_come_from_the_environment() {
 
 #[test]
 fn check_refuses_short_missing_or_doubled_tokens_with_their_key_path() {
-    let dir = temp_dir();
+    let dir = temp_dir("sec-admin");
     let write = |name: &str, admin: &str| {
         let p = dir.join(name);
         std::fs::write(

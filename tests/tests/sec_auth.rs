@@ -6,25 +6,15 @@
 //! client that rotates `X-Client-Id`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use e2e::harness::{bin, wait_until, workspace, GatewayProcess};
+use e2e::harness::{bin, temp_dir, wait_until, workspace, GatewayProcess};
 use e2e::raw::{raw_request, response, RawUpstream, Step};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 const SECRET: &str = "sec-auth-test-secret-0123456789abcdefghij";
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-auth-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -62,7 +52,7 @@ async fn recording_upstream() -> RawUpstream {
 /// A gateway process whose provider lists issuers and audiences, with a
 /// required and an optional route to `raw`.
 fn gateway(raw: &RawUpstream) -> GatewayProcess {
-    let dir = temp_dir();
+    let dir = temp_dir("sec-auth");
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let config = format!(
@@ -216,7 +206,7 @@ fn check(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn short_hmac_secrets_and_long_leeways_fail_check_and_start_up_with_their_key_paths() {
-    let dir = temp_dir();
+    let dir = temp_dir("sec-auth");
     let path = dir.join("short.toml");
     std::fs::write(
         &path,

@@ -8,27 +8,14 @@
 //! headers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::harness::{self, client, get, send, GatewayProcess, Got, TestClient};
+use e2e::harness::{self, client, get, send, temp_file, GatewayProcess, Got, TestClient};
 use e2e::raw::{response, RawRequest, RawUpstream, Step};
 use http::Request;
 use http_body_util::Full;
-
-fn temp_config(content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-cache-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("gateway.toml");
-    std::fs::write(&p, content).unwrap();
-    p
-}
 
 /// A gateway with one route `cached` (and `route_extra` on it) in front of
 /// `up`.
@@ -54,7 +41,7 @@ fn gateway(
         "#,
         up.addr
     );
-    GatewayProcess::spawn(Some(&temp_config(&cfg)), env)
+    GatewayProcess::spawn(Some(&temp_file("sec-cache", "gateway.toml", &cfg)), env)
 }
 
 async fn get_with(c: &TestClient, gw: &GatewayProcess, path: &str, h: &[(&str, &str)]) -> Got {

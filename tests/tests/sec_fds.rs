@@ -10,23 +10,12 @@
 
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::harness::{client, metrics_text, poll_until, sample, simple, wait_until, GatewayProcess};
+use e2e::harness::{
+    client, metrics_text, poll_until, sample, simple, temp_file, wait_until, GatewayProcess,
+};
 use e2e::raw::{raw_request, response, RawUpstream, Step};
-
-fn temp_file(name: &str, content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-fds-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    p
-}
 
 /// An upstream that closes after every response: each proxied request
 /// needs a fresh upstream connect (a fresh descriptor).
@@ -47,7 +36,7 @@ fn spawn_limited(nofile: &str, upstream: SocketAddr, server_extra: &str) -> Gate
         "[server]\nheader_read_timeout = \"300s\"\n{server_extra}\n{}",
         simple("up", &[upstream], "")
     );
-    let path = temp_file("gateway.toml", &cfg);
+    let path = temp_file("sec-fds", "gateway.toml", &cfg);
     let flag = format!("--nofile={nofile}");
     let json = ["--log-format", "json"];
     GatewayProcess::spawn_wrapped(&["prlimit", &flag], Some(&path), &[], &json)

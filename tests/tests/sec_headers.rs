@@ -6,26 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use e2e::harness::{poll_until, wait_until, GatewayProcess, WAIT};
+use e2e::harness::{poll_until, temp_dir, wait_until, GatewayProcess, WAIT};
 use e2e::raw::{raw_request, response, RawRequest, RawUpstream, Step};
 use e2e::{MockOptions, MockUpstream};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "sec-headers-test-secret-0123456789abcdef";
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-headers-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// An upstream that records every request; `/upgradable` and
 /// `/public/switch` answer `101` as a misbehaving (or h2c-speaking)
@@ -49,7 +38,7 @@ async fn raw_upstream() -> RawUpstream {
 
 /// A gateway process in front of `raw` (and `mock` for WebSockets).
 fn gateway(raw: SocketAddr, mock: SocketAddr, server_extra: &str, extra: &str) -> GatewayProcess {
-    let dir = temp_dir();
+    let dir = temp_dir("sec-headers");
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let config = format!(

@@ -9,11 +9,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use e2e::harness::{client, get, send, GatewayProcess, TestClient};
+use e2e::harness::{client, get, send, temp_file, GatewayProcess, TestClient};
 use http::Request;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,18 +40,6 @@ const MARGIN: u64 = 48 << 20;
 const CONNS: usize = 4;
 /// The sink's answer: small and cacheable.
 const RESP: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncache-control: max-age=600\r\n\r\nok";
-
-fn temp_config(content: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-memory-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("gateway.toml");
-    std::fs::write(&p, content).unwrap();
-    p
-}
 
 /// A keep-alive upstream answering every bodiless request with a small,
 /// cacheable `200`. It records nothing: 1.3 GB of request heads would
@@ -144,7 +131,7 @@ async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
         rate_limits = [{{ name = "per-client", key = {{ header = "X-Client-Id" }}, limit = 5, window = "60s" }}]
         "#
     );
-    let gw = GatewayProcess::spawn(Some(&temp_config(&cfg)), &[]);
+    let gw = GatewayProcess::spawn(Some(&temp_file("sec-memory", "gateway.toml", &cfg)), &[]);
     let c = client();
     // Warm up the connections (and the allocator) before the baseline.
     for i in 0..CONNS * 4 {
@@ -241,7 +228,7 @@ async fn redis_keys_stay_short_whatever_the_client_sends() {
         "#,
         port = redis.port
     );
-    let gw = GatewayProcess::spawn(Some(&temp_config(&cfg)), &[]);
+    let gw = GatewayProcess::spawn(Some(&temp_file("sec-memory", "gateway.toml", &cfg)), &[]);
     let c = client();
     let before: u64 = redis
         .cli(&["memory", "stats"])

@@ -11,25 +11,14 @@
 //! matched, with the query untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use e2e::harness::GatewayProcess;
+use e2e::harness::{temp_dir, GatewayProcess};
 use e2e::raw::{framework_path, framework_upstream, raw_request, RawUpstream};
 use jsonwebtoken::{EncodingKey, Header};
 
 const SECRET: &str = "sec-path-test-secret-0123456789abcdefghijklmnop";
 const SECRET_ENV: &str = "GW_SEC_PATH_SECRET";
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gateway-sec-path-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn token() -> String {
     let now = SystemTime::now()
@@ -48,7 +37,7 @@ fn token() -> String {
 /// A public `/api/hello`, an auth-required `/api/profile` and
 /// `/api/files` with `allow_encoded_slash`, all to `up`.
 fn gateway(up: &RawUpstream) -> GatewayProcess {
-    let dir = temp_dir();
+    let dir = temp_dir("sec-path");
     let config = format!(
         r#"
 [auth.t]
@@ -233,7 +222,7 @@ async fn the_cache_key_is_the_normalised_path() {
         ))]
     })
     .await;
-    let dir = temp_dir();
+    let dir = temp_dir("sec-path");
     let config = format!(
         r#"
 [upstreams.app]

@@ -5,37 +5,22 @@
 //! one normalised form or as a 502.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use e2e::harness::{client, get, metrics_text, poll_until, sample, wait_until, GatewayProcess};
+use e2e::harness::{
+    client, get, metrics_text, poll_until, sample, temp_file, wait_until, GatewayProcess,
+};
 use e2e::raw::{exchange, raw_request, response, RawUpstream, Step};
 
 /// The stray response an upstream writes after the one asked for.
 const EVIL: &str =
     "HTTP/1.1 200 OK\r\ncontent-length: 12\r\nx-evil: 1\r\ncache-control: max-age=60\r\n\r\nPOISONED-204";
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// Writes `body` (upstreams and routes) to a fresh config file.
-fn config_file(body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gw-upfaults-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, body).unwrap();
-    path
-}
-
 /// One upstream `up` and a catch-all route `all` (with `route_extra`).
 fn spawn(up: &RawUpstream, upstream_extra: &str, route_extra: &str, tail: &str) -> GatewayProcess {
-    let path = config_file(&format!(
+    let path = temp_file("upfaults", "gateway.toml", &format!(
         "[upstreams.up]\nendpoints = [\"{}\"]\n{upstream_extra}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"up\"\n{route_extra}\n{tail}",
         up.addr
     ));
