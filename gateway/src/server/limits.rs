@@ -206,38 +206,37 @@ impl Connections {
     /// `gateway_connections_refused_total` per listener, in OpenMetrics text.
     pub fn write_metrics(&self, out: &mut String) {
         let both = [("proxy", &self.proxy), ("admin", &self.admin)];
-        let _ = writeln!(
+        let family =
+            |out: &mut String, name: &str, kind: &str, help: &str, value: fn(&ConnLimit) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                // A counter's samples are named `<family>_total`.
+                let suffix = if kind == "counter" { "_total" } else { "" };
+                for (l, c) in both {
+                    let _ = writeln!(out, "{name}{suffix}{{listener=\"{l}\"}} {}", value(c));
+                }
+            };
+        family(
             out,
-            "# HELP gateway_connections Client connections open, per listener"
+            "gateway_connections",
+            "gauge",
+            "Client connections open, per listener",
+            |c| c.open() as u64,
         );
-        let _ = writeln!(out, "# TYPE gateway_connections gauge");
-        for (l, c) in both {
-            let _ = writeln!(out, "gateway_connections{{listener=\"{l}\"}} {}", c.open());
-        }
-        let _ = writeln!(
+        family(
             out,
-            "# HELP gateway_connections_limit Client connections a listener holds at once (server.max_connections for the proxy)"
+            "gateway_connections_limit",
+            "gauge",
+            "Client connections a listener holds at once (server.max_connections for the proxy)",
+            |c| c.max() as u64,
         );
-        let _ = writeln!(out, "# TYPE gateway_connections_limit gauge");
-        for (l, c) in both {
-            let _ = writeln!(
-                out,
-                "gateway_connections_limit{{listener=\"{l}\"}} {}",
-                c.max()
-            );
-        }
-        let _ = writeln!(
+        family(
             out,
-            "# HELP gateway_connections_refused Connections closed at accept because the listener's cap was reached"
+            "gateway_connections_refused",
+            "counter",
+            "Connections closed at accept because the listener's cap was reached",
+            ConnLimit::refused,
         );
-        let _ = writeln!(out, "# TYPE gateway_connections_refused counter");
-        for (l, c) in both {
-            let _ = writeln!(
-                out,
-                "gateway_connections_refused_total{{listener=\"{l}\"}} {}",
-                c.refused()
-            );
-        }
     }
 }
 
