@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceExt};
 
 use super::error::AuthError;
-use super::verify::{has_role, scopes, Checked, Claims, Verifier};
+use super::verify::{has_role, roles, scopes, Checked, Claims, Verifier};
 use crate::body::Body;
 use crate::config::{AuthMode, RouteAuthConfig};
 use crate::error::BoxError;
@@ -85,15 +85,7 @@ impl RoutePolicy {
         }
         if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
             let subject: Arc<str> = Arc::from(sub.as_str());
-            let roles = match claims.get("roles") {
-                Some(serde_json::Value::String(s)) => {
-                    s.split_ascii_whitespace().map(Box::from).collect()
-                }
-                Some(serde_json::Value::Array(a)) => {
-                    a.iter().filter_map(|r| r.as_str()).map(Box::from).collect()
-                }
-                _ => Vec::new(),
-            };
+            let roles = roles(claims).into_iter().map(Box::from).collect();
             req.extensions_mut().insert(Identity { subject, roles });
         }
         Ok(())

@@ -223,7 +223,12 @@ fn split(v: Option<&Value>) -> Vec<&str> {
     }
 }
 
-/// Roles of the `roles` claim (string or list).
+/// Roles of the `roles` claim (space separated, or a list).
+pub fn roles(claims: &Claims) -> Vec<&str> {
+    split(claims.get("roles"))
+}
+
+/// Whether the `roles` claim (string or list) holds `role`.
 pub fn has_role(claims: &Claims, role: &str) -> bool {
     match claims.get("roles") {
         Some(Value::String(s)) => s.split_ascii_whitespace().any(|r| r == role),
