@@ -108,6 +108,25 @@ fn long(i: usize, n: usize) -> String {
     s
 }
 
+/// `GET {path}` on `addr` with `X-Client-Id: {id}` (the rate-limited route).
+fn limited(addr: SocketAddr, path: &str, id: String) -> Request<Full<bytes::Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .header("x-client-id", id)
+        .body(Full::default())
+        .unwrap()
+}
+
+/// Redis's `total.allocated` from `MEMORY STATS` (0 when absent).
+fn redis_allocated(redis: &e2e::harness::RedisServer) -> u64 {
+    redis
+        .cli(&["memory", "stats"])
+        .lines()
+        .skip_while(|l| *l != "total.allocated")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
     let up = sink_upstream(RESP).await;
@@ -136,10 +155,7 @@ async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
     // Warm up the connections (and the allocator) before the baseline.
     for i in 0..CONNS * 4 {
         assert_eq!(get(&c, gw.addr, "/c/warm").await.status(), 200);
-        let warm = Request::get(format!("http://{}/l/warm", gw.addr))
-            .header("x-client-id", format!("warm-{i}"))
-            .body(Full::default())
-            .unwrap();
+        let warm = limited(gw.addr, "/l/warm", format!("warm-{i}"));
         assert_eq!(send(&c, warm).await.status(), 200);
     }
     let base = gw.rss_kib();
@@ -152,13 +168,7 @@ async fn flooding_distinct_64_kib_keys_stays_within_the_configured_bounds() {
     })
     .await;
     let after_cache = gw.rss_kib();
-    flood(&c, move |i| {
-        Request::get(format!("http://{addr}/l/item"))
-            .header("x-client-id", long(i, KEY_BYTES))
-            .body(Full::default())
-            .unwrap()
-    })
-    .await;
+    flood(&c, move |i| limited(addr, "/l/item", long(i, KEY_BYTES))).await;
     let after_limiter = gw.rss_kib();
     let took = start.elapsed();
     // Both floods really stored: the cache is full, the limiter full of keys.
@@ -230,20 +240,11 @@ async fn redis_keys_stay_short_whatever_the_client_sends() {
     );
     let gw = GatewayProcess::spawn(Some(&temp_file("sec-memory", "gateway.toml", &cfg)), &[]);
     let c = client();
-    let before: u64 = redis
-        .cli(&["memory", "stats"])
-        .lines()
-        .skip_while(|l| *l != "total.allocated")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let before = redis_allocated(&redis);
     for i in 0..N {
         let r = get(&c, gw.addr, &format!("/c/item?q={}", long(i, QUERY_BYTES))).await;
         assert_eq!(r.status(), 200);
-        let l = Request::get(format!("http://{}/l/item", gw.addr))
-            .header("x-client-id", long(i, KEY_BYTES))
-            .body(Full::default())
-            .unwrap();
+        let l = limited(gw.addr, "/l/item", long(i, KEY_BYTES));
         assert_eq!(send(&c, l).await.status(), 200);
     }
     // Cache writes to Redis happen in the background.
@@ -266,13 +267,7 @@ async fn redis_keys_stay_short_whatever_the_client_sends() {
         .parse()
         .unwrap();
     assert!(pttl > 1_000 && pttl <= (1 + (1 << 31)) * 1000, "{pttl}");
-    let after: u64 = redis
-        .cli(&["memory", "stats"])
-        .lines()
-        .skip_while(|l| *l != "total.allocated")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let after = redis_allocated(&redis);
     eprintln!("redis total.allocated {before} -> {after} for {N} entries and {N} limiter keys");
     // 400 keys of at most ~1 KiB plus small values; on main: 200 x 64 KiB
     // of cache keys and as much again for the limiter (~25 MiB).
