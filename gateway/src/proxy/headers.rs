@@ -26,6 +26,17 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// The header names listed in every `Connection` line (unparsable lines
+/// and tokens skipped).
+pub(crate) fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`. With
 /// `upgrade`, keeps `Upgrade` and sets `Connection: upgrade` so the
 /// handshake reaches the other side.
@@ -42,13 +53,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
+        let named: Vec<HeaderName> = connection_named(headers).collect();
         for n in named {
             if !(upgrade && n == header::UPGRADE) {
                 headers.remove(n);

@@ -50,7 +50,7 @@ use http::{Method, Request, Version};
 use crate::config::Config;
 use crate::context::{ClientAddr, RequestContext, TrustedProxies, X_FORWARDED_FOR};
 use crate::error::GatewayError;
-use crate::proxy::headers::HOP_BY_HOP;
+use crate::proxy::headers::{connection_named, HOP_BY_HOP};
 
 /// `X-Real-IP`.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -417,12 +417,7 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// body limit read them) and the hop-by-hop set; a WebSocket handshake keeps `Upgrade: websocket` (the
 /// proxy sets `Connection: upgrade` when the route allows it).
 fn strip_connection(headers: &mut HeaderMap, websocket: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_named(headers)
         .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
         .collect();
     for n in named {
