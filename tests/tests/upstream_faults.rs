@@ -115,6 +115,13 @@ async fn a_cached_route_never_stores_stray_bytes() {
     assert!(text.contains("HIT"), "{text}");
 }
 
+/// `gateway_requests_total` of route `all`, `GET`, answered `status`.
+fn requests_answered(text: &str, status: u16) -> Option<f64> {
+    let series =
+        format!("gateway_requests_total{{route=\"all\",method=\"GET\",status=\"{status}\"}}");
+    sample(text, &series)
+}
+
 async fn metrics(gw: &GatewayProcess) -> String {
     metrics_text(&client(), gw.admin).await
 }
@@ -151,21 +158,8 @@ async fn a_stalled_body_cuts_the_client_off_and_counts_an_upstream_error() {
             .then_some(m)
     })
     .await;
-    assert_eq!(
-        sample(
-            &text,
-            "gateway_requests_total{route=\"all\",method=\"GET\",status=\"504\"}"
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gateway_requests_total{route=\"all\",method=\"GET\",status=\"200\"}"
-        ),
-        None
-    );
+    assert_eq!(requests_answered(&text, 504), Some(1.0), "{text}");
+    assert_eq!(requests_answered(&text, 200), None);
 }
 
 #[tokio::test]
@@ -202,22 +196,8 @@ async fn truncated_bodies_are_errors_in_metrics_slo_access_log_and_breaker() {
         .then_some(m)
     })
     .await;
-    assert_eq!(
-        sample(
-            &text,
-            "gateway_requests_total{route=\"all\",method=\"GET\",status=\"502\"}"
-        ),
-        Some(3.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            "gateway_requests_total{route=\"all\",method=\"GET\",status=\"200\"}"
-        ),
-        None,
-        "{text}"
-    );
+    assert_eq!(requests_answered(&text, 502), Some(3.0), "{text}");
+    assert_eq!(requests_answered(&text, 200), None, "{text}");
     let slo = get(&client(), gw.admin, "/slo").await.json();
     let w = &slo["slos"][0]["windows"][0];
     assert_eq!(w["errors"], 4, "{slo}");
@@ -356,12 +336,5 @@ async fn statuses_outside_http_range_become_502_and_mint_no_series() {
     assert!(!text.contains("status=\"999\""), "{text}");
     assert!(!text.contains("status=\"600\""), "{text}");
     assert!(!text.contains("status=\"299\""), "{text}");
-    assert_eq!(
-        sample(
-            &text,
-            "gateway_requests_total{route=\"all\",method=\"GET\",status=\"502\"}"
-        ),
-        Some(2.0),
-        "{text}"
-    );
+    assert_eq!(requests_answered(&text, 502), Some(2.0), "{text}");
 }
