@@ -190,6 +190,12 @@ fn errors_are_400_with_a_public_message() {
 
 // ---- differential tests -------------------------------------------------
 
+/// The byte the escape `%XX` at `i` of `p` stands for.
+fn escape_at(p: &str, i: usize) -> Option<u8> {
+    p.get(i + 1..i + 3)
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
+}
+
 /// Decodes unreserved escapes and upper-cases the hex of the others, and
 /// nothing else: the "same unreserved-decoding" both sides go through.
 fn canon(p: &str) -> String {
@@ -198,10 +204,7 @@ fn canon(p: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            if let Some(v) = p
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+            if let Some(v) = escape_at(p, i) {
                 if v.is_ascii_alphanumeric() || b"-._~".contains(&v) {
                     out.push(char::from(v));
                 } else {
@@ -246,10 +249,7 @@ fn decode_all(p: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            if let Some(v) = p
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+            if let Some(v) = escape_at(p, i) {
                 out.push(v);
                 i += 3;
                 continue;
