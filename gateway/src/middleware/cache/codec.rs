@@ -99,7 +99,9 @@ pub fn decode(bytes: Bytes, now: Instant, now_unix_ms: u64) -> Option<Entry> {
     for _ in 0..n_headers {
         let k = HeaderName::from_bytes(r.short()?).ok()?;
         let v = HeaderValue::from_bytes(r.long()?).ok()?;
-        headers.append(k, v);
+        // More distinct names than a `HeaderMap` holds (2^15) is corrupt,
+        // not a panic (`append` would panic).
+        headers.try_append(k, v).ok()?;
     }
     let consumed = bytes.len() - r.0.len();
     let body = bytes.slice(consumed..);
@@ -199,6 +201,24 @@ mod tests {
             },
             vary_values: vec![Some(HeaderValue::from_static("fr")), None],
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_distinct_header_names_than_a_header_map_holds_is_corrupt() {
+        let now = Instant::now();
+        let mut e = entry(now);
+        e.headers.clear();
+        e.body = Bytes::new();
+        let mut raw = encode(&e, now, 0);
+        let n: u32 = 40_000;
+        let at = raw.len() - 4;
+        raw[at..].copy_from_slice(&n.to_be_bytes());
+        for i in 0..n {
+            let name = format!("h{i}");
+            put_short(&mut raw, name.as_bytes());
+            put_long(&mut raw, b"v");
+        }
+        assert!(decode(Bytes::from(raw), now, 0).is_none());
     }
 
     #[tokio::test(start_paused = true)]
