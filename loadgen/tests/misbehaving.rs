@@ -117,6 +117,13 @@ struct Ran {
     took: Duration,
 }
 
+impl Ran {
+    /// Both outputs, for assertion messages.
+    fn all(&self) -> String {
+        format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+    }
+}
+
 /// Runs `loadgen ARGS`, sampling its peak memory; killed (and the test failed) past
 /// `kill_mb` so a regression never takes the machine down, or past 60 s.
 fn run(args: &[&str], kill_mb: u64) -> Ran {
@@ -178,6 +185,13 @@ fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// `dropped_iterations` of a summary export.
+fn dropped_count(summary: &Value) -> u64 {
+    summary["metrics"]["dropped_iterations"]["count"]
+        .as_u64()
+        .unwrap()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -231,7 +245,7 @@ fn requests_in_flight_at_the_stop_are_timeout_failures_in_every_output() {
         ],
         400,
     );
-    let all = format!("stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let all = ran.all();
     // Before: 0 % errors, "SLA HELD", exit 0, the five stuck requests nowhere.
     assert_eq!(ran.code, Some(1), "{all}");
     assert!(ran.stdout.contains("SLA MISSED"), "{all}");
@@ -356,7 +370,7 @@ fn open_model_arrivals_without_a_free_vu_are_dropped_counted_and_fail_the_verdic
     // The stuck VUs leave most arrivals without one. Before: they queued as tasks, were
     // never sent nor counted, and both thresholds held ("SLA HELD", exit 0).
     let ran = base("requests>0", &d("summary.json"), &d("report.html"));
-    let all = format!("stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let all = ran.all();
     assert_eq!(ran.code, Some(1), "{all}");
     assert!(ran.stdout.contains("DROPPED ITERATIONS: "), "{all}");
     assert!(ran.stdout.contains("UNRELIABLE RUN"), "{all}");
@@ -366,9 +380,7 @@ fn open_model_arrivals_without_a_free_vu_are_dropped_counted_and_fail_the_verdic
         "{all}"
     );
     let s = json(&dir.join("summary.json"));
-    let dropped = s["metrics"]["dropped_iterations"]["count"]
-        .as_u64()
-        .unwrap();
+    let dropped = dropped_count(&s);
     let sent = s["metrics"]["http_reqs"]["count"].as_u64().unwrap();
     let rel = &s["loadgen"]["reliability"];
     let arrivals = rel["arrivals"].as_u64().unwrap();
@@ -409,12 +421,7 @@ fn open_model_arrivals_without_a_free_vu_are_dropped_counted_and_fail_the_verdic
     assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
     assert!(ran.stdout.contains("SLA HELD (2 of 2"), "{}", ran.stdout);
     let s = json(&dir.join("summary2.json"));
-    assert!(
-        s["metrics"]["dropped_iterations"]["count"]
-            .as_u64()
-            .unwrap()
-            >= 50
-    );
+    assert!(dropped_count(&s) >= 50);
 }
 
 #[test]
@@ -452,7 +459,7 @@ fn a_target_that_never_accepts_keeps_the_arrival_queue_bounded() {
         300,
     );
     drop(listener);
-    let all = format!("stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let all = ran.all();
     eprintln!(
         "never accepting, 50,000 arrivals/s, 10 VUs: peak RSS {:.1} MB in {:?}",
         ran.peak_kb as f64 / 1024.0,
@@ -466,9 +473,7 @@ fn a_target_that_never_accepts_keeps_the_arrival_queue_bounded() {
         ran.peak_kb as f64 / 1024.0
     );
     let s = json(Path::new(&summary));
-    let dropped = s["metrics"]["dropped_iterations"]["count"]
-        .as_u64()
-        .unwrap();
+    let dropped = dropped_count(&s);
     let sent = s["metrics"]["http_reqs"]["count"].as_u64().unwrap();
     assert!(dropped >= 10_000, "{s:#}");
     assert_eq!(sent, 10, "only the ten VUs' iterations were sent: {s:#}");
@@ -525,7 +530,7 @@ checks = [{ body_contains = "needle" }]
         ],
         400,
     );
-    let all = format!("stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let all = ran.all();
     eprintln!(
         "endless body: peak RSS {:.1} MB, at most {} connections open at once",
         ran.peak_kb as f64 / 1024.0,
