@@ -1014,6 +1014,11 @@ impl Drop for H1Body {
 mod tests {
     use super::*;
 
+    /// A complete head of a response to a non-HEAD request.
+    fn head(raw: &[u8]) -> Head {
+        parse(raw, false).unwrap().unwrap()
+    }
+
     fn parse(raw: &[u8], head_req: bool) -> Result<Option<Head>, UpstreamError> {
         let mut buf = BytesMut::from(raw);
         parse_head(&mut buf, head_req)
@@ -1021,48 +1026,26 @@ mod tests {
 
     #[test]
     fn parses_heads_and_picks_framing() {
-        let h = parse(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello",
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello");
         assert_eq!(h.parts.status, 200);
         assert_eq!(h.parts.headers["x-a"], "b");
         assert_eq!(h.framing, ResponseFraming::Length(5));
         assert!(h.keep_alive);
 
-        let h = parse(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(h.framing, ResponseFraming::Chunked);
-        let h = parse(
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
         assert!(!h.keep_alive);
-        let h = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
+        let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
         assert!(!h.keep_alive);
-        let h = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(h.framing, ResponseFraming::Close);
         assert!(!h.keep_alive);
         let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, ResponseFraming::Empty);
-        let h = parse(
-            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n");
         assert_eq!(h.framing, ResponseFraming::Empty);
         assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Le", false)
             .unwrap()
@@ -1076,12 +1059,7 @@ mod tests {
         );
         let h = parse_head(&mut buf, false).unwrap().unwrap();
         assert_eq!(h.parts.status, 201);
-        let h = parse(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(h.parts.status, 101);
     }
 
@@ -1162,12 +1140,7 @@ mod tests {
 
     #[test]
     fn chunked_with_content_length_drops_it_and_closes() {
-        let h = parse(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.framing, ResponseFraming::Chunked);
         assert!(!h.parts.headers.contains_key("content-length"));
         assert!(!h.keep_alive);
@@ -1179,9 +1152,7 @@ mod tests {
             let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
             assert!(parse(raw.as_bytes(), false).is_err(), "{code}");
         }
-        let h = parse(b"HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
+        let h = head(b"HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(h.parts.status, 599);
     }
 
