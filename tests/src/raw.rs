@@ -275,9 +275,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Two hex digits, checked as bytes: slicing `s` could split a
+        // multi-byte character (a panic), and `from_str_radix` takes `+5`.
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }
@@ -286,6 +288,10 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// An upstream that resolves each request's path like a lenient framework
@@ -333,5 +339,6 @@ mod tests {
         assert_eq!(framework_path("/api/hello/..%2fprofile"), "/api/profile");
         assert_eq!(framework_path("/api/hello/..;/profile"), "/api/profile");
         assert_eq!(framework_path("/api//x?q=1"), "/api/x");
+        assert_eq!(framework_path("/a/%+5/%9é"), "/a/%+5/%9é");
     }
 }
