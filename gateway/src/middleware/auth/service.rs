@@ -217,18 +217,25 @@ where
                 }
             }
             Ok(None) => Err(AuthError::Missing),
-            Ok(Some(token)) => p.verifier.check(token).map(|c| (c, token.to_owned())),
+            Ok(Some(token)) => p.verifier.check(token),
             Err(e) => Err(e),
         };
         match checked {
-            Ok((Checked::Valid(claims), _)) => match p.admit(&mut req, &claims) {
+            Ok(Checked::Valid(claims)) => match p.admit(&mut req, &claims) {
                 Ok(()) => ResponseFuture::Inner {
                     fut: self.inner.call(req),
                 },
                 Err(e) => ResponseFuture::Refused { err: Some(e) },
             },
-            Ok((Checked::UnknownKid(kid), token)) => {
-                // Cold path: take the service that was made ready, leave a clone.
+            Ok(Checked::UnknownKid(kid)) => {
+                // Cold path: copy the token (read again, as checked above)
+                // only here; take the service that was made ready, leave a
+                // clone.
+                let token = bearer(req.headers())
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+                    .to_owned();
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let policy = self.policy.clone();
