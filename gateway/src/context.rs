@@ -23,7 +23,7 @@
 //! The normalised path is not stored here: the edge rewrites the request's
 //! URI to it, so `uri().path()` is the path that was routed and forwarded.
 //! The verified identity is added by the auth layer, once a token is
-//! verified, as its own extension (today `middleware::auth::Subject`): it is
+//! verified, as its own extension (`middleware::auth::Identity`): it is
 //! not known at the edge, and a context shared by clones of the request is
 //! not mutated after routing.
 
