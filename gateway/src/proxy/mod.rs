@@ -7,6 +7,7 @@
 //! byte for byte once the upstream answers `101`.
 
 pub mod headers;
+mod tunnel;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +17,6 @@ use std::task::{Context, Poll};
 use http::header::{HeaderValue, CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::body::Body;
@@ -24,7 +24,7 @@ use crate::context::RequestContext;
 use crate::error::{BoxError, GatewayError};
 use crate::telemetry::trace::AttemptSpan;
 use crate::telemetry::{SpanParent, UpstreamInfo, TRACEPARENT};
-use crate::upstream::h1::{self, Conn, Exchange, UpstreamError};
+use crate::upstream::h1::{self, Exchange, UpstreamError};
 use crate::upstream::{InflightGuard, Upstream};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
@@ -308,7 +308,7 @@ impl Inner {
                         UpstreamError::Protocol("unexpected 101 Switching Protocols").into(),
                     );
                 };
-                tokio::spawn(tunnel(on_client, conn));
+                tokio::spawn(tunnel::tunnel(on_client, conn));
                 self.via.append(&mut parts.headers, Version::HTTP_11);
                 Ok(Response::from_parts(parts, Body::Empty))
             }
@@ -326,28 +326,6 @@ fn error_type(e: &(dyn std::error::Error + 'static)) -> &'static str {
         Some(UpstreamError::Protocol(_)) => "protocol_error",
         Some(UpstreamError::BodyTimeout) => "body_timeout",
         None => "_OTHER",
-    }
-}
-
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Conn) {
-    let (mut up, early) = upstream.into_parts();
-    let mut client = match client.await {
-        Ok(c) => TokioIo::new(c),
-        Err(e) => {
-            tracing::debug!(error = %e, "client upgrade failed");
-            return;
-        }
-    };
-    // Bytes the upstream sent right after its 101 belong to the new protocol.
-    if !early.is_empty() {
-        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
-            tracing::debug!(error = %e, "upgraded connection closed early");
-            return;
-        }
-    }
-    match tokio::io::copy_bidirectional(&mut client, &mut up).await {
-        Ok((to_up, to_client)) => tracing::debug!(to_up, to_client, "upgraded connection closed"),
-        Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
     }
 }
 

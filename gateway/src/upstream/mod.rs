@@ -7,6 +7,7 @@
 
 mod balance;
 pub mod breaker;
+pub mod error;
 pub mod h1;
 mod health;
 
