@@ -318,8 +318,8 @@ where
     // upstream), the others wait for it.
     let leader = match cache.store.lead(&key) {
         Lead::Leader(g) => Some(g),
-        Lead::Follower(n) => {
-            n.notified().await;
+        Lead::Follower(f) => {
+            f.wait().await;
             if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
                 let now = Instant::now();
                 if e.freshness(now) == Freshness::Fresh {
@@ -537,6 +537,77 @@ mod tests {
         };
         let store = Arc::new(ResponseCache::new(1 << 20));
         CacheLayer::new(RouteCache::new("r", &cfg, store)).layer(inner)
+    }
+
+    /// Every way a leader can end wakes its followers, which then go
+    /// upstream themselves: the leader's request cancelled (its future
+    /// dropped), failed, or answered with something not storable.
+    #[tokio::test(start_paused = true)]
+    async fn followers_wake_on_every_leader_exit() {
+        #[derive(Clone, Copy, Debug)]
+        enum Exit {
+            Cancelled,
+            Failed,
+            Uncacheable,
+        }
+        for exit in [Exit::Cancelled, Exit::Failed, Exit::Uncacheable] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let gate = Arc::new(tokio::sync::Notify::new());
+            let (c, g) = (calls.clone(), gate.clone());
+            let inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
+                move |_r: Request<Body>| {
+                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    let g = g.clone();
+                    async move {
+                        if n == 0 {
+                            // The leader's upstream answers when let go.
+                            g.notified().await;
+                            if matches!(exit, Exit::Failed | Exit::Cancelled) {
+                                return Err::<Response<Body>, BoxError>("upstream failed".into());
+                            }
+                        }
+                        let mut r = Response::new(Body::full("x"));
+                        r.headers_mut()
+                            .insert("cache-control", HeaderValue::from_static("no-store"));
+                        Ok(r)
+                    }
+                },
+            ));
+            let cfg = RouteCacheConfig {
+                ttl: Duration::from_secs(10),
+                max_body: ByteSize(1024),
+                share_authorized: false,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                redis: false,
+            };
+            let store = Arc::new(ResponseCache::new(1 << 20));
+            let s = CacheLayer::new(RouteCache::new("r", &cfg, store)).layer(inner);
+            let leader = tokio::spawn(s.clone().oneshot(req(Method::GET)));
+            while calls.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            let followers: Vec<_> = (0..8)
+                .map(|_| tokio::spawn(s.clone().oneshot(req(Method::GET))))
+                .collect();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{exit:?}: followers wait");
+            match exit {
+                Exit::Cancelled => leader.abort(),
+                Exit::Failed | Exit::Uncacheable => gate.notify_one(),
+            }
+            for f in followers {
+                let r = tokio::time::timeout(Duration::from_secs(3600), f)
+                    .await
+                    .unwrap_or_else(|_| panic!("{exit:?}: a follower was never woken"))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{exit:?}");
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 9, "{exit:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

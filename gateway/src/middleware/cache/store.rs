@@ -1,11 +1,13 @@
 //! Entries, the byte-bounded store and miss coalescing.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -132,7 +134,24 @@ pub enum Lead {
     /// This request fetches; followers wake when the guard drops.
     Leader(LeaderGuard),
     /// Another request is fetching: wait for it, then look again.
-    Follower(Arc<Notify>),
+    Follower(Follower),
+}
+
+/// A request waiting for the leader of its key. It is registered for the
+/// wakeup when [`ResponseCache::lead`] makes it, under the in-flight lock:
+/// `notify_waiters` wakes every `Notified` created before it, polled or
+/// not, so a leader finishing between the lock's release and the first
+/// poll of [`Follower::wait`] cannot be missed (it was, and such a request
+/// waited forever on a route without a timeout).
+pub struct Follower(Pin<Box<OwnedNotified>>);
+
+impl Follower {
+    /// Resolves once the leader is done: it stored the response, found it
+    /// not storable, failed, or was dropped (cancelled) — its
+    /// [`LeaderGuard`] wakes the followers on every one of those paths.
+    pub async fn wait(self) {
+        self.0.await;
+    }
 }
 
 /// Wakes the followers of one key when dropped (also on cancellation).
@@ -205,7 +224,10 @@ impl ResponseCache {
     pub fn lead(self: &Arc<Self>, key: &Arc<str>) -> Lead {
         let mut map = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = map.get(key) {
-            return Lead::Follower(n.clone());
+            // Registered before the lock is released (see `Follower`).
+            let mut notified = Box::pin(n.clone().notified_owned());
+            notified.as_mut().enable();
+            return Lead::Follower(Follower(notified));
         }
         map.insert(key.clone(), Arc::new(Notify::new()));
         Lead::Leader(LeaderGuard {
@@ -350,6 +372,38 @@ mod tests {
         assert!(c.get(&long).is_some());
         assert_eq!(c.purge(Some(&query), None), 1);
         assert!(c.get(&long).is_none());
+    }
+
+    /// The lost wakeup of issue 12: a follower learns who leads (the lock
+    /// is released), the leader finishes before the follower starts
+    /// waiting, and the follower must still wake. Also with a follower
+    /// polled once before the leader finishes (registered the usual way).
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_wakes_even_when_the_leader_finished_before_it_waited() {
+        let c = Arc::new(ResponseCache::new(1 << 20));
+        let key: Arc<str> = Arc::from("r\0h\0/k");
+        let Lead::Leader(leader) = c.lead(&key) else {
+            panic!("first request leads")
+        };
+        let Lead::Follower(late) = c.lead(&key) else {
+            panic!("second request follows")
+        };
+        let Lead::Follower(early) = c.lead(&key) else {
+            panic!("third request follows")
+        };
+        let mut early = std::pin::pin!(early.wait());
+        assert!(
+            futures_util::poll!(&mut early).is_pending(),
+            "waits while the leader runs"
+        );
+        // Between "released the lock" and "waiting": the leader is done.
+        drop(leader);
+        assert!(futures_util::poll!(&mut early).is_ready());
+        tokio::time::timeout(Duration::from_secs(3600), late.wait())
+            .await
+            .expect("the late follower was woken, not left waiting forever");
+        // The key is free again: the next request leads.
+        assert!(matches!(c.lead(&key), Lead::Leader(_)));
     }
 
     #[test]
