@@ -2,16 +2,31 @@
 //!
 //! An enum rather than a boxed trait object, so the common cases (a streamed
 //! upstream or client body, a small buffered JSON error) cost no allocation.
+//!
+//! A client's request body ([`Upload`], behind [`Body::Limited`]) fails as
+//! the client's fault, never the upstream's: over the route's limit
+//! ([`BodyTooLarge`], 413, also mid-stream), malformed framing or the
+//! client leaving ([`RequestBodyError`], 400 or 499), or nothing received
+//! for the request body idle timeout (408). It also tells the edge, through
+//! [`UploadState`], whether it is still being read, so a route timeout that
+//! passes mid-upload is answered 408 rather than 504. A request without a
+//! body never gets one: no allocation on that path.
 
+use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::{BodyTooLarge, BoxError};
+use crate::upstream::error::{RequestBodyError, RequestBodyKind};
 use crate::upstream::h1::H1Body;
 
 /// A request or response body.
@@ -24,15 +39,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A streamed body from a client or an upstream, passed through as is.
     Incoming(Incoming),
-    /// A client's request body that fails once it exceeds `remaining` bytes.
-    Limited {
-        /// The client's body.
-        inner: Incoming,
-        /// Bytes still allowed.
-        remaining: u64,
-        /// The configured limit, for the error.
-        limit: u64,
-    },
+    /// A client's request body with a size limit and an idle timeout.
+    Limited(Box<Upload>),
     /// An upstream response body, read from the upstream connection as it
     /// is consumed.
     H1(Box<H1Body>),
@@ -46,12 +54,111 @@ impl Body {
         Self::Full(Some(bytes.into()))
     }
 
-    /// A client body limited to `limit` bytes.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
-        Self::Limited {
+    /// A client body limited to `limit` bytes that fails when nothing
+    /// arrives for `idle`, with the state the edge reads; a body that is
+    /// already complete (no body at all) stays as it is, with no state.
+    pub fn limited(inner: Incoming, limit: u64, idle: Duration) -> (Self, Option<UploadState>) {
+        if inner.is_end_stream() {
+            return (Self::Incoming(inner), None);
+        }
+        let state = UploadState::default();
+        let upload = Upload {
             inner,
             remaining: limit,
             limit,
+            idle,
+            sleep: None,
+            progressed: false,
+            state: state.clone(),
+        };
+        (Self::Limited(Box::new(upload)), Some(state))
+    }
+}
+
+/// Whether a client's request body is still being read; shared by the
+/// body and the edge.
+#[derive(Debug, Clone, Default)]
+pub struct UploadState(Arc<AtomicBool>);
+
+impl UploadState {
+    /// True until the body ended or failed.
+    pub fn reading(&self) -> bool {
+        !self.0.load(Ordering::Acquire)
+    }
+
+    fn done(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A client's request body, limited in size and in idle time.
+pub struct Upload {
+    inner: Incoming,
+    /// Bytes still allowed.
+    remaining: u64,
+    /// The configured limit, for the error.
+    limit: u64,
+    /// Longest wait for the next bytes.
+    idle: Duration,
+    /// The idle timer, armed the first time the body has to wait.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes arrived since the timer was last moved.
+    progressed: bool,
+    state: UploadState,
+}
+
+impl Upload {
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state.done();
+        self.sleep = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.remaining {
+                        self.remaining = 0;
+                        let limit = self.limit;
+                        return self.fail(Box::new(BodyTooLarge { limit }));
+                    }
+                    self.remaining -= n;
+                }
+                self.progressed = true;
+                if self.inner.is_end_stream() {
+                    self.state.done();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => self.fail(Box::new(RequestBodyError::from_hyper(e))),
+            Poll::Ready(None) => {
+                self.state.done();
+                self.sleep = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                // Armed on the first wait, moved (not re-armed) after progress.
+                let at = Instant::now() + self.idle;
+                match &mut self.sleep {
+                    Some(s) => {
+                        if std::mem::take(&mut self.progressed) {
+                            s.as_mut().reset(at);
+                        }
+                    }
+                    None => {
+                        self.progressed = false;
+                        self.sleep = Some(Box::pin(tokio::time::sleep_until(at)));
+                    }
+                }
+                match self.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => {
+                        self.fail(Box::new(RequestBodyError::new(RequestBodyKind::TimedOut)))
+                    }
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -62,7 +169,7 @@ impl std::fmt::Debug for Body {
             Self::Empty => "Empty",
             Self::Full(_) => "Full",
             Self::Incoming(_) => "Incoming",
-            Self::Limited { .. } => "Limited",
+            Self::Limited(_) => "Limited",
             Self::H1(_) => "H1",
             Self::Boxed(_) => "Boxed",
         };
@@ -70,8 +177,9 @@ impl std::fmt::Debug for Body {
     }
 }
 
+/// A client body's read error, as the client's fault.
 fn boxed(e: hyper::Error) -> BoxError {
-    Box::new(e)
+    Box::new(RequestBodyError::from_hyper(e))
 }
 
 impl http_body::Body for Body {
@@ -89,26 +197,7 @@ impl http_body::Body for Body {
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(boxed))),
             Self::H1(b) => b.poll_frame(cx),
-            Self::Limited {
-                inner,
-                remaining,
-                limit,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        let n = data.len() as u64;
-                        if n > *remaining {
-                            *remaining = 0;
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                                limit: *limit,
-                            }))));
-                        }
-                        *remaining -= n;
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                other => other.map(|o| o.map(|r| r.map_err(boxed))),
-            },
+            Self::Limited(u) => u.poll_frame(cx),
             Self::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -117,7 +206,8 @@ impl http_body::Body for Body {
         match self {
             Self::Empty => true,
             Self::Full(b) => b.is_none(),
-            Self::Incoming(b) | Self::Limited { inner: b, .. } => b.is_end_stream(),
+            Self::Incoming(b) => b.is_end_stream(),
+            Self::Limited(u) => u.inner.is_end_stream(),
             Self::H1(b) => b.is_end_stream(),
             Self::Boxed(b) => b.is_end_stream(),
         }
@@ -127,7 +217,8 @@ impl http_body::Body for Body {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Incoming(b) | Self::Limited { inner: b, .. } => b.size_hint(),
+            Self::Incoming(b) => b.size_hint(),
+            Self::Limited(u) => u.inner.size_hint(),
             Self::H1(b) => b.size_hint(),
             Self::Boxed(b) => b.size_hint(),
         }

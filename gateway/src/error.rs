@@ -17,7 +17,14 @@ use crate::middleware::ratelimit::{
     LimiterFailed, LimiterUnavailable, RateLimitDecision, RateLimited,
 };
 use crate::request_id::X_REQUEST_ID;
-use crate::upstream::h1::UpstreamError;
+use crate::upstream::error::{RequestBodyError, RequestBodyKind, UpstreamError};
+
+/// `499 Client Closed Request` (nginx's): the client left before the
+/// answer; logged and counted, never seen by anyone.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// The error type flowing through the middleware stack.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -25,7 +32,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// Who failed, so logs and metrics do not have to guess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
-    /// The client sent something wrong or too slowly.
+    /// The client sent something wrong or too slowly, or left.
     Client,
     /// The upstream failed.
     Upstream,
@@ -129,6 +136,45 @@ impl Classified {
     }
 }
 
+/// Who is to blame for `err`, from the first error in its cause chain
+/// that carries it as data; what [`classify`] decides, without building
+/// the message. The breaker and the proxy read this: only
+/// [`Blame::Upstream`] counts against an endpoint.
+pub fn blame(err: &(dyn StdError + 'static)) -> Blame {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(g) = e.downcast_ref::<GatewayError>() {
+            return match g {
+                GatewayError::NoRoute
+                | GatewayError::MethodNotAllowed
+                | GatewayError::BodyTooLarge(_)
+                | GatewayError::BadRequest(_) => Blame::Client,
+                GatewayError::NoHealthyEndpoint { .. }
+                | GatewayError::CircuitOpen { .. }
+                | GatewayError::UpstreamTimeout { .. } => Blame::Upstream,
+                GatewayError::Overloaded => Blame::Gateway,
+            };
+        }
+        if let Some(b) = e.downcast_ref::<RequestBodyError>() {
+            return b.blame();
+        }
+        if e.is::<BodyTooLarge>() || e.is::<AuthError>() || e.is::<RateLimited>() {
+            return Blame::Client;
+        }
+        if e.is::<LimiterUnavailable>() {
+            return Blame::Gateway;
+        }
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return Blame::Upstream;
+        }
+        if let Some(u) = e.downcast_ref::<UpstreamError>() {
+            return u.blame();
+        }
+        cur = e.source();
+    }
+    Blame::Gateway
+}
+
 /// Walks the cause chain of `err` and decides status, message and blame.
 pub fn classify(err: &(dyn StdError + 'static)) -> Classified {
     let mut c = classify_kind(err);
@@ -196,6 +242,14 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
         if let Some(b) = e.downcast_ref::<BodyTooLarge>() {
             return too_large(b);
         }
+        if let Some(b) = e.downcast_ref::<RequestBodyError>() {
+            let status = match b.kind {
+                RequestBodyKind::Malformed => StatusCode::BAD_REQUEST,
+                RequestBodyKind::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                RequestBodyKind::Aborted => CLIENT_CLOSED_REQUEST,
+            };
+            return Classified::new(status, b.to_string(), b.blame());
+        }
         if let Some(a) = e.downcast_ref::<AuthError>() {
             let status = match a {
                 AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -242,19 +296,27 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
                 UpstreamError::ConnectTimeout => {
                     (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out")
                 }
-                UpstreamError::Closed | UpstreamError::Io(_) => (
+                UpstreamError::Closed | UpstreamError::Io(_) | UpstreamError::NotSent(_) => (
                     StatusCode::BAD_GATEWAY,
                     "upstream closed or reset the connection",
                 ),
                 UpstreamError::Protocol(_) => {
                     (StatusCode::BAD_GATEWAY, "invalid response from upstream")
                 }
+                UpstreamError::HeadTimeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream sent no response in time",
+                ),
+                UpstreamError::WriteTimeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream stopped reading the request",
+                ),
                 UpstreamError::BodyTimeout => (
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream response body timed out",
                 ),
             };
-            return Classified::new(status, message, Blame::Upstream);
+            return Classified::new(status, message, u.blame());
         }
         cur = e.source();
     }
@@ -414,9 +476,51 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(1),
             ),
+            (
+                RequestBodyError::new(RequestBodyKind::Malformed).into(),
+                StatusCode::BAD_REQUEST,
+                None,
+            ),
+            (
+                RequestBodyError::new(RequestBodyKind::TimedOut).into(),
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+            ),
+            (
+                Box::new(Wrapper(
+                    RequestBodyError::new(RequestBodyKind::Aborted).into(),
+                )),
+                CLIENT_CLOSED_REQUEST,
+                None,
+            ),
+            (
+                UpstreamError::NotSent(std::io::ErrorKind::BrokenPipe.into()).into(),
+                StatusCode::BAD_GATEWAY,
+                None,
+            ),
+            (
+                UpstreamError::HeadTimeout.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+            ),
+            (
+                UpstreamError::WriteTimeout.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+            ),
+            (
+                UpstreamError::BodyTimeout.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+            ),
         ];
         let id = HeaderValue::from_static("req-1");
         for (err, status, retry) in cases {
+            // `blame` decides what `classify` does, without the message;
+            // client faults are 4xx (499 included), never blamed upstream.
+            let c = classify(err.as_ref());
+            assert_eq!(blame(err.as_ref()), c.blame, "{err}");
+            assert_eq!(c.blame == Blame::Client, status.is_client_error(), "{err}");
             let resp = render(err.as_ref(), &id);
             assert_eq!(resp.status(), status, "{err}");
             assert_eq!(resp.headers()[X_REQUEST_ID], "req-1");

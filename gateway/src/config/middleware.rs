@@ -282,6 +282,12 @@ pub struct RetryConfig {
     /// larger ones are sent once.
     #[serde(default = "retry::max_replay_body")]
     pub max_replay_body: super::ByteSize,
+    /// Treat a request carrying an `Idempotency-Key` header as idempotent:
+    /// it may be retried and resent after a connection failure like a
+    /// `PUT`. Off by default: only an upstream that deduplicates on the
+    /// key makes that safe.
+    #[serde(default)]
+    pub idempotency_key: bool,
 }
 
 mod cb {

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     /// gets a 408.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A client whose request body sends nothing for this long gets a 408
+    /// (the client's fault: never counted against the upstream).
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -128,6 +132,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
             header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_body_size: ByteSize(10 * 1024 * 1024),
             http2: true,

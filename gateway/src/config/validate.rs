@@ -90,6 +90,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         "server.header_read_timeout",
         s.header_read_timeout,
     );
+    positive(&mut errs, "server.body_idle_timeout", s.body_idle_timeout);
     if s.max_body_size.0 == 0 {
         errs.push("server.max_body_size", "must be greater than 0");
     }

@@ -21,7 +21,7 @@ use tower_service::Service;
 
 use crate::body::Body;
 use crate::context::RequestContext;
-use crate::error::{BoxError, GatewayError};
+use crate::error::{Blame, BoxError, GatewayError};
 use crate::telemetry::trace::AttemptSpan;
 use crate::telemetry::{SpanParent, UpstreamInfo, TRACEPARENT};
 use crate::upstream::h1::{self, Exchange, UpstreamError};
@@ -242,23 +242,25 @@ impl Inner {
         } = a;
         let endpoint = guard.endpoint().clone();
         let sent = Instant::now();
-        let mut exchange = up
-            .timers
-            .timeout(
-                sent,
-                up.request_timeout,
-                h1::send(guard, up.pool, &up.timers, req, &forwarding),
-            )
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout {
-                upstream: up.name.clone(),
-            });
+        // `request_timeout` runs from the end of the upload to the response
+        // head (armed inside the client, on the pooled timers).
+        let mut exchange = h1::send_timed(
+            guard,
+            up.pool,
+            &up.timers,
+            Some(up.request_timeout),
+            req,
+            &forwarding,
+        )
+        .await;
         let head = sent.elapsed();
-        // The breaker counts what the endpoint did: errors, timeouts and
+        // The breaker counts what the endpoint did: its errors, timeouts and
         // 502/503/504 are failures. A good head with a body still streaming
         // is judged when that body ends (a truncated or stalled body fails).
+        // An error that is not the upstream's (the client's body was
+        // malformed, too large, too slow or abandoned) is not counted.
         let verdict = match &mut exchange {
-            Ok(Ok(Exchange::Response(r))) => {
+            Ok(Exchange::Response(r)) => {
                 let ok = !matches!(r.status().as_u16(), 502..=504);
                 match r.body_mut() {
                     Body::H1(body) if ok => {
@@ -268,21 +270,26 @@ impl Inner {
                     _ => Some(ok),
                 }
             }
-            Ok(Ok(Exchange::Upgrade(..))) => Some(true),
-            _ => Some(false),
+            Ok(Exchange::Upgrade(..)) => Some(true),
+            Err(e) => (crate::error::blame(e.as_ref()) == Blame::Upstream).then_some(false),
         };
         if let Some(ok) = verdict {
             endpoint.record(ok);
         }
         if let Some(span) = attempt {
             match &exchange {
-                Ok(Ok(Exchange::Response(r))) => span.status(r.status().as_u16()),
-                Ok(Ok(Exchange::Upgrade(..))) => span.status(101),
-                Ok(Err(e)) => span.failed(error_type(e.as_ref()), e.to_string()),
-                Err(e) => span.failed("timeout", e.to_string()),
+                Ok(Exchange::Response(r)) => span.status(r.status().as_u16()),
+                Ok(Exchange::Upgrade(..)) => span.status(101),
+                Err(e) => span.failed(error_type(e.as_ref()), e.to_string()),
             }
         }
-        let exchange = exchange??;
+        let exchange = exchange.map_err(|e| match e.downcast_ref::<UpstreamError>() {
+            Some(UpstreamError::HeadTimeout) => GatewayError::UpstreamTimeout {
+                upstream: up.name.clone(),
+            }
+            .into(),
+            _ => e,
+        })?;
         if let Some(h) = &self.latency {
             h.observe(head.as_secs_f64());
         }
@@ -322,9 +329,12 @@ fn error_type(e: &(dyn std::error::Error + 'static)) -> &'static str {
         Some(UpstreamError::Connect(_)) => "connect_failed",
         Some(UpstreamError::ConnectTimeout) => "connect_timeout",
         Some(UpstreamError::Closed) => "connection_closed",
-        Some(UpstreamError::Io(_)) => "io_error",
+        Some(UpstreamError::Io(_) | UpstreamError::NotSent(_)) => "io_error",
         Some(UpstreamError::Protocol(_)) => "protocol_error",
+        Some(UpstreamError::HeadTimeout) => "timeout",
+        Some(UpstreamError::WriteTimeout) => "write_timeout",
         Some(UpstreamError::BodyTimeout) => "body_timeout",
+        None if crate::error::blame(e) == Blame::Client => "client_error",
         None => "_OTHER",
     }
 }

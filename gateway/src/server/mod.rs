@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use crate::body::Body;
+use crate::body::{Body, UploadState};
 use crate::config::{self, Config, ConfigErrors, Overrides, Source};
 use crate::error::{self, BodyTooLarge, BoxError};
 use crate::middleware::ratelimit::LimiterFailed;
@@ -37,6 +37,7 @@ use crate::runtime::Runtime;
 use crate::stack::RouteService;
 use crate::telemetry::{Record, Telemetry, TimedBody, UpstreamInfo};
 use crate::timer::PooledTimer;
+use crate::upstream::error::{RequestBodyError, RequestBodyKind};
 use crate::{admin, error::GatewayError};
 use tokio::time::Instant;
 
@@ -182,6 +183,7 @@ pub async fn start(
         shared: shared.clone(),
         builder,
         header_timeout: server_cfg.header_read_timeout,
+        body_idle_timeout: server_cfg.body_idle_timeout,
     });
     let task = tokio::spawn(run(
         ctx,
@@ -203,6 +205,8 @@ struct ConnCtx {
     shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
     header_timeout: Duration,
+    /// `server.body_idle_timeout`: a request body silent this long is a 408.
+    body_idle_timeout: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -343,7 +347,7 @@ fn dispatch(
 ) -> Dispatched {
     stats.request_started();
     match kind {
-        Kind::Proxy => Either::Left(Edge::start(&ctx.shared, stats.clone(), client.clone(), req)),
+        Kind::Proxy => Either::Left(Edge::start(ctx, stats.clone(), client.clone(), req)),
         Kind::Admin => {
             let (shared, stats) = (ctx.shared.clone(), stats.clone());
             Either::Right(Box::pin(async move {
@@ -367,6 +371,9 @@ pub(crate) struct Edge {
     record: Option<Box<Record>>,
     id: HeaderValue,
     stats: Arc<ConnStats>,
+    /// Whether the request body is still being read (requests with a body
+    /// only): a route timeout passing mid-upload is the client's 408.
+    upload: Option<UploadState>,
 }
 
 enum EdgeState {
@@ -381,15 +388,18 @@ enum EdgeState {
 
 impl Edge {
     fn start(
-        shared: &Shared,
+        ctx: &ConnCtx,
         stats: Arc<ConnStats>,
         client: ClientAddr,
         req: Request<Incoming>,
     ) -> Self {
         let start = Instant::now();
         let id = request_id::accept_or_generate(req.headers());
-        let (record, routed) = prepare(shared, client, req, &id, start);
-        Self::new(routed, record, id, stats)
+        let (record, routed, upload) =
+            prepare(&ctx.shared, client, req, &id, start, ctx.body_idle_timeout);
+        let mut edge = Self::new(routed, record, id, stats);
+        edge.upload = upload;
+        edge
     }
 
     /// The edge future of a routed request (or of the error to answer).
@@ -417,6 +427,7 @@ impl Edge {
             record,
             id,
             stats,
+            upload: None,
         }
     }
 
@@ -426,7 +437,14 @@ impl Edge {
         let id = &self.id;
         let mut resp = match result {
             Ok(r) => r,
-            Err(e) => {
+            Err(mut e) => {
+                // The route's timeout passed while the client was still
+                // uploading: the client was too slow, not the upstream.
+                if e.is::<tower::timeout::error::Elapsed>()
+                    && self.upload.as_ref().is_some_and(UploadState::reading)
+                {
+                    e = Box::new(RequestBodyError::new(RequestBodyKind::TimedOut));
+                }
                 let c = error::classify(e.as_ref());
                 let route = self.record.as_ref().map_or("", |r| r.route_name());
                 if c.blame == error::Blame::Client {
@@ -496,9 +514,11 @@ fn prepare(
     mut req: Request<Incoming>,
     id: &HeaderValue,
     start: Instant,
+    body_idle_timeout: Duration,
 ) -> (
     Option<Box<Record>>,
     Result<(RouteService, Request<Body>), GatewayError>,
+    Option<UploadState>,
 ) {
     let rt = shared.runtime.load();
     // The one sanitation pass (sanitize.rs), before anything reads the head.
@@ -538,7 +558,7 @@ fn prepare(
             });
     let (route, mut ctx) = match routed {
         Ok(r) => r,
-        Err(e) => return (record, Err(e)),
+        Err(e) => return (record, Err(e), None),
     };
     if content_length(req.headers()).is_some_and(|len| len > route.max_body) {
         return (
@@ -547,6 +567,7 @@ fn prepare(
                 limit: route.max_body,
             }
             .into()),
+            None,
         );
     }
     let (mut parts, body) = req.into_parts();
@@ -560,8 +581,9 @@ fn prepare(
     if let Some(parent) = record.as_deref().and_then(Record::span_parent) {
         parts.extensions.insert(parent);
     }
-    let req = Request::from_parts(parts, Body::limited(body, route.max_body));
-    (record, Ok((route.service.clone(), req)))
+    let (body, upload) = Body::limited(body, route.max_body, body_idle_timeout);
+    let req = Request::from_parts(parts, body);
+    (record, Ok((route.service.clone(), req)), upload)
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

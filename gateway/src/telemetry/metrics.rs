@@ -78,10 +78,13 @@ pub struct StatusLabel(u16);
 impl StatusLabel {
     /// The label of `status`.
     pub fn of(status: u16) -> Self {
-        let registered = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .is_some();
+        // 499 is the gateway's own "client closed request" (unregistered,
+        // but a client error it logs itself and operators look for).
+        let registered = status == 499
+            || http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .is_some();
         if registered {
             Self(status)
         } else {
@@ -644,6 +647,18 @@ mod tests {
             !prom.contains("trace_id"),
             "no exemplars in the 0.0.4 text format"
         );
+        // The client errors the gateway answers itself keep their code
+        // (499 included, unregistered) and their 4xx class.
+        m.record(&rm, &finished(499, 5));
+        m.record(&rm, &finished(408, 5));
+        let text = scrape(&m);
+        for code in ["499", "408"] {
+            let series = format!(
+                r#"gateway_requests_total{{route="users",method="GET",status="{code}"}} 1"#
+            );
+            assert!(text.contains(&series), "{text}");
+        }
+        assert!(text.contains(r#"status_class="4xx""#), "{text}");
         assert!(!prom.contains("# EOF"));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{RETRY_AFTER, UPGRADE};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
@@ -16,9 +16,9 @@ use tower::{Layer, Service, ServiceExt};
 use super::budget::{backoff, Budget};
 use crate::body::Body;
 use crate::config::RetryConfig;
-use crate::error::{BoxError, GatewayError};
+use crate::error::{Blame, BoxError, GatewayError};
 use crate::proxy::Tried;
-use crate::upstream::h1::UpstreamError;
+use crate::upstream::error::{has_idempotency_key, idempotent, IdempotencyKey, UpstreamError};
 use prometheus_client::metrics::counter::Counter;
 
 /// One route's retry settings and budget, built at config load.
@@ -30,6 +30,9 @@ pub struct RetryPolicy {
     max_backoff: Duration,
     max_retry_after: Duration,
     max_replay: u64,
+    /// Honour `Idempotency-Key`: a request carrying one is resent like an
+    /// idempotent one.
+    idempotency_key: bool,
     budget: Budget,
     /// Retries made and retries refused by the budget (metrics).
     counters: Option<(Counter, Counter)>,
@@ -45,6 +48,7 @@ impl RetryPolicy {
             max_backoff: cfg.max_backoff,
             max_retry_after: cfg.max_retry_after,
             max_replay: cfg.max_replay_body.0,
+            idempotency_key: cfg.idempotency_key,
             budget: Budget::new(cfg.budget_ratio, cfg.budget_min_per_sec),
             counters: None,
         }
@@ -76,10 +80,12 @@ impl RetryPolicy {
                     None => Some(jitter),
                 }
             }
+            // What the error says of itself: never the client's fault;
+            // safe for any method when no byte was sent, else only when
+            // idempotent.
             Err(e) => match upstream_error(e.as_ref()) {
-                // Never reached the upstream: safe for any method.
-                Some(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => Some(jitter),
-                Some(_) if idempotent => Some(jitter),
+                _ if crate::error::blame(e.as_ref()) == Blame::Client => None,
+                Some(u) if u.retry_safe() || idempotent => Some(jitter),
                 _ if idempotent && is_upstream_timeout(e.as_ref()) => Some(jitter),
                 _ => None,
             },
@@ -111,13 +117,6 @@ fn is_upstream_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 fn retry_after(resp: &Response<Body>) -> Option<Duration> {
     let v = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
     crate::middleware::cache::policy::delta_seconds(v.trim()).map(Duration::from_secs)
-}
-
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// Applies a [`RetryPolicy`].
@@ -171,7 +170,15 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, mut req: Request<Body>) -> ResponseFuture {
+        // An honoured key makes the request resendable by the upstream
+        // client too (its keep-alive race resend).
+        if self.policy.idempotency_key
+            && !idempotent(req.method())
+            && has_idempotency_key(req.headers())
+        {
+            req.extensions_mut().insert(IdempotencyKey);
+        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let policy = self.policy.clone();
@@ -210,7 +217,7 @@ where
     let (parts, body) = req.into_parts();
     let body: Bytes = body.collect().await?.to_bytes();
     let tried = Tried::default();
-    let safe = idempotent(&parts.method);
+    let safe = crate::upstream::error::resendable(&parts.method, &parts.extensions);
     let mut attempt = 1;
     loop {
         let mut req = Request::new(if body.is_empty() {

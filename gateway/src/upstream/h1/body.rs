@@ -5,6 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -24,64 +25,135 @@ use crate::timer::{PooledSleep, SleepPool};
 use crate::upstream::InflightGuard;
 
 pub(super) enum WriteError {
+    /// Writing to the upstream failed.
     Io(io::Error),
+    /// The upstream stopped reading the body for `body_idle_timeout`.
+    Stalled,
+    /// The client's body failed (its error, blame included).
     Body(BoxError),
+}
+
+/// How a request is written: its body framing, and the idle deadline of
+/// each body write.
+pub(super) struct Writing<'a> {
+    pub(super) framing: RequestFraming,
+    pub(super) idle: Duration,
+    pub(super) timers: &'a Arc<SleepPool>,
+}
+
+/// What of a request reached the upstream.
+#[derive(Debug, Default)]
+pub(super) struct Sent {
+    /// Bytes the upstream socket accepted (head and body).
+    pub(super) bytes: u64,
+    /// Whether a frame of the body was taken from the client (the body
+    /// can no longer be sent again).
+    pub(super) body_started: bool,
 }
 
 pub(super) async fn write_request(
     conn: &mut Conn,
     head: &[u8],
     body: &mut Body,
-    framing: RequestFraming,
-    started: &mut bool,
+    how: &Writing<'_>,
+    sent: &mut Sent,
 ) -> Result<(), WriteError> {
-    if framing == RequestFraming::Empty {
-        return conn.io.write_all(head).await.map_err(WriteError::Io);
+    if how.framing == RequestFraming::Empty {
+        // The fast path: one write, no timer.
+        return write_counted(&mut conn.io, head, &mut sent.bytes)
+            .await
+            .map_err(WriteError::Io);
     }
     let mut out = BytesMut::from(head);
     loop {
         let frame = match body.frame().now_or_never() {
             Some(f) => f,
             None => {
-                flush(&mut conn.io, &mut out).await?;
+                flush(&mut conn.io, &mut out, how, &mut sent.bytes).await?;
                 body.frame().await
             }
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(WriteError::Body)?;
-        *started = true;
+        sent.body_started = true;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         if data.is_empty() {
             continue;
         }
-        if framing == RequestFraming::Chunked {
+        if how.framing == RequestFraming::Chunked {
             // Chunk size line straight into the buffer, no allocation.
             let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{:x}\r\n", data.len()));
         }
         if data.len() >= WRITE_FLUSH / 4 {
-            flush(&mut conn.io, &mut out).await?;
-            conn.io.write_all(&data).await.map_err(WriteError::Io)?;
+            flush(&mut conn.io, &mut out, how, &mut sent.bytes).await?;
+            write_idle(&mut conn.io, &data, how, &mut sent.bytes).await?;
         } else {
             out.extend_from_slice(&data);
         }
-        if framing == RequestFraming::Chunked {
+        if how.framing == RequestFraming::Chunked {
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= WRITE_FLUSH {
-            flush(&mut conn.io, &mut out).await?;
+            flush(&mut conn.io, &mut out, how, &mut sent.bytes).await?;
         }
     }
-    if framing == RequestFraming::Chunked {
+    if how.framing == RequestFraming::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    flush(&mut conn.io, &mut out).await
+    flush(&mut conn.io, &mut out, how, &mut sent.bytes).await
 }
 
-pub(super) async fn flush(io: &mut TcpStream, out: &mut BytesMut) -> Result<(), WriteError> {
+/// Writes all of `buf`, counting in `written` what the socket accepted
+/// (`write_all` does not say how much it wrote before failing).
+async fn write_counted(io: &mut TcpStream, mut buf: &[u8], written: &mut u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = io.write(buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *written += n as u64;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// [`write_counted`], failing with [`WriteError::Stalled`] when the
+/// upstream accepts nothing for the idle timeout.
+async fn write_idle(
+    io: &mut TcpStream,
+    mut buf: &[u8],
+    how: &Writing<'_>,
+    written: &mut u64,
+) -> Result<(), WriteError> {
+    while !buf.is_empty() {
+        let n = match io.write(buf).now_or_never() {
+            Some(r) => r,
+            None => how
+                .timers
+                .timeout(Instant::now(), how.idle, io.write(buf))
+                .await
+                .map_err(|_| WriteError::Stalled)?,
+        }
+        .map_err(WriteError::Io)?;
+        if n == 0 {
+            return Err(WriteError::Io(io::ErrorKind::WriteZero.into()));
+        }
+        *written += n as u64;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+async fn flush(
+    io: &mut TcpStream,
+    out: &mut BytesMut,
+    how: &Writing<'_>,
+    written: &mut u64,
+) -> Result<(), WriteError> {
     if !out.is_empty() {
-        io.write_all(out).await.map_err(WriteError::Io)?;
+        write_idle(io, out, how, written).await?;
         out.clear();
     }
     Ok(())

@@ -86,7 +86,8 @@ pub(super) struct Head {
 }
 
 pub(super) enum ReadError {
-    /// Failed before a single response byte arrived (safe to retry).
+    /// Failed before a single response byte arrived (the request may be
+    /// resent if that is safe for it).
     NothingReceived(UpstreamError),
     Failed(UpstreamError),
 }

@@ -12,9 +12,17 @@
 //! Framing follows RFC 9112: `Content-Length`, `chunked`, close-delimited;
 //! no body for `HEAD`, 1xx, 204 and 304; interim 1xx responses (other than
 //! 101) are skipped. A request that failed on a reused connection before a
-//! single response byte arrived is retried once on a fresh connection when
-//! it is safe (idempotent, or no body was sent): the classic keep-alive race
-//! with an upstream closing an idle connection.
+//! single response byte arrived is resent once on a fresh connection (the
+//! classic keep-alive race with an upstream closing an idle connection)
+//! only when that is safe: no byte of it was written, or it is idempotent
+//! (see [`send_timed`]). A non-idempotent request that reached the wire is
+//! never resent: the client gets a 502.
+//!
+//! `request_timeout` (see [`send_timed`]) starts once the request body has
+//! been written. Writing the body to an upstream that stops reading it for
+//! `body_idle_timeout` fails with [`UpstreamError::WriteTimeout`]; a client
+//! whose upload stalls is bounded by the request body's own idle timeout
+//! ([`crate::body`]).
 //!
 //! Parsing is strict where a lenient reading would let an upstream smuggle
 //! a second response or frame a body two ways: `Content-Length` is
@@ -112,7 +120,8 @@ pub fn line(out: &mut BytesMut, name: &[u8], value: &[&[u8]]) {
 /// Sends `req` (whose URI is origin-form path and query) to the endpoint
 /// held by `guard`, reusing a pooled connection when one is available.
 /// Its header fields are written by `headers`; a streamed response body
-/// takes its deadline timer from `timers`.
+/// takes its deadline timer from `timers`. No deadline for the response
+/// head (see [`send_timed`]).
 pub async fn send(
     guard: InflightGuard,
     pool: PoolConfig,
@@ -120,10 +129,32 @@ pub async fn send(
     req: Request<Body>,
     headers: &(dyn EncodeHeaders + Sync),
 ) -> Result<Exchange, BoxError> {
+    send_timed(guard, pool, timers, None, req, headers).await
+}
+
+/// Like [`send`], with a deadline for the response head: `head_timeout`
+/// (the upstream's `request_timeout`) starts once the whole request, body
+/// included, has been written, so a long upload does not count against it;
+/// it fails with [`UpstreamError::HeadTimeout`].
+///
+/// A request is resent (once, on a fresh connection) only after a reused
+/// connection failed before any response byte arrived (the keep-alive
+/// race), only if none of its body was taken from the client yet, and only
+/// if no byte of it was written or it is idempotent
+/// ([`super::error::resendable`]: an idempotent method, or an honoured
+/// `Idempotency-Key`). Bytes actually written are counted, not inferred.
+pub async fn send_timed(
+    guard: InflightGuard,
+    pool: PoolConfig,
+    timers: &Arc<SleepPool>,
+    head_timeout: Option<std::time::Duration>,
+    req: Request<Body>,
+    headers: &(dyn EncodeHeaders + Sync),
+) -> Result<Exchange, BoxError> {
     let ep = guard.endpoint().clone();
     // The request's parts end here, before the first await: the future does
     // not carry them.
-    let (head, mut body, framing, is_head, replayable_method) = {
+    let (head, mut body, framing, is_head, resendable) = {
         let (parts, body) = req.into_parts();
         let framing = RequestFraming::of(&parts.headers, &body);
         let head = encode_head(
@@ -133,22 +164,19 @@ pub async fn send(
             body.size_hint().exact(),
             headers,
         );
-        let replayable_method = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
+        let resendable = super::error::resendable(&parts.method, &parts.extensions);
         (
             head,
             body,
             framing,
             parts.method == Method::HEAD,
-            replayable_method,
+            resendable,
         )
+    };
+    let writing = Writing {
+        framing,
+        idle: pool.body_idle_timeout,
+        timers,
     };
     let mut fresh_only = false;
     let (mut conn, resp) = loop {
@@ -159,22 +187,35 @@ pub async fn send(
             Some(c) => (c, true),
             None => (Conn::open(&ep, pool.connect_timeout).await?, false),
         };
-        let mut body_started = false;
-        let wrote = write_request(&mut conn, &head, &mut body, framing, &mut body_started).await;
-        let retry_ok =
-            reused && !body_started && (replayable_method || framing == RequestFraming::Empty);
+        let mut sent = Sent::default();
+        let wrote = write_request(&mut conn, &head, &mut body, &writing, &mut sent).await;
+        // The body can be sent again only if none of it was taken yet.
+        let may_resend = reused && !sent.body_started;
         match wrote {
             Ok(()) => {}
             Err(WriteError::Body(e)) => return Err(e),
-            Err(WriteError::Io(_)) if retry_ok => {
+            Err(WriteError::Io(_)) if may_resend && (sent.bytes == 0 || resendable) => {
                 fresh_only = true;
                 continue;
             }
+            Err(WriteError::Io(e)) if sent.bytes == 0 => {
+                return Err(UpstreamError::NotSent(e).into())
+            }
             Err(WriteError::Io(e)) => return Err(UpstreamError::Io(e).into()),
+            Err(WriteError::Stalled) => return Err(UpstreamError::WriteTimeout.into()),
         }
-        match read_head(&mut conn, is_head).await {
+        let read = match head_timeout {
+            Some(t) => timers
+                .timeout(Instant::now(), t, read_head(&mut conn, is_head))
+                .await
+                .map_err(|_| UpstreamError::HeadTimeout)?,
+            None => read_head(&mut conn, is_head).await,
+        };
+        match read {
             Ok(r) => break (conn, r),
-            Err(ReadError::NothingReceived(_)) if retry_ok && framing == RequestFraming::Empty => {
+            // Every byte of the request was written: resent only if that
+            // is safe for it.
+            Err(ReadError::NothingReceived(_)) if may_resend && resendable => {
                 fresh_only = true;
             }
             Err(ReadError::NothingReceived(e) | ReadError::Failed(e)) => return Err(e.into()),

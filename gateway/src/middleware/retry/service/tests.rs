@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 use crate::config::ByteSize;
+use crate::upstream::error::{RequestBodyError, RequestBodyKind};
+use http::Method;
 
 fn cfg(attempts: u32) -> RetryConfig {
     RetryConfig {
@@ -15,6 +17,7 @@ fn cfg(attempts: u32) -> RetryConfig {
         budget_ratio: 1.0,
         budget_min_per_sec: 100,
         max_replay_body: ByteSize(1024),
+        idempotency_key: false,
     }
 }
 
@@ -120,4 +123,46 @@ fn retry_after_saturates_and_a_huge_one_means_no_retry() {
     let policy = RetryPolicy::new(&cfg(3));
     let huge: Result<Response<Body>, BoxError> = Ok(with(&"9".repeat(100)));
     assert_eq!(policy.wait(true, &huge, 1), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_key_makes_a_post_retryable_only_where_configured() {
+    let post = || {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/x")
+            .header("idempotency-key", "k-1")
+            .body(Body::Empty)
+            .unwrap()
+    };
+    // Not configured: the key is ignored, a POST is not retried.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = RetryLayer::new(RetryPolicy::new(&cfg(3))).layer(stub(vec![502], hits.clone()));
+    let resp = svc.oneshot(post()).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Configured: retried like an idempotent request.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut c = cfg(3);
+    c.idempotency_key = true;
+    let svc = RetryLayer::new(RetryPolicy::new(&c)).layer(stub(vec![502], hits.clone()));
+    let resp = svc.oneshot(post()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_body_errors_are_never_retried() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let inner = tower::service_fn(move |_req: Request<Body>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            Err::<Response<Body>, BoxError>(RequestBodyError::new(RequestBodyKind::Aborted).into())
+        }
+    });
+    let svc = RetryLayer::new(RetryPolicy::new(&cfg(3))).layer(inner);
+    let err = svc.oneshot(req(Method::PUT)).await.unwrap_err();
+    assert!(err.is::<RequestBodyError>());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
