@@ -119,6 +119,7 @@ pub fn render_openmetrics(shared: &Shared) -> String {
     let mut health = Vec::new();
     let mut inflight = Vec::new();
     let mut idle = Vec::new();
+    let mut open = Vec::new();
     let mut circuit = Vec::new();
     for (name, up) in &rt.upstreams {
         for ep in up.endpoints() {
@@ -132,6 +133,7 @@ pub fn render_openmetrics(shared: &Shared) -> String {
             if let Some(state) = ep.circuit_state() {
                 circuit.push((labels.clone(), f64::from(state)));
             }
+            open.push((labels.clone(), ep.open_connections() as f64));
             idle.push((labels, ep.idle_connections() as f64));
         }
     }
@@ -152,6 +154,12 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         "gateway_upstream_endpoint_idle_connections",
         "Idle keep-alive connections pooled for the endpoint",
         &idle,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_upstream_endpoint_open_connections",
+        "Connections open to the endpoint (busy, idle and tunnelled), against the upstream's max_connections",
+        &open,
     );
 
     let (mut route_inflight, mut route_limit) = (Vec::new(), Vec::new());

@@ -69,6 +69,11 @@ pub enum GatewayError {
     /// The route has as many requests in flight as it allows.
     #[error("route is overloaded")]
     Overloaded,
+    /// The endpoint had `max_connections` open and none was freed within
+    /// `connect_queue_timeout`: the gateway's own limit, never counted
+    /// against the endpoint.
+    #[error("upstream connection limit reached")]
+    ConnectionLimit,
     /// The upstream did not send response headers in time.
     #[error("upstream {upstream:?} timed out")]
     UpstreamTimeout {
@@ -152,7 +157,7 @@ pub fn blame(err: &(dyn StdError + 'static)) -> Blame {
                 GatewayError::NoHealthyEndpoint { .. }
                 | GatewayError::CircuitOpen { .. }
                 | GatewayError::UpstreamTimeout { .. } => Blame::Upstream,
-                GatewayError::Overloaded => Blame::Gateway,
+                GatewayError::Overloaded | GatewayError::ConnectionLimit => Blame::Gateway,
             };
         }
         if let Some(b) = e.downcast_ref::<RequestBodyError>() {
@@ -223,7 +228,7 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
                         Blame::Upstream,
                     )
                 },
-                GatewayError::Overloaded => Classified {
+                GatewayError::Overloaded | GatewayError::ConnectionLimit => Classified {
                     retry_after: Some(1),
                     ..Classified::new(
                         StatusCode::SERVICE_UNAVAILABLE,

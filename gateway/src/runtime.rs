@@ -15,7 +15,7 @@ use crate::routing::{Matcher, Router};
 use crate::server::sanitize::EdgePolicy;
 use crate::stack::{self, RouteService};
 use crate::telemetry::{Layers, RouteTelemetry, SloEngine, Telemetry};
-use crate::upstream::{spawn_health_checks, Upstream};
+use crate::upstream::{spawn_health_checks, spawn_reaper, Upstream};
 
 /// One compiled route.
 #[derive(Debug)]
@@ -58,12 +58,15 @@ pub struct Runtime {
     /// The load shedders of routes with `max_inflight`, by route name
     /// (their in-flight counts are exported at scrape time).
     pub shedders: Vec<(Arc<str>, LoadShedLayer)>,
+    /// Cancels the background tasks (health checks, reapers) on drop.
     _health: DropGuard,
 }
 
 impl Runtime {
-    /// Builds a runtime from a *validated* config and starts its health
-    /// checks and JWKS refreshers (must run inside a tokio runtime). Fails only
+    /// Builds a runtime from a *validated* config (each route's stack from
+    /// [`stack::route_stack`]) and starts its health checks, idle
+    /// connection reapers and JWKS refreshers, all stopped when it is
+    /// dropped (must run inside a tokio runtime). Fails only
     /// when a secret or key file changed since validation. From `previous`,
     /// endpoint health carries over (a reload does not put ejected endpoints
     /// back), and so does the state whose config did not change: whole
@@ -90,6 +93,7 @@ impl Runtime {
                     .map(AsRef::as_ref);
                 let up = Arc::new(Upstream::new(name, cfg, prev));
                 spawn_health_checks(&up, &stop);
+                spawn_reaper(&up, &stop);
                 (name.clone(), up)
             })
             .collect();
@@ -119,9 +123,10 @@ impl Runtime {
                 let matcher = Matcher::new(&r.prefix, r.host.as_deref(), &r.methods);
                 let name: Arc<str> = Arc::from(r.name.as_str());
                 let route_metrics = config.telemetry.metrics.then_some(metrics);
-                let shed = r.max_inflight.map(LoadShedLayer::new);
-                if let Some(s) = &shed {
-                    shedders.push((name.clone(), s.clone()));
+                let stack =
+                    stack::route_stack(r, &matcher, up, via.clone(), &shared, route_metrics);
+                if let Some(s) = stack.shed {
+                    shedders.push((name.clone(), s));
                 }
                 let route = Route {
                     telemetry: route_telemetry(
@@ -139,15 +144,7 @@ impl Runtime {
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,
                     websocket: r.websocket,
                     allow_encoded_slash: r.allow_encoded_slash,
-                    service: stack::route_service(
-                        r,
-                        &matcher,
-                        up,
-                        via.clone(),
-                        &shared,
-                        route_metrics,
-                        shed,
-                    ),
+                    service: stack.service,
                     name,
                 };
                 Some((matcher, route))

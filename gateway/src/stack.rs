@@ -25,10 +25,14 @@
 //!    Cache-Status), misses coalesced; after auth and limits so both always
 //!    apply, before retry so a hit costs no attempt.
 //! 6. `load shed` (per route): at most `max_inflight` requests in flight,
-//!    503 at once beyond; outside retry so a retried request counts once.
+//!    503 at once beyond; outside retry so a retried request counts once;
+//!    an upgraded (WebSocket) request keeps its slot until its tunnel
+//!    closes.
 //! 7. `retry` (per route): idempotent or never-reached requests, budgeted,
 //!    backoff with jitter, another endpoint each time; inside the deadline.
-//! 8. `proxy` (innermost): endpoint pick (round-robin / P2C, healthy and
+//! 8. `tunnel` (routes with `websocket = true`): gives a tunnel opened by
+//!    a `101` the route's `websocket_idle_timeout` and open-tunnel gauge.
+//! 9. `proxy` (innermost): endpoint pick (round-robin / P2C, healthy and
 //!    circuit breaker not open, so each retry attempt is gated by the
 //!    breakers; 503 with `Retry-After` at once when none), the response's
 //!    hop-by-hop headers stripped (the request's were at the edge), `Via`
@@ -55,6 +59,7 @@ use crate::middleware::ratelimit::{RateLimitLayer, RoutePolicies};
 use crate::middleware::retry::{RetryLayer, RetryPolicy};
 use crate::middleware::shed::LoadShedLayer;
 use crate::middleware::Shared;
+use crate::proxy::tunnel::TunnelLayer;
 use crate::proxy::{Proxy, Rewrite, Via};
 use crate::routing::Matcher;
 use crate::upstream::Upstream;
@@ -62,17 +67,27 @@ use crate::upstream::Upstream;
 /// A route's complete service.
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
-/// Builds the service of one route (validated config: an auth provider it
+/// A route's built stack, and the handles of its layers that telemetry
+/// reads at scrape time.
+#[derive(Debug)]
+pub struct RouteStack {
+    /// The service, every layer included.
+    pub service: RouteService,
+    /// The load shedder (`max_inflight`), if the route has one: its
+    /// in-flight count is exported as a gauge.
+    pub shed: Option<LoadShedLayer>,
+}
+
+/// Builds the stack of one route (validated config: an auth provider it
 /// names exists in `shared`).
-pub fn route_service(
+pub fn route_stack(
     route: &RouteConfig,
     matcher: &Matcher,
     upstream: Arc<Upstream>,
     via: Via,
     shared: &Shared,
     metrics: Option<&Arc<Metrics>>,
-    shed: Option<LoadShedLayer>,
-) -> RouteService {
+) -> RouteStack {
     let rewrite = match (&route.rewrite, route.strip_prefix) {
         (Some(with), _) => Rewrite::Replace {
             prefix: matcher.prefix.clone(),
@@ -90,6 +105,11 @@ pub fn route_service(
     });
     let limits = (!route.rate_limits.is_empty())
         .then(|| RateLimitLayer::new(RoutePolicies::new(&route.name, shared.rate_limits(route))));
+    let shed = route.max_inflight.map(LoadShedLayer::new);
+    let tunnels = route.websocket.then(|| {
+        let gauge = metrics.map(|m| m.tunnels(&Arc::from(route.name.as_str())));
+        TunnelLayer::new(route.websocket_idle_timeout, gauge)
+    });
     let svc = ServiceBuilder::new()
         // Route deadline: outermost, so it bounds everything below.
         .option_layer(route.timeout.map(tower::timeout::TimeoutLayer::new))
@@ -105,7 +125,7 @@ pub fn route_service(
                 .map(|c| CacheLayer::new(RouteCache::new(&route.name, c, shared.cache.clone()))),
         )
         // How many at once: shed fast rather than queue without bound.
-        .option_layer(shed)
+        .option_layer(shed.clone())
         // Again, safely: each attempt goes through the breaker-gated pick.
         .option_layer(route.retry.as_ref().map(|r| {
             let policy = RetryPolicy::new(r);
@@ -114,6 +134,8 @@ pub fn route_service(
                 None => policy,
             })
         }))
+        // Upgrades: a tunnel's idle timeout and gauge, set on its `101`.
+        .option_layer(tunnels)
         // Forwarding: innermost.
         .service(Proxy::new(
             upstream.clone(),
@@ -121,5 +143,8 @@ pub fn route_service(
             via,
             metrics.map(|m| m.upstream(&upstream.name)),
         ));
-    BoxCloneSyncService::new(svc)
+    RouteStack {
+        service: BoxCloneSyncService::new(svc),
+        shed,
+    }
 }

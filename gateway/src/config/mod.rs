@@ -183,6 +183,14 @@ pub struct UpstreamConfig {
     /// At most this many idle connections are kept per endpoint.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
+    /// At most this many connections open per endpoint: busy, idle and
+    /// WebSocket tunnels. At the cap a request waits for one to be freed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// How long a request waits at `max_connections` for a connection
+    /// to be freed before it is answered 503 with `Retry-After`.
+    #[serde(default = "defaults::connect_queue_timeout", with = "humantime_serde")]
+    pub connect_queue_timeout: Duration,
     /// Active health checking; endpoints are always in rotation without it.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
@@ -263,6 +271,10 @@ pub struct RouteConfig {
     /// plain request, and no other upgrade token is ever forwarded.
     #[serde(default)]
     pub websocket: bool,
+    /// An upgraded (WebSocket) connection that carries no byte either way
+    /// for this long is closed on both sides.
+    #[serde(default = "defaults::websocket_idle_timeout", with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
     /// Accept an encoded slash (`%2F`) in the path: kept encoded, as data
     /// inside its segment (not a separator for routing), and forwarded as
     /// is. Off by default: such a path is refused with 400.
@@ -288,6 +300,16 @@ mod defaults {
     }
     pub fn pool_max_idle() -> usize {
         1024
+    }
+    /// Envoy's default cap on connections to a cluster.
+    pub fn max_connections() -> usize {
+        1024
+    }
+    pub fn connect_queue_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub fn websocket_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
     pub fn health_path() -> String {
         "/health".into()

@@ -150,6 +150,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if let Some(t) = up.body_timeout {
             positive(&mut errs, &format!("{p}.body_timeout"), t);
         }
+        if up.max_connections == 0 {
+            errs.push(format!("{p}.max_connections"), "must be at least 1");
+        }
         if let Some(cb) = &up.circuit_breaker {
             let cp = format!("{p}.circuit_breaker");
             if cb.consecutive_failures == 0 {
@@ -382,6 +385,11 @@ fn middleware(config: &Config, errs: &mut Errors) {
         if r.max_inflight == Some(0) {
             errs.push(format!("{p}.max_inflight"), "must be at least 1");
         }
+        positive(
+            errs,
+            &format!("{p}.websocket_idle_timeout"),
+            r.websocket_idle_timeout,
+        );
         if let Some(rt) = &r.retry {
             if rt.attempts == 0 || rt.attempts > 10 {
                 errs.push(format!("{p}.retry.attempts"), "must be between 1 and 10");
@@ -688,6 +696,26 @@ mod tests {
         assert!(errs[0].starts_with("routes[0].prefix: not a normalised path"));
         assert!(errs[0].contains("\"/b\""), "{errs:?}");
         assert!(errs[1].starts_with("routes[1].prefix: encoded slash"));
+    }
+
+    #[test]
+    fn connection_and_tunnel_bounds_must_be_positive() {
+        let errs = errors(
+            r#"
+            [upstreams.u]
+            endpoints = ["127.0.0.1:1"]
+            max_connections = 0
+            [[routes]]
+            name = "a"
+            prefix = "/a"
+            upstream = "u"
+            websocket = true
+            websocket_idle_timeout = "0s"
+            "#,
+        );
+        let has = |key: &str| errs.iter().any(|e| e.starts_with(key));
+        assert!(has("upstreams.u.max_connections"), "{errs:?}");
+        assert!(has("routes[0].websocket_idle_timeout"), "{errs:?}");
     }
 
     #[test]

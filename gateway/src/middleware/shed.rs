@@ -1,5 +1,9 @@
 //! Load shedding: at most `max` requests in flight on a route; the next
 //! one fails at once with 503 instead of queueing without bound.
+//!
+//! A request holds its slot until its response head, except an upgrade:
+//! on a `101` the slot moves into the tunnel's [`TunnelLease`], so an open
+//! WebSocket tunnel counts as a request in flight until it closes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +17,7 @@ use tower::{Layer, Service};
 
 use crate::body::Body;
 use crate::error::{BoxError, GatewayError};
+use crate::proxy::tunnel::TunnelLease;
 
 /// Sheds requests above `max` in flight.
 #[derive(Debug, Clone)]
@@ -75,8 +80,9 @@ pin_project! {
     /// The future of [`LoadShed`].
     #[project = Proj]
     pub enum ResponseFuture<F> {
-        /// Admitted.
-        Inner { #[pin] fut: F, slot: Slot },
+        /// Admitted; the slot is released with the response head (or
+        /// with the tunnel, after a `101`).
+        Inner { #[pin] fut: F, slot: Option<Slot> },
         /// Shed.
         Shed,
     }
@@ -91,7 +97,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            Proj::Inner { fut, .. } => fut.poll(cx).map_err(Into::into),
+            Proj::Inner { fut, slot } => {
+                let out = std::task::ready!(fut.poll(cx)).map_err(Into::into);
+                if let Ok(resp) = &out {
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        if let (Some(lease), Some(slot)) =
+                            (resp.extensions().get::<TunnelLease>(), slot.take())
+                        {
+                            lease.hold(slot);
+                        }
+                    }
+                }
+                Poll::Ready(out)
+            }
             Proj::Shed => Poll::Ready(Err(GatewayError::Overloaded.into())),
         }
     }
@@ -119,7 +137,7 @@ where
         }
         ResponseFuture::Inner {
             fut: self.inner.call(req),
-            slot,
+            slot: Some(slot),
         }
     }
 }
@@ -157,5 +175,40 @@ mod tests {
         b.await.unwrap().unwrap();
         svc.oneshot(req()).await.unwrap();
         assert_eq!(hits.load(Ordering::SeqCst), 3);
+    }
+
+    /// A `101` carrying a tunnel lease keeps its slot until the lease
+    /// ends; any other response gives it back with the head.
+    #[tokio::test]
+    async fn an_upgrade_keeps_its_slot_in_the_tunnel_lease() {
+        let leases = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = leases.clone();
+        let inner = tower::service_fn(move |r: Request<Body>| {
+            let mut resp = Response::new(Body::Empty);
+            if r.uri().path() == "/ws" {
+                *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                let lease = TunnelLease::default();
+                l.lock().unwrap().push(lease.clone());
+                resp.extensions_mut().insert(lease);
+            }
+            std::future::ready(Ok::<_, BoxError>(resp))
+        });
+        let layer = LoadShedLayer::new(1);
+        let svc = layer.layer(inner);
+        let req = |p: &str| Request::get(p).body(Body::Empty).unwrap();
+        svc.clone().oneshot(req("/plain")).await.unwrap();
+        assert_eq!(layer.inflight(), 0);
+        let resp = svc.clone().oneshot(req("/ws")).await.unwrap();
+        drop(resp);
+        assert_eq!(layer.inflight(), 1, "the open tunnel holds the slot");
+        let err = svc.clone().oneshot(req("/plain")).await.unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<GatewayError>(),
+            Some(GatewayError::Overloaded)
+        ));
+        let lease = leases.lock().unwrap().pop().unwrap();
+        lease.release_for_test();
+        assert_eq!(layer.inflight(), 0);
+        svc.oneshot(req("/plain")).await.unwrap();
     }
 }

@@ -7,7 +7,7 @@
 //! byte for byte once the upstream answers `101`.
 
 pub mod headers;
-mod tunnel;
+pub mod tunnel;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -315,7 +315,7 @@ impl Inner {
                         UpstreamError::Protocol("unexpected 101 Switching Protocols").into(),
                     );
                 };
-                tokio::spawn(tunnel::tunnel(on_client, conn));
+                parts.extensions.insert(tunnel::spawn(on_client, conn));
                 self.via.append(&mut parts.headers, Version::HTTP_11);
                 Ok(Response::from_parts(parts, Body::Empty))
             }

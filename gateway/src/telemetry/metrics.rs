@@ -177,6 +177,8 @@ pub struct Metrics {
     pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
     /// Config reloads by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Upgraded (WebSocket) connections open, by route.
+    tunnels: Family<RouteLabels, Gauge>,
     /// Trace export counters.
     pub trace: super::trace::ExportCounters,
 }
@@ -238,6 +240,7 @@ impl Metrics {
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             config_reloads: Family::default(),
+            tunnels: Family::default(),
             trace: super::trace::ExportCounters::default(),
             buckets,
             registry: Registry::default(),
@@ -308,6 +311,11 @@ impl Metrics {
             m.retry_budget_exhausted.clone(),
         );
         registry.register(
+            "gateway_websocket_tunnels",
+            "Upgraded (WebSocket) connections open, by route",
+            m.tunnels.clone(),
+        );
+        registry.register(
             "gateway_config_reloads",
             "Config reloads by result (success, failure)",
             m.config_reloads.clone(),
@@ -354,6 +362,13 @@ impl Metrics {
     pub fn upstream(&self, name: &Arc<str>) -> Histogram {
         self.upstream_duration.get_or_create_owned(&UpstreamLabels {
             upstream: name.clone(),
+        })
+    }
+
+    /// The open-tunnel gauge of route `name`.
+    pub fn tunnels(&self, name: &Arc<str>) -> Gauge {
+        self.tunnels.get_or_create_owned(&RouteLabels {
+            route: name.clone(),
         })
     }
 

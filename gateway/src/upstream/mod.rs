@@ -3,10 +3,13 @@
 //! An [`Upstream`] picks an endpoint per request (round-robin, or
 //! least-request by power of two random choices), skipping endpoints that
 //! active health checks ejected; each [`Endpoint`] keeps its own pool of idle
-//! keep-alive connections for the in-task HTTP/1.1 client in [`h1`].
+//! keep-alive connections for the in-task HTTP/1.1 client in [`h1`], at
+//! most `max_connections` open at once ([`conns`]), and a reaper closes
+//! idle ones that expired even when no request comes to take them.
 
 mod balance;
 pub mod breaker;
+pub mod conns;
 pub mod error;
 pub mod h1;
 mod health;
@@ -25,6 +28,7 @@ use crate::error::GatewayError;
 use crate::timer::SleepPool;
 use breaker::Breaker;
 
+pub use conns::spawn_reaper;
 pub use h1::PoolConfig;
 pub use health::spawn_health_checks;
 
@@ -36,6 +40,8 @@ pub struct Endpoint {
     healthy: AtomicBool,
     inflight: AtomicUsize,
     idle: h1::IdlePool,
+    /// Connections open (busy, idle, tunnelled), against `max_connections`.
+    conns: Arc<conns::ConnCount>,
     /// Short critical sections only, never across an await.
     breaker: Option<Mutex<Breaker>>,
     epoch: Instant,
@@ -48,6 +54,7 @@ impl Endpoint {
             healthy: AtomicBool::new(healthy),
             inflight: AtomicUsize::new(0),
             idle: h1::IdlePool::default(),
+            conns: Arc::default(),
             breaker: breaker.map(Mutex::new),
             epoch,
         }
@@ -92,6 +99,11 @@ impl Endpoint {
     /// Idle keep-alive connections pooled for this endpoint.
     pub fn idle_connections(&self) -> usize {
         self.idle.len()
+    }
+
+    /// Connections open to this endpoint: busy, idle and tunnelled.
+    pub fn open_connections(&self) -> usize {
+        self.conns.open()
     }
 
     /// Whether the endpoint is in rotation.
@@ -187,6 +199,8 @@ impl Upstream {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle,
+                max_connections: cfg.max_connections,
+                queue_timeout: cfg.connect_queue_timeout,
                 body_idle_timeout: cfg.body_idle_timeout,
                 body_timeout: cfg.body_timeout,
             },

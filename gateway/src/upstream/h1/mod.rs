@@ -180,13 +180,7 @@ pub async fn send_timed(
     };
     let mut fresh_only = false;
     let (mut conn, resp) = loop {
-        let (mut conn, reused) = match (!fresh_only)
-            .then(|| ep.idle.take(pool.idle_timeout))
-            .flatten()
-        {
-            Some(c) => (c, true),
-            None => (Conn::open(&ep, pool.connect_timeout).await?, false),
-        };
+        let (mut conn, reused) = pool::checkout(&ep, pool, fresh_only).await?;
         let mut sent = Sent::default();
         let wrote = write_request(&mut conn, &head, &mut body, &writing, &mut sent).await;
         // The body can be sent again only if none of it was taken yet.
@@ -333,11 +327,7 @@ mod tests {
     async fn take_out_discards_connections_with_unsolicited_bytes_or_eof() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let conn = |io| Conn {
-            io,
-            buf: BytesMut::new(),
-            idle_since: Instant::now(),
-        };
+        let conn = Conn::detached;
         let pool = IdlePool::default();
         let idle = Duration::from_secs(60);
 
