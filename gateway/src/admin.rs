@@ -203,6 +203,36 @@ pub fn render_openmetrics(shared: &Shared) -> String {
             let _ = writeln!(out, "gateway_redis_errors_total{{op=\"{op}\"}} {n}");
         }
     }
+    // Fast-fail (middleware::redis_conn::FastFail): whether each use of
+    // Redis is being called, and the calls skipped while it was not.
+    let gates: Vec<(&str, &crate::middleware::redis_conn::FastFail)> = [
+        ("ratelimit", rt.middleware.redis.as_ref().map(|r| r.gate())),
+        ("cache", rt.middleware.cache.redis().map(|r| r.gate())),
+    ]
+    .into_iter()
+    .filter_map(|(u, g)| Some((u, g?)))
+    .collect();
+    if !gates.is_empty() {
+        let up: Vec<(String, f64)> = gates
+            .iter()
+            .map(|(u, g)| (format!("use=\"{u}\""), if g.is_up() { 1.0 } else { 0.0 }))
+            .collect();
+        metrics::write_gauge_family(
+            &mut out,
+            "gateway_redis_up",
+            "1 while Redis is called, 0 while it is skipped after consecutive failures (fast-fail; one probe at a time retries it), by use",
+            &up,
+        );
+        let _ = writeln!(out, "# HELP gateway_redis_fast_failed Redis calls skipped by fast-fail: the on_error policy (rate limiter) or memory alone (cache) decided at once, by use");
+        let _ = writeln!(out, "# TYPE gateway_redis_fast_failed counter");
+        for (u, g) in &gates {
+            let _ = writeln!(
+                out,
+                "gateway_redis_fast_failed_total{{use=\"{u}\"}} {}",
+                g.skipped()
+            );
+        }
+    }
 
     let now = tokio::time::Instant::now();
     let mut burn = Vec::new();

@@ -5,7 +5,7 @@
 pub mod auth;
 pub mod cache;
 pub mod ratelimit;
-mod redis_conn;
+pub mod redis_conn;
 pub mod retry;
 pub mod shed;
 

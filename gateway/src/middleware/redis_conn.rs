@@ -1,8 +1,12 @@
-//! The one way the middleware connects to Redis (rate limits, cache tier).
+//! The one way the middleware connects to Redis (rate limits, cache tier),
+//! and [`FastFail`], which stops a Redis outage from costing every request
+//! a full timeout.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
 
 /// A multiplexed connection that connects lazily (start-up never waits for
 /// Redis), reconnects on failure, and bounds each call by `timeout` (must be
@@ -15,4 +19,336 @@ pub(crate) fn lazy_connection(url: &str, timeout: Duration) -> Result<Connection
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())
+}
+
+/// Consecutive failed calls after which Redis is skipped.
+pub const FAST_FAIL_AFTER: u32 = 3;
+/// The first interval Redis is skipped for; it doubles after each failed
+/// probe, up to [`FAST_FAIL_MAX`].
+pub const FAST_FAIL_MIN: Duration = Duration::from_millis(100);
+/// The longest interval Redis is skipped for: a Redis that came back is
+/// used again within this plus one probe's round trip.
+pub const FAST_FAIL_MAX: Duration = Duration::from_secs(1);
+
+/// What [`FastFail::admit`] says about one call.
+#[derive(Debug)]
+#[must_use]
+pub enum Admit<'a> {
+    /// Redis is believed up: call it and [`FastFail::record`] the result.
+    Call,
+    /// The skip interval ended and this call is the one probe: call Redis
+    /// and [`Probe::finish`] with the result (dropping it unfinished, as a
+    /// cancelled request does, lets the next call probe).
+    Probe(Probe<'a>),
+    /// Redis is down: do not call it; apply the `on_error` policy at once.
+    Skip,
+}
+
+/// The one call trying Redis while it is skipped.
+#[derive(Debug)]
+pub struct Probe<'a> {
+    gate: &'a FastFail,
+}
+
+impl Probe<'_> {
+    /// Records the probe's result: success uses Redis again; failure skips
+    /// it for twice as long (at most [`FAST_FAIL_MAX`]).
+    pub fn finish(self, ok: bool) {
+        let g = self.gate;
+        if ok {
+            g.close();
+        } else {
+            let next = Duration::from_micros(g.interval_us.load(Ordering::Relaxed))
+                .saturating_mul(2)
+                .min(FAST_FAIL_MAX);
+            g.open_for(next);
+        }
+        // `Drop` frees the probe slot.
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.gate.probing.store(false, Ordering::Release);
+    }
+}
+
+/// Fast-fail for one use of Redis (a circuit breaker without the name):
+/// after [`FAST_FAIL_AFTER`] consecutive errors or timeouts, calls are
+/// skipped for an interval ([`FAST_FAIL_MIN`], doubling to
+/// [`FAST_FAIL_MAX`] while probes keep failing) and the caller's `on_error`
+/// policy applies at once; when it ends, one call at a time probes Redis.
+///
+/// The hot path (Redis up) is one atomic load before the call and, after
+/// it, one load (a store only when a failure streak ends): no lock.
+#[derive(Debug)]
+pub struct FastFail {
+    /// Start of this gate's clock (tokio's, so tests can pause it).
+    epoch: Instant,
+    /// Consecutive failed calls.
+    failures: AtomicU32,
+    /// While Redis is skipped: until when, µs since `epoch`, plus one (so
+    /// that 0 means "not skipped").
+    open_until: AtomicU64,
+    /// The current skip interval, µs.
+    interval_us: AtomicU64,
+    /// A probe is in flight.
+    probing: AtomicBool,
+    /// Calls skipped since start (decided by the fallback at once).
+    skipped: AtomicU64,
+}
+
+impl Default for FastFail {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl FastFail {
+    /// A gate that lets calls through (Redis assumed up).
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            interval_us: AtomicU64::new(micros(FAST_FAIL_MIN)),
+            probing: AtomicBool::new(false),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        micros(self.epoch.elapsed())
+    }
+
+    /// Whether the next call may go to Redis.
+    pub fn admit(&self) -> Admit<'_> {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Admit::Call;
+        }
+        if self.now_us().saturating_add(1) >= until
+            && self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Admit::Probe(Probe { gate: self });
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        Admit::Skip
+    }
+
+    /// Records the result of an [`Admit::Call`].
+    pub fn record(&self, ok: bool) {
+        if ok {
+            if self.failures.load(Ordering::Relaxed) != 0
+                || self.open_until.load(Ordering::Relaxed) != 0
+            {
+                self.close();
+            }
+            return;
+        }
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if n >= FAST_FAIL_AFTER {
+            // Only the call that trips it opens it (calls in flight when it
+            // opened end later and change nothing).
+            let until = self
+                .now_us()
+                .saturating_add(micros(FAST_FAIL_MIN))
+                .saturating_add(1);
+            if self
+                .open_until
+                .compare_exchange(0, until, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.interval_us
+                    .store(micros(FAST_FAIL_MIN), Ordering::Relaxed);
+                tracing::warn!(
+                    failures = n,
+                    skip = ?FAST_FAIL_MIN,
+                    "redis failing: skipping it, the on_error policy decides at once"
+                );
+            }
+        }
+    }
+
+    fn open_for(&self, interval: Duration) {
+        self.interval_us.store(micros(interval), Ordering::Relaxed);
+        let until = self
+            .now_us()
+            .saturating_add(micros(interval))
+            .saturating_add(1);
+        self.open_until.store(until, Ordering::Release);
+    }
+
+    fn close(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.interval_us
+            .store(micros(FAST_FAIL_MIN), Ordering::Relaxed);
+        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("redis answers again: using it");
+        }
+    }
+
+    /// Whether Redis is being used (not skipped after failures): the
+    /// `gateway_redis_up` gauge.
+    pub fn is_up(&self) -> bool {
+        self.open_until.load(Ordering::Relaxed) == 0
+    }
+
+    /// Calls skipped since start: decisions the `on_error` policy (or, for
+    /// the cache, memory alone) made at once.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Runs `call` through the gate: `None` at once when Redis is skipped,
+    /// else `call`'s result, recorded (`Some` is a success).
+    pub async fn run<T, F>(&self, call: F) -> Option<T>
+    where
+        F: std::future::Future<Output = Option<T>>,
+    {
+        match self.admit() {
+            Admit::Skip => None,
+            Admit::Call => {
+                let r = call.await;
+                self.record(r.is_some());
+                r
+            }
+            Admit::Probe(p) => {
+                let r = call.await;
+                p.finish(r.is_some());
+                r
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn fail(g: &FastFail) {
+        assert!(matches!(g.admit(), Admit::Call));
+        g.record(false);
+    }
+
+    async fn advance(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skips_after_consecutive_failures_with_a_growing_interval() {
+        let g = FastFail::new();
+        // A success in between resets the streak.
+        fail(&g);
+        fail(&g);
+        assert!(matches!(g.admit(), Admit::Call));
+        g.record(true);
+        fail(&g);
+        fail(&g);
+        assert!(g.is_up());
+        fail(&g);
+        assert!(!g.is_up());
+        // Skipped for 100 ms, every call.
+        for _ in 0..5 {
+            assert!(matches!(g.admit(), Admit::Skip));
+        }
+        assert_eq!(g.skipped(), 5);
+        advance(99).await;
+        assert!(matches!(g.admit(), Admit::Skip));
+        // Then one probe at a time.
+        advance(1).await;
+        let Admit::Probe(p) = g.admit() else {
+            panic!("probe after 100 ms")
+        };
+        assert!(matches!(g.admit(), Admit::Skip), "one probe at a time");
+        p.finish(false);
+        // 200, 400, 800, then 1000 ms (the cap), and stays there.
+        for ms in [200, 400, 800, 1000, 1000, 1000] {
+            advance(ms - 1).await;
+            assert!(matches!(g.admit(), Admit::Skip), "{ms}");
+            advance(1).await;
+            let Admit::Probe(p) = g.admit() else {
+                panic!("probe after {ms} ms")
+            };
+            p.finish(false);
+        }
+        assert!(!g.is_up());
+        // A successful probe: Redis is used again, and the next streak
+        // starts from 100 ms.
+        advance(1000).await;
+        let Admit::Probe(p) = g.admit() else {
+            panic!("probe")
+        };
+        p.finish(true);
+        assert!(g.is_up());
+        assert!(matches!(g.admit(), Admit::Call));
+        fail(&g);
+        fail(&g);
+        fail(&g);
+        advance(100).await;
+        assert!(matches!(g.admit(), Admit::Probe(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_lets_the_next_call_probe() {
+        let g = FastFail::new();
+        for _ in 0..FAST_FAIL_AFTER {
+            fail(&g);
+        }
+        advance(100).await;
+        let Admit::Probe(p) = g.admit() else {
+            panic!("probe")
+        };
+        drop(p);
+        let Admit::Probe(p) = g.admit() else {
+            panic!("probe again")
+        };
+        // Calls started before it opened and ending now change nothing:
+        // a late failure does not extend the interval...
+        g.record(false);
+        assert!(matches!(g.admit(), Admit::Skip));
+        p.finish(false);
+        advance(200).await;
+        // ...and a late success closes it (Redis answered).
+        let Admit::Probe(_p) = g.admit() else {
+            panic!("probe")
+        };
+        g.record(true);
+        assert!(g.is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_skips_without_calling_and_recovers() {
+        let g = FastFail::new();
+        let calls = std::cell::Cell::new(0);
+        let call = |ok: bool| {
+            let calls = &calls;
+            async move {
+                calls.set(calls.get() + 1);
+                ok.then_some(1)
+            }
+        };
+        for _ in 0..FAST_FAIL_AFTER {
+            assert_eq!(g.run(call(false)).await, None);
+        }
+        assert_eq!(calls.get(), 3);
+        assert_eq!(g.run(call(true)).await, None, "skipped");
+        assert_eq!(calls.get(), 3, "not called while skipped");
+        advance(100).await;
+        assert_eq!(g.run(call(true)).await, Some(1), "the probe");
+        assert!(g.is_up());
+        assert_eq!(g.run(call(true)).await, Some(1));
+        assert_eq!(calls.get(), 5);
+    }
 }

@@ -1,7 +1,9 @@
 //! The optional shared tier: entries in Redis, read after a local miss and
 //! written (in the background) after every local store, so replicas answer
 //! each other's misses. Every call is bounded by the configured timeout; a
-//! failure is counted and the cache carries on from memory alone.
+//! failure is counted and the cache carries on from memory alone. After a
+//! few consecutive failures Redis is skipped for a short, growing interval
+//! ([`FastFail`]), so an outage does not cost each miss a timeout.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use super::codec;
 use super::store::{path_matches, Entry, MAX_PATH_BYTES};
 use crate::config::CacheRedisConfig;
 use crate::middleware::ratelimit::bounded_key;
+use crate::middleware::redis_conn::FastFail;
 
 /// Keys one `SCAN` step asks for while purging.
 const SCAN_COUNT: usize = 500;
@@ -25,6 +28,7 @@ pub struct RedisTier {
     prefix: String,
     timeout: Duration,
     failures: AtomicU64,
+    gate: FastFail,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -65,6 +69,7 @@ impl RedisTier {
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             failures: AtomicU64::new(0),
+            gate: FastFail::new(),
         })
     }
 
@@ -86,7 +91,17 @@ impl RedisTier {
         }
     }
 
+    /// Fast-fail state: whether Redis is used, calls skipped.
+    pub fn gate(&self) -> &FastFail {
+        &self.gate
+    }
+
+    /// `cmd`, bounded by the timeout; `None` at once while Redis is skipped.
     async fn run<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Option<T> {
+        self.gate.run(self.call(op, cmd)).await
+    }
+
+    async fn call<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Option<T> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Some(v),

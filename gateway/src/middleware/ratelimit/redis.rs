@@ -1,5 +1,8 @@
 //! The shared limiter: one `EVALSHA` of a GCRA script per decision over a
-//! multiplexed, self-reconnecting connection, bounded by a timeout.
+//! multiplexed, self-reconnecting connection, bounded by a timeout. After a
+//! few consecutive failures Redis is skipped for a short, growing interval
+//! ([`FastFail`]): the `on_error` policy decides at once instead of after a
+//! timeout per request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,6 +12,7 @@ use redis::Script;
 
 use super::gcra::{Gcra, Outcome};
 use crate::config::{OnRedisError, RedisConfig};
+use crate::middleware::redis_conn::FastFail;
 
 /// The same arithmetic as [`Gcra::decide`], atomically in Redis, with
 /// Redis's clock so every replica agrees on "now". The key expires when its
@@ -38,6 +42,7 @@ pub struct RedisLimiter {
     /// What to do when Redis does not answer in time.
     pub on_error: OnRedisError,
     failures: AtomicU64,
+    gate: FastFail,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -62,6 +67,7 @@ impl RedisLimiter {
             timeout: cfg.timeout,
             on_error: cfg.on_error,
             failures: AtomicU64::new(0),
+            gate: FastFail::new(),
         })
     }
 
@@ -71,9 +77,18 @@ impl RedisLimiter {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// One decision for the full Redis `key`, or `None` when Redis failed
-    /// or was slower than the timeout.
+    /// Fast-fail state: whether Redis is used, decisions made without it.
+    pub fn gate(&self) -> &FastFail {
+        &self.gate
+    }
+
+    /// One decision for the full Redis `key`, or `None` when Redis failed,
+    /// was slower than the timeout, or is skipped after failures.
     pub async fn decide(&self, gcra: &Gcra, key: &str) -> Option<Outcome> {
+        self.gate.run(self.call(gcra, key)).await
+    }
+
+    async fn call(&self, gcra: &Gcra, key: &str) -> Option<Outcome> {
         let mut conn = self.conn.clone();
         let mut inv = self.script.key(key);
         inv.arg(gcra.interval_us).arg(gcra.window_us);
