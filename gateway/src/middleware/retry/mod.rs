@@ -1,10 +1,15 @@
 //! Retries of safe requests, within a budget.
 //!
-//! A request is retried only when that is safe: its method is idempotent,
-//! or the attempt provably never reached the upstream (the connection was
-//! refused or not established in time). Retried outcomes are connect
-//! errors, resets and timeouts of idempotent requests, and the configured
-//! statuses (502/503/504 by default). Each retry goes to another endpoint
+//! A request is retried only when that is safe, as the error says of
+//! itself ([`crate::upstream::error`]): its method is idempotent (the one
+//! [`idempotent`](crate::upstream::error::idempotent) list), or it carries
+//! an `Idempotency-Key` on a route with `idempotency_key = true`, or no
+//! byte of the attempt reached the upstream
+//! ([`UpstreamError::retry_safe`](crate::upstream::error::UpstreamError::retry_safe)).
+//! Retried outcomes are connect errors, resets and timeouts of such
+//! requests, and the configured statuses (502/503/504 by default). An
+//! error the client caused (its body malformed, too large, too slow or
+//! abandoned) is never retried. Each retry goes to another endpoint
 //! when there is one (the proxy avoids endpoints already tried), after an
 //! exponential backoff with full jitter, or after the upstream's
 //! `Retry-After` when it asks for no more than `max_retry_after`. Every
