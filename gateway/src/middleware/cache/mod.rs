@@ -22,7 +22,10 @@
 //! form, expiring in Redis with the entry's usable life). A hit from Redis
 //! says `Cache-Status: gateway; hit; ttl=N; detail=shared`. Redis slow or
 //! down: each call is bounded by its timeout, counted, and the cache works
-//! from memory alone; the client never sees an error for it.
+//! from memory alone; after a few failures in a row Redis is skipped for a
+//! while (fast-fail, [`crate::middleware::redis_conn::FastFail`]), so an
+//! outage does not cost every miss a timeout. The client never sees an
+//! error for it.
 
 pub mod codec;
 pub mod policy;

@@ -15,6 +15,11 @@
 //! `RateLimit`, one member per policy. A refused request never reaches the
 //! inner service; it fails with [`RateLimited`] (429 with `Retry-After`).
 //!
+//! When Redis fails or is slower than its timeout, the policy's `on_error`
+//! decides (`local`, `fail_open`, `fail_closed`); after a few failures in a
+//! row Redis is skipped for a short, growing interval and `on_error`
+//! decides at once ([`crate::middleware::redis_conn::FastFail`]).
+//!
 //! Why not `governor`: its keyed store grows until pruned by hand, its
 //! clock is not tokio's (tests could not pause time), and the Redis path
 //! needs the same arithmetic as a script anyway; a 40-line GCRA shared by
