@@ -201,11 +201,20 @@ pub fn temp_file(tag: &str, name: &str, content: &str) -> PathBuf {
     p
 }
 
+/// Environment variable naming the directory of the workspace binaries, for
+/// programs that do not live in `target/*/deps` (the `reliability` runner).
+pub const ENV_BIN_DIR: &str = "E2E_BIN_DIR";
+
 /// Path of a workspace binary built next to the test executable
-/// (`scripts/test.sh` builds them first).
+/// (`scripts/test.sh` builds them first), or in `$E2E_BIN_DIR` when set.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let dir = match std::env::var_os(ENV_BIN_DIR) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -4,3 +4,4 @@ pub mod mock;
 pub use mock::{MockOptions, MockUpstream};
 pub mod otlp;
 pub mod raw;
+pub mod reliability;
