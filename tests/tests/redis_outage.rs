@@ -29,6 +29,10 @@ const SLOW: Duration = Duration::from_millis(400);
 const LIMIT: u32 = 10;
 /// Requests sent during the outage, per use.
 const DURING: usize = 40;
+/// At most this many of them wait for Redis (3 to trip, then probes).
+const MAX_SLOW: usize = 12;
+/// At least this many of them are answered at once.
+const MIN_FAST: usize = 25;
 /// The bound on recovery, and the slack a loaded 2-core machine
 /// gets on top (a probe's round trip, the reconnect).
 const RECOVER: Duration = Duration::from_secs(2);
@@ -174,15 +178,16 @@ async fn a_redis_outage_fails_fast_and_redis_is_used_again_once_back() {
     let pid = redis_pid(&redis);
     signal(&pid, "STOP");
     let (fast, slow, _) = during_outage(&c, gw.addr, "ratelimit", |_| "/headers".into(), 200).await;
-    // The first few calls fail by timeout, then one probe per interval
-    // (100, 200, 400, 800, 1000 ms ... while ~40 fast requests take well
-    // under a second, so a handful): everything else at once.
+    // The first 3 calls fail by timeout, then one probe per interval (100,
+    // 200, 400, 800, 1000 ms ...: a handful over the few seconds this
+    // takes, more on a loaded machine): everything else at once. Before
+    // fast-fail all 40 waited.
     assert!(
-        slow <= 8,
+        slow <= MAX_SLOW,
         "{slow} of {DURING} rate-limit decisions waited for redis"
     );
     assert!(
-        fast >= DURING - 10,
+        fast >= MIN_FAST,
         "only {fast} of {DURING} rate-limit decisions were fast"
     );
     assert_eq!(metric(&c, gw.admin, &up("ratelimit")).await, Some(0.0));
@@ -204,11 +209,11 @@ async fn a_redis_outage_fails_fast_and_redis_is_used_again_once_back() {
     )
     .await;
     assert!(
-        slow <= 8,
+        slow <= MAX_SLOW,
         "{slow} of {DURING} cache misses waited for redis"
     );
     assert!(
-        fast >= DURING - 10,
+        fast >= MIN_FAST,
         "only {fast} of {DURING} cache misses were fast"
     );
     assert_eq!(metric(&c, gw.admin, &up("cache")).await, Some(0.0));
