@@ -633,6 +633,7 @@ mod tests {
             r#"
             [server]
             listen = "nope"
+            body_idle_timeout = "0s"
             [upstreams.users]
             endpoints = ["127.0.0.1:1", "http://x:2", "127.0.0.1:1"]
             [[routes]]
@@ -654,6 +655,7 @@ mod tests {
         );
         let expect = [
             "server.listen: invalid socket address \"nope\"",
+            "server.body_idle_timeout: must be greater than 0",
             "upstreams.users.endpoints[1]: \"http://x:2\": write host:port without a scheme",
             "upstreams.users.endpoints[2]: duplicate endpoint",
             "routes[1].name: duplicate route name \"a\"",
