@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
 
 /// An HTTP/1.1 upstream on a raw socket: answers every request `200 ok`
-/// after `delay` (keep-alive), and a WebSocket handshake with `101`, then
-/// echoes. Counts the connections it accepted and has open.
+/// after `delay` (keep-alive; `/health` at once), and a WebSocket
+/// handshake with `101`, then echoes. Counts the connections it accepted and has open.
 #[derive(Clone)]
 struct Upstream {
     addr: SocketAddr,
@@ -106,7 +106,9 @@ async fn serve(mut s: TcpStream, delay: Duration) {
             let _ = tokio::io::copy(&mut r, &mut w).await;
             return;
         }
-        tokio::time::sleep(delay).await;
+        if !head.starts_with("get /health") {
+            tokio::time::sleep(delay).await;
+        }
         if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             .await
             .is_err()
@@ -392,4 +394,55 @@ async fn at_max_connections_excess_requests_get_503_fast_and_the_breaker_stays_c
     );
     assert_eq!(sample(&text, &series), Some(0.0), "{text}");
     assert_eq!(get(&c, gw.addr, "/after").await.status(), 200);
+}
+
+#[tokio::test]
+async fn health_checks_do_not_queue_behind_max_connections() {
+    // One connection, kept busy by 2 s requests queued behind each other;
+    // health checks every 100 ms must not wait for it (300 ms timeout).
+    let up = Upstream::start(Duration::from_secs(2)).await;
+    let gw = gateway(&simple(
+        "up",
+        &[up.addr],
+        "max_connections = 1\nconnect_queue_timeout = \"20s\"\n\
+         health_check = { path = \"/health\", interval = \"100ms\", timeout = \"300ms\", \
+         unhealthy_threshold = 2, healthy_threshold = 1 }",
+    ));
+    let c = client();
+    let healthy_series = format!(
+        "gateway_upstream_endpoint_healthy{{upstream=\"up\",endpoint=\"{}\"}}",
+        up.addr
+    );
+    wait_until("the endpoint healthy", || async {
+        sample(&metrics_text(&c, gw.admin).await, &healthy_series) == Some(1.0)
+    })
+    .await;
+    let busy: Vec<_> = (0..3)
+        .map(|i| {
+            let c = c.clone();
+            let addr = gw.addr;
+            tokio::spawn(async move { get(&c, addr, &format!("/busy/{i}")).await.status() })
+        })
+        .collect();
+    // About 6 s of a busy slot: the endpoint stays in rotation throughout.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let text = metrics_text(&c, gw.admin).await;
+        assert_eq!(
+            sample(&text, &healthy_series),
+            Some(1.0),
+            "ejected while busy at max_connections"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for b in busy {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    // Requests never went past the cap: checks' extra connections are
+    // closed after use, so the three requests ran one after another.
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -34,7 +34,21 @@ impl ConnCount {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(ConnSlot(self.clone()))
+        Some(ConnSlot {
+            count: self.clone(),
+            spare: false,
+        })
+    }
+
+    /// A slot whatever the count (health checks). One taken at or past
+    /// `max` is spare: its connection is closed after use, never pooled,
+    /// so requests never reuse a connection beyond the cap.
+    pub(super) fn reserve_past(self: &Arc<Self>, max: usize) -> ConnSlot {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        ConnSlot {
+            count: self.clone(),
+            spare: before >= max,
+        }
     }
 
     /// Completes when a connection came back to the idle pool or closed
@@ -46,27 +60,33 @@ impl ConnCount {
 
 /// One connection counted against its endpoint until dropped.
 #[derive(Debug)]
-pub struct ConnSlot(Arc<ConnCount>);
+pub struct ConnSlot {
+    count: Arc<ConnCount>,
+    spare: bool,
+}
 
 impl ConnSlot {
     /// Wakes one request waiting at the cap: this connection is going back
     /// to the idle pool. Lock-free when nobody waits.
     pub(super) fn wake_one(&self) {
-        self.0.released.notify_one();
+        self.count.released.notify_one();
+    }
+
+    /// Taken past the cap (see [`ConnCount::reserve_past`]): not to be pooled.
+    pub(super) fn is_spare(&self) -> bool {
+        self.spare
     }
 
     /// A slot of a counter of its own (tests).
     #[cfg(test)]
     pub(super) fn detached() -> Self {
-        let count = Arc::new(ConnCount::default());
-        count.open.fetch_add(1, Ordering::AcqRel);
-        Self(count)
+        Arc::new(ConnCount::default()).reserve_past(usize::MAX)
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.count.open.fetch_sub(1, Ordering::AcqRel);
         self.wake_one();
     }
 }
@@ -134,6 +154,13 @@ mod tests {
         let _c = c.try_reserve(2).unwrap();
         drop(b);
         assert_eq!(c.open(), 1);
+        // Past the cap only for health checks, and then spare.
+        let _d = c.try_reserve(2).unwrap();
+        let past = c.reserve_past(2);
+        assert!(past.is_spare());
+        assert_eq!(c.open(), 3);
+        drop(past);
+        assert!(!c.reserve_past(3).is_spare());
     }
 
     #[tokio::test(start_paused = true)]

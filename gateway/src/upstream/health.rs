@@ -85,8 +85,16 @@ async fn check(up: &Upstream, ep: &Arc<Endpoint>, uri: &Uri, timeout: std::time:
         http::HeaderValue::from_static("gateway-health-check"),
     );
     let guard = InflightGuard::new(ep.clone());
+    // A check never queues at `max_connections` (as Envoy's, it is not
+    // subject to the pool's limits): an endpoint busy at its cap is not
+    // thereby unhealthy. A connection it opens past the cap counts while
+    // open and is closed after the check.
+    let pool = h1::PoolConfig {
+        bypass_limit: true,
+        ..up.pool
+    };
     let exchange = async {
-        match h1::send(guard, up.pool, &up.timers, req, &h1::Plain).await {
+        match h1::send(guard, pool, &up.timers, req, &h1::Plain).await {
             Ok(Exchange::Response(resp)) => {
                 let s = resp.status();
                 // Drain the body so the connection can be reused.

@@ -201,6 +201,7 @@ impl Upstream {
                 max_idle: cfg.pool_max_idle,
                 max_connections: cfg.max_connections,
                 queue_timeout: cfg.connect_queue_timeout,
+                bypass_limit: false,
                 body_idle_timeout: cfg.body_idle_timeout,
                 body_timeout: cfg.body_timeout,
             },

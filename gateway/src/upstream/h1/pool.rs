@@ -98,6 +98,10 @@ pub(super) async fn checkout(
     if let Some(c) = take() {
         return Ok((c, true));
     }
+    if pool.bypass_limit {
+        let slot = ep.conns.reserve_past(pool.max_connections);
+        return Ok((Conn::open(ep, pool.connect_timeout, slot).await?, false));
+    }
     if let Some(slot) = ep.conns.try_reserve(pool.max_connections) {
         return Ok((Conn::open(ep, pool.connect_timeout, slot).await?, false));
     }
@@ -113,6 +117,11 @@ pub(super) async fn checkout(
         }
         if let Some(slot) = ep.conns.try_reserve(pool.max_connections) {
             return Ok((Conn::open(ep, pool.connect_timeout, slot).await?, false));
+        }
+        // A fresh connection is needed and idle ones hold the slots: close
+        // the oldest to make room.
+        if fresh && ep.idle.drop_oldest() {
+            continue;
         }
         if tokio::time::timeout_at(deadline, released).await.is_err() {
             tracing::debug!(endpoint = %ep.authority, open = ep.conns.open(), "connection limit: no connection freed in time");
@@ -140,7 +149,7 @@ impl IdlePool {
     pub(super) fn put(&self, mut conn: Conn, max_idle: usize) {
         conn.idle_since = Instant::now();
         if let Ok(mut conns) = self.conns.lock() {
-            if conns.len() < max_idle {
+            if conns.len() < max_idle && !conn.slot.is_spare() {
                 // A request waiting at the cap takes it once the lock is free.
                 conn.slot.wake_one();
                 conns.push(conn);
@@ -167,6 +176,15 @@ impl IdlePool {
         dead.len()
     }
 
+    /// Closes the oldest idle connection, if any.
+    fn drop_oldest(&self) -> bool {
+        let oldest = match self.conns.lock() {
+            Ok(mut conns) if !conns.is_empty() => Some(conns.remove(0)),
+            _ => None,
+        };
+        oldest.is_some()
+    }
+
     /// Idle connections currently pooled.
     pub fn len(&self) -> usize {
         self.conns.lock().map(|c| c.len()).unwrap_or(0)
@@ -191,6 +209,9 @@ pub struct PoolConfig {
     pub max_connections: usize,
     /// Longest wait for a connection at `max_connections`.
     pub queue_timeout: Duration,
+    /// Never wait at `max_connections` (health checks, as in Envoy): a
+    /// connection opened past it is closed after use, never pooled.
+    pub bypass_limit: bool,
     /// Longest wait for the next bytes of a response body.
     pub body_idle_timeout: Duration,
     /// Deadline for a whole response body from its head, if any.
@@ -232,6 +253,7 @@ mod tests {
             max_idle: 16,
             max_connections,
             queue_timeout,
+            bypass_limit: false,
             body_idle_timeout: Duration::from_secs(5),
             body_timeout: None,
         }
@@ -289,6 +311,20 @@ mod tests {
             3,
             "never more than one at once, three in all"
         );
+    }
+
+    /// A request that needs a fresh connection (its reused one failed)
+    /// while idle connections hold every slot closes the oldest idle one
+    /// instead of waiting.
+    #[tokio::test]
+    async fn a_fresh_connection_at_the_cap_displaces_an_idle_one() {
+        let (ep, _peers) = endpoint().await;
+        let pool = config(1, Duration::from_millis(30));
+        let (c, _) = checkout(&ep, pool, false).await.unwrap();
+        ep.idle.put(c, pool.max_idle);
+        let (_fresh, reused) = checkout(&ep, pool, true).await.unwrap();
+        assert!(!reused);
+        assert_eq!((ep.idle.len(), ep.open_connections()), (0, 1));
     }
 
     #[tokio::test]
