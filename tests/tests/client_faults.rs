@@ -17,9 +17,14 @@ use e2e::harness::{
 };
 use e2e::raw::{raw_request, response, RawUpstream, Step};
 
-/// The gateway with one upstream `up` (with `upstream_extra`), `[server]`
+/// The gateway with one upstream `up` at `upstream` (with `upstream_extra`), `[server]`
 /// settings `server`, and `routes` (TOML `[[routes]]` tables).
-fn spawn(up: &RawUpstream, server: &str, upstream_extra: &str, routes: &str) -> GatewayProcess {
+fn spawn(
+    upstream: std::net::SocketAddr,
+    server: &str,
+    upstream_extra: &str,
+    routes: &str,
+) -> GatewayProcess {
     let path = temp_file(
         "clientfaults",
         "gateway.toml",
@@ -27,7 +32,7 @@ fn spawn(up: &RawUpstream, server: &str, upstream_extra: &str, routes: &str) -> 
             "[server]\n{server}\n[upstreams.up]\nendpoints = [\"{}\"]\n{upstream_extra}\n{routes}\n\
              [telemetry.access_log]\nenabled = true\nsample_ratio = 0.0\nalways_log_client_errors = true\n\
              [[slos]]\nname = \"edge\"\nroutes = [\"all\"]\navailability = 0.99\n",
-            up.addr
+            upstream
         ),
     );
     GatewayProcess::spawn_with_args(Some(&path), &[], &["--log-format", "json"])
@@ -112,7 +117,7 @@ async fn faults_gateway() -> (RawUpstream, GatewayProcess) {
     // The upstream answers whatever reaches it whole.
     let up = RawUpstream::start(|_| vec![Step::Write(response(200, &[], "ok"))]).await;
     let gw = spawn(
-        &up,
+        up.addr,
         "body_idle_timeout = \"1500ms\"",
         "request_timeout = \"4s\"\ncircuit_breaker = { consecutive_failures = 5, open_time = \"60s\" }",
         &format!(
@@ -257,7 +262,7 @@ fn targets(up: &RawUpstream) -> Vec<(String, String, usize)> {
 async fn a_post_that_reached_the_upstream_is_never_resent() {
     let up = racing_upstream().await;
     let gw = spawn(
-        &up,
+        up.addr,
         "",
         "",
         &format!(
@@ -304,7 +309,7 @@ async fn request_timeout_starts_once_the_upload_is_done() {
     })
     .await;
     let gw = spawn(
-        &up,
+        up.addr,
         "",
         "request_timeout = \"5s\"",
         &route("all", "/", "max_body_size = \"64MiB\""),
@@ -354,5 +359,53 @@ async fn request_timeout_starts_once_the_upload_is_done() {
     assert!(
         took >= Duration::from_millis(4900) && took < Duration::from_secs(8),
         "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_504_after_its_idle_timeout() {
+    // Reads the request head, then holds the connection without reading.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut b).await, Ok(1)) {
+                head.push(b[0]);
+            }
+            held.push(s);
+        }
+    });
+    let gw = spawn(
+        addr,
+        "",
+        "request_timeout = \"30s\"\nbody_idle_timeout = \"1s\"",
+        &route("all", "/", "max_body_size = \"64MiB\""),
+    );
+    const SIZE: usize = 32 << 20;
+    let start = Instant::now();
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {SIZE}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        let piece = vec![b'w'; 1 << 20];
+        for _ in 0..SIZE / piece.len() {
+            if wr.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
     );
 }
