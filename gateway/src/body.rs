@@ -8,13 +8,15 @@
 //! ([`BodyTooLarge`], 413, also mid-stream), malformed framing or the
 //! client leaving ([`RequestBodyError`], 400 or 499), or nothing received
 //! for the request body idle timeout (408). It also tells the edge, through
-//! [`UploadState`], whether it is still being read, so a route timeout that
-//! passes mid-upload is answered 408 rather than 504. A request without a
-//! body never gets one: no allocation on that path.
+//! [`UploadState`], whether the gateway is waiting for the client's next
+//! bytes, so a route timeout that passes then is answered 408 rather than
+//! 504 (while the gateway is busy writing what it read to a slow upstream,
+//! it is the upstream's 504). A request without a body never gets one: no
+//! allocation on that path.
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,25 +71,33 @@ impl Body {
             idle,
             sleep: None,
             progressed: false,
+            waiting: false,
             state: state.clone(),
         };
         (Self::Limited(Box::new(upload)), Some(state))
     }
 }
 
-/// Whether a client's request body is still being read; shared by the
-/// body and the edge.
+/// Where a client's request body stands; shared by the body and the edge.
 #[derive(Debug, Clone, Default)]
-pub struct UploadState(Arc<AtomicBool>);
+pub struct UploadState(Arc<AtomicU8>);
+
+/// Being read, its last poll got data (or it was never polled).
+const READING: u8 = 0;
+/// Its last poll found nothing: the gateway waits for the client.
+const WAITING: u8 = 1;
+/// Ended or failed.
+const DONE: u8 = 2;
 
 impl UploadState {
-    /// True until the body ended or failed.
-    pub fn reading(&self) -> bool {
-        !self.0.load(Ordering::Acquire)
+    /// Whether the gateway is waiting for the client's next bytes: the
+    /// body is unfinished and its last read found nothing.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WAITING
     }
 
-    fn done(&self) {
-        self.0.store(true, Ordering::Release);
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
     }
 }
 
@@ -104,12 +114,14 @@ pub struct Upload {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Bytes arrived since the timer was last moved.
     progressed: bool,
+    /// What `state` says (`WAITING` or not), so it is stored only on change.
+    waiting: bool,
     state: UploadState,
 }
 
 impl Upload {
     fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.state.done();
+        self.state.set(DONE);
         self.sleep = None;
         Poll::Ready(Some(Err(e)))
     }
@@ -128,17 +140,22 @@ impl Upload {
                 }
                 self.progressed = true;
                 if self.inner.is_end_stream() {
-                    self.state.done();
+                    self.state.set(DONE);
+                } else if std::mem::take(&mut self.waiting) {
+                    self.state.set(READING);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => self.fail(Box::new(RequestBodyError::from_hyper(e))),
             Poll::Ready(None) => {
-                self.state.done();
+                self.state.set(DONE);
                 self.sleep = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if !std::mem::replace(&mut self.waiting, true) {
+                    self.state.set(WAITING);
+                }
                 // Armed on the first wait, moved (not re-armed) after progress.
                 let at = Instant::now() + self.idle;
                 match &mut self.sleep {

@@ -371,8 +371,8 @@ pub(crate) struct Edge {
     record: Option<Box<Record>>,
     id: HeaderValue,
     stats: Arc<ConnStats>,
-    /// Whether the request body is still being read (requests with a body
-    /// only): a route timeout passing mid-upload is the client's 408.
+    /// Where the request body stands (requests with a body only): a route
+    /// timeout passing while the gateway waits for it is the client's 408.
     upload: Option<UploadState>,
 }
 
@@ -438,10 +438,10 @@ impl Edge {
         let mut resp = match result {
             Ok(r) => r,
             Err(mut e) => {
-                // The route's timeout passed while the client was still
-                // uploading: the client was too slow, not the upstream.
+                // The route's timeout passed while the gateway was waiting
+                // for the client's body: the client was too slow.
                 if e.is::<tower::timeout::error::Elapsed>()
-                    && self.upload.as_ref().is_some_and(UploadState::reading)
+                    && self.upload.as_ref().is_some_and(UploadState::waiting_on_client)
                 {
                     e = Box::new(RequestBodyError::new(RequestBodyKind::TimedOut));
                 }
