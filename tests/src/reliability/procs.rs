@@ -222,25 +222,6 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     harness::sample(text, series)
 }
 
-/// Adds a fault on a mock through its control API (`POST /_mock/faults`).
-pub async fn mock_fault(c: &PlainClient, mock: SocketAddr, fault: &serde_json::Value) -> Res<()> {
-    let (status, body) = call(
-        c,
-        http::Method::POST,
-        &format!("http://{mock}/_mock/faults"),
-        &fault.to_string(),
-    )
-    .await?;
-    if status == 201 {
-        Ok(())
-    } else {
-        Err(format!(
-            "mock refused the fault ({status}): {}",
-            String::from_utf8_lossy(&body)
-        ))
-    }
-}
-
 /// Requests a mock served (`GET /_mock/stats` total).
 pub async fn mock_hits(c: &PlainClient, mock: SocketAddr) -> Res<u64> {
     let (_, body) = call(

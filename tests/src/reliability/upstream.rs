@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::load::{self, OpenLoad, Outcome, Rec};
@@ -180,7 +179,8 @@ retry = {{ attempts = 2, backoff = "1ms", max_backoff = "5ms" }}
     Ok(row)
 }
 
-/// Every upstream answer takes 5 s (mock-upstream's fault API, `added_latency`). A route
+/// Every upstream answer takes 5 s (mock-upstream's fault API, `added_latency`, set by
+/// loadgen's `[[fault]]` schedule; loadgen also loads the timeout route). A route
 /// with `max_inflight` sheds the excess with 503 at once; a route with a 500 ms `timeout`
 /// answers 504 at the timeout; the gateway's `/health`, `/ready` and `/metrics` keep
 /// answering within 10 ms.
@@ -194,12 +194,6 @@ pub async fn slow(ctx: &Ctx) -> Res<Row> {
     );
     let up = MockProc::start("a").await?;
     let c = procs::plain_client();
-    procs::mock_fault(
-        &c,
-        up.addr,
-        &json!({ "path_prefix": "/api", "added_latency": "5s" }),
-    )
-    .await?;
     let cfg = ctx.file("slow.toml");
     std::fs::write(
         &cfg,
@@ -222,6 +216,62 @@ timeout = "500ms"
     )
     .map_err(|e| e.to_string())?;
     let gw = procs::gateway(&cfg, &[]);
+    // loadgen injects the fault through mock-upstream's control API (its `[[fault]]`
+    // schedule) and adds load on the timeout route, judged by itself: only 504s.
+    let scenario = ctx.file("slow-loadgen.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"name = "reliability-slow-upstream"
+[[fault]]
+at = "0s"
+duration = "{}s"
+path_prefix = "/api"
+added_latency = "5s"
+[[user]]
+name = "client"
+[[user.task]]
+name = "GET /api/users (timeout route)"
+path = "/api/users"
+expect_status = [504]
+"#,
+            dur.as_secs() + 30
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let summary = ctx.file("slow-summary.json");
+    let lg = procs::Loadgen::start(
+        &scenario,
+        &format!("http://{}", gw.addr),
+        &[
+            "--arrival-rate".into(),
+            (rate / 4.0).to_string(),
+            "--max-vus".into(),
+            "1000".into(),
+            "--run-time".into(),
+            format!("{}s", dur.as_secs() + 1),
+            "--timeout".into(),
+            "20s".into(),
+            "--control".into(),
+            format!("http://{}", up.addr),
+            "--summary-export".into(),
+            summary.display().to_string(),
+        ],
+        &ctx.file("slow-result.json"),
+    )?;
+    let faults = format!("http://{}/_mock/faults", up.addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = procs::call(&c, http::Method::GET, &faults, "").await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if v["faults"].as_array().is_some_and(|f| !f.is_empty()) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("loadgen did not schedule its fault on mock-upstream".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let running = load::start(OpenLoad {
         addr: gw.addr,
         paths: vec!["/api/hello".into(), "/api/users".into()],
@@ -255,6 +305,12 @@ timeout = "500ms"
     });
     let recs = running.finish().await?;
     let (admin_lat, admin_bad) = probes.await.map_err(|e| e.to_string())?;
+    let lg_result = lg.finish(dur + Duration::from_secs(60)).await?;
+    let (lg_sent, lg_failed) = procs::loadgen_totals(&lg_result);
+    let lg_p99 = std::fs::read_to_string(&summary)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["metrics"]["http_req_duration"]["p(99)"].as_f64());
 
     let shed = |r: &&Rec| r.path == 0;
     let timed = |r: &&Rec| r.path == 1;
@@ -286,9 +342,13 @@ timeout = "500ms"
             )
         })
         .count() as u64;
-    row.sent = recs.len() as u64;
-    row.failed = recs.iter().filter(|r| !r.ok()).count() as u64;
-    row.unexpected = unexpected;
+    row.sent = recs.len() as u64 + lg_sent;
+    // Every 503 and 504 is a failed request, though the one this fault calls for.
+    row.failed = recs.iter().filter(|r| !r.ok()).count() as u64 + lg_sent;
+    row.unexpected = unexpected + lg_failed;
+    row.figure("loadgen_504", lg_sent);
+    row.figure("loadgen_not_504", lg_failed);
+    row.figure("loadgen_p99_ms", lg_p99.unwrap_or(f64::NAN));
     let p99_503 = load::quantile(shed_503.clone(), 0.99);
     let p99_504 = load::quantile(to_504.clone(), 0.99);
     let admin_p99 = load::quantile(admin_lat.clone(), 0.99);
@@ -315,6 +375,12 @@ timeout = "500ms"
         format!("{unexpected} other outcomes"),
     );
     row.bar(
+        "loadgen (fault scheduled by its [[fault]]): every answer on the timeout route a 504",
+        lg_failed == 0 && lg_sent > 0,
+        true,
+        format!("{lg_failed} of {lg_sent} not 504"),
+    );
+    row.bar(
         "shedding answers at once: 503 p99 < 50 ms",
         p99_503.is_some_and(|p| p < 50.0),
         binding,
@@ -324,14 +390,17 @@ timeout = "500ms"
             p99_503.unwrap_or(f64::NAN)
         ),
     );
+    let at_timeout =
+        |p: Option<f64>| p.is_some_and(|p| (TIMEOUT_MS..TIMEOUT_MS + 100.0).contains(&p));
     row.bar(
         "timeouts answer at the timeout: 504 p99 < 500 ms + 100 ms",
-        p99_504.is_some_and(|p| (TIMEOUT_MS..TIMEOUT_MS + 100.0).contains(&p)),
+        at_timeout(p99_504) && at_timeout(lg_p99),
         binding,
         format!(
-            "{} timed out, p99 {:.1} ms",
+            "{} timed out, p99 {:.1} ms (loadgen: {lg_sent}, p99 {:.1} ms)",
             to_504.len(),
-            p99_504.unwrap_or(f64::NAN)
+            p99_504.unwrap_or(f64::NAN),
+            lg_p99.unwrap_or(f64::NAN)
         ),
     );
     row.bar(
