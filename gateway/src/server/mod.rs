@@ -441,7 +441,10 @@ impl Edge {
                 // The route's timeout passed while the gateway was waiting
                 // for the client's body: the client was too slow.
                 if e.is::<tower::timeout::error::Elapsed>()
-                    && self.upload.as_ref().is_some_and(UploadState::waiting_on_client)
+                    && self
+                        .upload
+                        .as_ref()
+                        .is_some_and(UploadState::waiting_on_client)
                 {
                     e = Box::new(RequestBodyError::new(RequestBodyKind::TimedOut));
                 }
