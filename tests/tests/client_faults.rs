@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::StreamBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -432,4 +435,82 @@ async fn an_upstream_that_stops_reading_the_body_is_504_never_the_clients_fault(
     let (status, took) = upload_fast(&gw, "/timed/up").await;
     assert_eq!(status, "HTTP/1.1 504 Gateway Timeout");
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn clients_that_leave_before_the_answer_are_499_not_upstream_failures() {
+    // Answers after 2 s: every client leaves before that.
+    let up = RawUpstream::start(|req| {
+        if req.target == "/ok" {
+            vec![Step::Write(response(200, &[], "ok"))]
+        } else {
+            vec![
+                Step::Sleep(Duration::from_secs(2)),
+                Step::Write(response(200, &[], "late")),
+            ]
+        }
+    })
+    .await;
+    let gw = spawn(
+        up.addr,
+        "",
+        "circuit_breaker = { consecutive_failures = 5, open_time = \"60s\" }",
+        &route("all", "/", ""),
+    );
+    // HTTP/1.1: five GETs whose clients close their connection while the
+    // upstream thinks.
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(get_req("/slow").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+    }
+    // h2c: five POSTs whose streams the client resets mid-upload.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..5 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        let body = StreamBody::new(tokio_stream_from(rx));
+        let req = http::Request::post(format!("http://{}/upload", gw.addr))
+            .body(body)
+            .unwrap();
+        let pending = tokio::spawn(sender.send_request(req));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part of it"))))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The body fails: the client resets the stream.
+        let _ = tx.send(Err(std::io::ErrorKind::Other.into())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), pending).await;
+        sender.ready().await.unwrap();
+    }
+    get_ok(&gw, "ten clients that left").await;
+    let m = poll_until("the ten departures counted as 499", || async {
+        let m = metrics_text(&client(), gw.admin).await;
+        let get = sample(
+            &m,
+            r#"gateway_requests_total{route="all",method="GET",status="499"}"#,
+        );
+        (get == Some(5.0) && posts(&m, "all", "499") == Some(5.0)).then_some(m)
+    })
+    .await;
+    assert!(!m.contains(r#"status="5"#), "{m}");
+    let circuit = m
+        .lines()
+        .find(|l| l.starts_with("gateway_circuit_state"))
+        .unwrap_or_default();
+    assert!(circuit.ends_with(" 0"), "breaker not closed: {circuit}");
+}
+
+/// The receiving half of a channel as a stream of frames.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

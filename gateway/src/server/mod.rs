@@ -476,6 +476,24 @@ impl Edge {
     }
 }
 
+impl Drop for Edge {
+    fn drop(&mut self) {
+        // Dropped unanswered: hyper gave the request up because the client
+        // left (closed its connection, reset its h2 stream) before the
+        // response head. Logged and counted as 499 (nginx's "client closed
+        // request"), never a gateway or upstream error; the upstream
+        // exchange, dropped with it, recorded nothing against the endpoint.
+        if let Some(mut r) = self.record.take() {
+            r.head(
+                error::CLIENT_CLOSED_REQUEST.as_u16(),
+                &http::Extensions::new(),
+                None,
+            );
+            drop(TimedBody::new(Body::Empty, r));
+        }
+    }
+}
+
 impl Future for Edge {
     type Output = Result<Response<TimedBody>, Infallible>;
 
