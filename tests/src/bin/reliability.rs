@@ -111,6 +111,12 @@ fn main() -> ExitCode {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "mode": if cli.short { "short" } else { "full" },
+        "machine": {
+            "cores": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim(),
+        },
         "bin_dir": ctx.bins,
         "passed": rows.iter().all(Row::passed),
         "scenarios": rows,
@@ -152,6 +158,13 @@ async fn run_all(names: &[&str], ctx: &Ctx) -> Vec<Row> {
             Err(e) => Row::failed_to_run(name, format!("panicked: {e}")),
         };
         row.secs = started.elapsed().as_secs_f64();
+        // How busy the machine was (other processes included): context for the latencies.
+        if let Some(load) = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        {
+            row.figure("loadavg_1m_after", load);
+        }
         eprintln!("reliability: {name}: {} ({:.0} s)", row.verdict(), row.secs);
         rows.push(row);
         // Let sockets of the last scenario wind down before the next.
