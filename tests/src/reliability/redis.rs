@@ -165,6 +165,15 @@ pub async fn outage(ctx: &Ctx, policy: &str) -> Res<Row> {
         "outcomes_outside_outage",
         load::outcomes(recs.iter().filter(|r| !during(r))),
     );
+    for u in ["ratelimit", "cache"] {
+        // Present once the gateway has Redis fast-fail (decisions made without asking).
+        if let Some(n) = procs::sample(
+            &text,
+            &format!(r#"gateway_redis_fast_failed_total{{use="{u}"}}"#),
+        ) {
+            row.figure(&format!("redis_fast_failed_{u}"), n);
+        }
+    }
     for op in ["ratelimit", "cache"] {
         if let Some(n) = procs::sample(
             &text,
