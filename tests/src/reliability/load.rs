@@ -260,3 +260,70 @@ pub fn outcomes<'a>(recs: impl IntoIterator<Item = &'a Rec>) -> serde_json::Valu
     }
     serde_json::json!(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(start_ms: u64, lat_ms: u64, outcome: Outcome) -> Rec {
+        Rec {
+            start: Duration::from_millis(start_ms),
+            lat: Duration::from_millis(lat_ms),
+            outcome,
+            upstream: 0,
+            path: 0,
+        }
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(v.clone(), 0.99), Some(99.0));
+        assert_eq!(quantile(v.clone(), 0.5), Some(50.0));
+        assert_eq!(quantile(v.clone(), 1.0), Some(100.0));
+        assert_eq!(quantile(v, 0.0), Some(1.0));
+        assert_eq!(quantile(vec![7.0], 0.99), Some(7.0));
+        assert_eq!(quantile(Vec::new(), 0.99), None);
+    }
+
+    #[test]
+    fn in_flight_means_sent_before_and_ended_after() {
+        let t = Duration::from_millis(100);
+        assert!(rec(50, 100, Outcome::Status(200)).in_flight_at(t));
+        assert!(
+            !rec(50, 40, Outcome::Status(200)).in_flight_at(t),
+            "ended before"
+        );
+        assert!(
+            !rec(100, 10, Outcome::Status(200)).in_flight_at(t),
+            "sent at the event"
+        );
+        assert!(
+            !rec(150, 10, Outcome::Transport).in_flight_at(t),
+            "sent after"
+        );
+    }
+
+    #[test]
+    fn only_2xx_and_3xx_are_ok() {
+        assert!(rec(0, 1, Outcome::Status(200)).ok());
+        assert!(rec(0, 1, Outcome::Status(304)).ok());
+        assert!(!rec(0, 1, Outcome::Status(429)).ok());
+        assert!(!rec(0, 1, Outcome::Status(503)).ok());
+        assert!(!rec(0, 1, Outcome::Connect).ok());
+        assert_eq!(rec(0, 1, Outcome::Timeout).status(), 0);
+    }
+
+    #[test]
+    fn p99_keeps_only_the_selected_records() {
+        let recs: Vec<Rec> = (0..200)
+            .map(|i| rec(i, if i < 100 { 1 } else { 50 }, Outcome::Status(200)))
+            .collect();
+        assert_eq!(
+            p99(&recs, |r| r.start < Duration::from_millis(100)),
+            Some(1.0)
+        );
+        assert_eq!(p99(&recs, |_| true), Some(50.0));
+        assert_eq!(p99(&recs, |_| false), None);
+    }
+}

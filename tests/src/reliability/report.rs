@@ -162,3 +162,37 @@ pub fn table(rows: &[Row]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_binding_bar_fails_the_row_a_reported_one_does_not() {
+        let mut r = Row::new("x", "load".into());
+        r.bar("a", true, true, "ok".into());
+        assert_eq!((r.passed(), r.verdict()), (true, "PASS"));
+        r.bar("latency", false, false, "slow".into());
+        assert_eq!((r.passed(), r.verdict()), (true, "pass*"));
+        r.bar("correctness", false, true, "1 failed".into());
+        assert_eq!((r.passed(), r.verdict()), (false, "MISS"));
+        let e = Row::failed_to_run("y", "no redis".into());
+        assert_eq!((e.passed(), e.verdict()), (false, "ERROR"));
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_scenario_and_every_bar() {
+        let mut r = Row::new("sigterm", "2000 req/s".into());
+        r.sent = 10;
+        r.p99_fault_ms = Some(1.25);
+        r.figure("drain_ms", 104.4);
+        r.bar("0 failed", false, true, "1 of 10".into());
+        let t = table(&[r]);
+        assert!(
+            t.contains("| sigterm | 2000 req/s | 10 | 0 | 0 | 1.2 ms | - | MISS |"),
+            "{t}"
+        );
+        assert!(t.contains("- figures: drain_ms 104.4"), "{t}");
+        assert!(t.contains("- bar: 0 failed — 1 of 10 — MISSED"), "{t}");
+    }
+}
