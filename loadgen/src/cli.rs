@@ -153,6 +153,12 @@ pub struct RunArgs {
     /// cross-check (skipped cleanly when it is absent).
     #[arg(long, value_name = "URL")]
     pub metrics_url: Option<String>,
+    /// Serve live client-side metrics for Prometheus at http://ADDR/metrics (requests and
+    /// failures by name and status class, latency histograms with the gateway's bucket
+    /// edges, users, CPU saturation); `127.0.0.1:0` picks a free port (printed). After the
+    /// run, loadgen waits (bounded) for one last scrape.
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus_listen: Option<String>,
     /// Run one worker's share `I/N` of a distributed run and write a result file.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(u64, u64)>,
@@ -330,7 +336,12 @@ fn run(args: &RunArgs) -> ExitCode {
         Err(e) => return usage(&e),
     };
     cfg.workers = workers;
+    let mut prom = None;
     let result = rt.block_on(async {
+        if let Some(addr) = &args.prometheus_listen {
+            let s = &cfg.scenario;
+            prom = Some(crate::prom::serve(addr, &s.name, &s.stat_names, workers).await?);
+        }
         let before = match &metrics {
             Some(m) => Some(crate::crosscheck::scrape(m).await),
             None => None,
@@ -353,7 +364,11 @@ fn run(args: &RunArgs) -> ExitCode {
         args.shard
             .map(|(i, n)| PathBuf::from(format!("loadgen-result-{i}-of-{n}.json")))
     });
-    finish(&result, &args.out.outputs(result_file))
+    let code = finish(&result, &args.out.outputs(result_file));
+    if let Some(p) = &prom {
+        rt.block_on(p.linger());
+    }
+    code
 }
 
 fn merge(args: &MergeArgs) -> ExitCode {

@@ -21,6 +21,7 @@ pub mod merge;
 pub mod metrics;
 pub mod monitor;
 pub mod plan;
+pub mod prom;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -390,6 +390,8 @@ struct Live {
 #[derive(Debug)]
 pub struct Recorder {
     live: Mutex<Live>,
+    /// The `--prometheus-listen` exporter, when one is served (atomics, no lock).
+    prom: Option<std::sync::Arc<crate::prom::Exporter>>,
 }
 
 impl Recorder {
@@ -414,6 +416,7 @@ impl Recorder {
                 max_users: 0,
                 stopped_in_flight: 0,
             }),
+            prom: crate::prom::installed(),
         })
     }
 
@@ -421,7 +424,8 @@ impl Recorder {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records one request of entry `stat`; `error` makes it a failure.
+    /// Records one request of entry `stat` that got no response; `error` makes it a
+    /// failure.
     pub fn record(
         &self,
         stat: usize,
@@ -430,8 +434,25 @@ impl Recorder {
         checks: usize,
         error: Option<&str>,
     ) {
+        self.record_response(stat, None, latency, bytes, checks, error);
+    }
+
+    /// Records one request of entry `stat` with its response status (`None`: no
+    /// response); `error` makes it a failure.
+    pub fn record_response(
+        &self,
+        stat: usize,
+        status: Option<u16>,
+        latency: Duration,
+        bytes: u64,
+        checks: usize,
+        error: Option<&str>,
+    ) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(HIGHEST_US);
         let failed = error.is_some();
+        if let Some(p) = &self.prom {
+            p.observe(stat, status, us, failed);
+        }
         let mut live = self.lock();
         let live = &mut *live;
         if let Some(entry) = live.stats.get_mut(stat) {
@@ -482,6 +503,9 @@ impl Recorder {
 
     /// Closes the current second: appends a series point and returns the live line.
     pub fn tick(&self, unix: f64, elapsed: f64, users: u64) -> LiveLine {
+        if let Some(p) = &self.prom {
+            p.set_users(users);
+        }
         let mut live = self.lock();
         let live = &mut *live;
         live.max_users = live.max_users.max(users);

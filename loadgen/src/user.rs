@@ -248,10 +248,10 @@ impl User {
         };
         let elapsed = start.elapsed();
         let res = res.unwrap_or(Err(ClientError::Timeout(timeout)));
-        let (verdict, bytes) = match res {
+        let (verdict, bytes, status) = match res {
             Err(e) => {
                 self.conn.close();
-                (Err(e.to_string()), 0)
+                (Err(e.to_string()), 0, None)
             }
             Ok((status, headers, read)) => {
                 let ReadBody {
@@ -290,13 +290,20 @@ impl User {
                         }
                     }
                 }
-                (verdict, bytes)
+                (verdict, bytes, Some(status))
             }
         };
         let error = verdict.err();
         shared
             .recorder
-            .record(req.stat, elapsed, bytes, req.checks.len(), error.as_deref());
+            .record_response(
+                req.stat,
+                status,
+                elapsed,
+                bytes,
+                req.checks.len(),
+                error.as_deref(),
+            );
         if error.is_some() {
             Outcome::Failed
         } else {
