@@ -1,4 +1,4 @@
-//! The command line: `run`, `merge`, `check`, `demo`. Flags follow Locust where Locust has
+//! The command line: `run`, `ui`, `merge`, `check`, `demo`. Flags follow Locust where Locust has
 //! them (`--host`, `--users`, `--spawn-rate`, `--run-time`, `--headless`, `--csv`,
 //! `--html`, `--only-summary`, `--user-classes`) and k6 for `--summary-export` and
 //! `--stage`. Exit codes: 0 every SLA threshold held, 1 one missed, 2 usage or scenario
@@ -48,6 +48,10 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The live web UI (like Locust's) for a scenario: pick a preset or users, spawn rate,
+    /// run time and host, start, stop, change the user count while running, watch the
+    /// charts, download the reports.
+    Ui(crate::ui::UiArgs),
     /// The full demo: mock-upstream + gateway on free local ports, the Meetinity baseline
     /// mix through them, the SLA verdict, the HTML report and CSVs.
     Demo(crate::demo::DemoArgs),
@@ -88,7 +92,7 @@ impl OutputArgs {
 }
 
 /// `loadgen run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The scenario file (TOML).
     pub scenario: PathBuf,
@@ -125,9 +129,15 @@ pub struct RunArgs {
     /// Only these user classes (space- or comma-separated).
     #[arg(long, num_args = 1..)]
     pub user_classes: Option<Vec<String>>,
-    /// Accepted for Locust compatibility: loadgen has no web UI.
+    /// No web UI. Without it, `run` in a terminal (stdin and stdout both terminals) with
+    /// none of --run-time, --max-requests, --shard, --result, --only-summary, report files
+    /// or thresholds starts the web UI on --listen instead, as Locust does; otherwise it
+    /// runs headless.
     #[arg(long)]
     pub headless: bool,
+    /// Where the web UI listens when `run` starts it.
+    #[arg(long, default_value = crate::ui::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
     /// No live view; only the final summary.
     #[arg(long)]
     pub only_summary: bool,
@@ -169,6 +179,39 @@ pub struct RunArgs {
     /// Report files and thresholds.
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+impl RunArgs {
+    /// The `run` command line `loadgen run SCENARIO` would have (every default).
+    pub fn defaults(scenario: &std::path::Path) -> Result<Self, String> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        Only::try_parse_from([std::ffi::OsStr::new("loadgen"), scenario.as_os_str()])
+            .map(|o| o.run)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether this command line starts the web UI: not `--headless`, stdin and stdout
+    /// are terminals, and nothing bounds or scripts the run (no run time, request budget,
+    /// shard, result or report file, threshold or `--only-summary`). Scripts, CI and tests
+    /// (stdout piped) always run headless.
+    pub fn wants_ui(&self, terminal: bool) -> bool {
+        let out = &self.out;
+        let scripted = self.run_time.is_some()
+            || self.max_requests.is_some()
+            || self.shard.is_some()
+            || self.result.is_some()
+            || self.only_summary
+            || out.csv.is_some()
+            || out.html.is_some()
+            || out.summary_export.is_some()
+            || out.junit.is_some()
+            || !out.thresholds.is_empty();
+        !self.headless && terminal && !scripted
+    }
 }
 
 /// `loadgen merge`.
@@ -291,9 +334,6 @@ pub fn prepare(args: &RunArgs) -> Result<(RunConfig, Option<String>), String> {
     }
     let plan = spec.plan()?;
     crate::limits::ensure_open_files(plan.max_concurrency())?;
-    if plan.duration().is_none() && spec.max_requests.is_none() {
-        eprintln!("loadgen: no --run-time or --max-requests: running until Ctrl-C");
-    }
     let classes = scenario.select_classes(spec.user_classes.as_deref())?;
     let host = args
         .host
@@ -331,6 +371,9 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return usage(&e),
     };
+    if cfg.plan.duration().is_none() && cfg.max_requests.is_none() {
+        eprintln!("loadgen: no --run-time or --max-requests: running until Ctrl-C");
+    }
     let (rt, workers) = match runtime(args.workers) {
         Ok(r) => r,
         Err(e) => return usage(&e),
@@ -410,7 +453,16 @@ fn check(files: &[PathBuf]) -> ExitCode {
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
     match &cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => {
+            use std::io::IsTerminal;
+            let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+            if args.wants_ui(terminal) {
+                crate::ui::serve((**args).clone(), args.listen, None)
+            } else {
+                run(args)
+            }
+        }
+        Command::Ui(args) => crate::ui::main(args),
         Command::Merge(args) => merge(args),
         Command::Check { files } => check(files),
         Command::Demo(args) => crate::demo::run(args),

@@ -9,7 +9,7 @@
 //!   open-file limit raised for one connection per user.
 //! - [`merge`]: exact merging of distributed (`--shard`) results; [`crosscheck`]: the
 //!   server-side view from the gateway's `/metrics`.
-//! - [`cli`] and [`demo`]: the command line.
+//! - [`cli`] and [`demo`]: the command line; [`ui`]: the live web UI.
 
 pub mod checks;
 pub mod cli;
@@ -26,4 +26,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod sla;
+pub mod ui;
 pub mod user;

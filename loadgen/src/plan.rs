@@ -364,6 +364,63 @@ impl Plan {
     }
 }
 
+/// A live change of the closed model's user count (the web UI's "users" field): from the
+/// `from` users running at `since` (time into the run) to `to`, spawning or stopping
+/// `spawn_rate` users per second, as Locust does when its user count is edited mid-run. It
+/// replaces the plan's own shape from then on.
+///
+/// ```
+/// use std::time::Duration;
+/// use loadgen::plan::Retarget;
+///
+/// let up = Retarget { from: 2, to: 6, spawn_rate: 2.0, since: Duration::from_secs(10) };
+/// assert_eq!(up.users_at(Duration::from_secs(10)), 2);
+/// assert_eq!(up.users_at(Duration::from_secs(11)), 4);
+/// assert_eq!(up.users_at(Duration::from_secs(60)), 6);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retarget {
+    /// Users running when the change was made.
+    pub from: u64,
+    /// The new user count.
+    pub to: u64,
+    /// Users started or stopped per second (infinite or not above 0: at once).
+    pub spawn_rate: f64,
+    /// When the change was made, since the start of the run.
+    pub since: Duration,
+}
+
+impl Retarget {
+    /// How many users should run at `t` (time into the run).
+    pub fn users_at(&self, t: Duration) -> u64 {
+        let dt = t.saturating_sub(self.since).as_secs_f64();
+        let step = if self.spawn_rate > 0.0 && self.spawn_rate.is_finite() {
+            (self.spawn_rate * dt).floor()
+        } else {
+            f64::INFINITY
+        };
+        let gap = self.from.abs_diff(self.to);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let moved = if step >= gap as f64 { gap } else { step as u64 };
+        if self.to >= self.from {
+            self.from + moved
+        } else {
+            self.from - moved
+        }
+    }
+}
+
+impl Plan {
+    /// Closed models: the users per second a live change of the user count moves at (the
+    /// plan's spawn rate; stages move at once).
+    pub fn spawn_rate(&self) -> f64 {
+        match self {
+            Self::Closed { spawn_rate, .. } => *spawn_rate,
+            _ => f64::INFINITY,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -441,5 +498,41 @@ mod tests {
             ..LoadSpec::default()
         };
         assert!(bad.plan().is_err());
+    }
+
+    #[test]
+    fn a_live_change_moves_at_the_spawn_rate_both_ways() {
+        let up = Retarget {
+            from: 3,
+            to: 10,
+            spawn_rate: 2.0,
+            since: S(5),
+        };
+        assert_eq!(up.users_at(S(4)), 3, "before the change");
+        assert_eq!(up.users_at(S(5)), 3);
+        assert_eq!(up.users_at(Duration::from_millis(6500)), 6);
+        assert_eq!(up.users_at(S(9)), 10, "capped at the target");
+        let down = Retarget {
+            from: 10,
+            to: 1,
+            spawn_rate: 4.0,
+            since: S(0),
+        };
+        assert_eq!(down.users_at(S(1)), 6);
+        assert_eq!(down.users_at(S(100)), 1);
+        let at_once = Retarget {
+            from: 0,
+            to: 50,
+            spawn_rate: f64::INFINITY,
+            since: S(1),
+        };
+        assert_eq!(at_once.users_at(S(1)), 50);
+        let still = Retarget {
+            from: 7,
+            to: 7,
+            spawn_rate: 1.0,
+            since: S(0),
+        };
+        assert_eq!(still.users_at(S(3)), 7);
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::client::{Conn, Target};
 use crate::metrics::{LiveLine, Recorder, RunResult};
 use crate::monitor::{self, Monitor};
-use crate::plan::Plan;
+use crate::plan::{Plan, Retarget};
 use crate::scenario::Scenario;
 use crate::user::{stop, Budget, Outcome, Shared, User};
 
@@ -303,8 +303,148 @@ fn print_live(line: &LiveLine, elapsed: Duration, total: Option<Duration>, users
     };
 }
 
+/// A change asked of a running run (the web UI's controls).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// Closed models: run this many users, spawned or stopped at the plan's spawn rate (or
+    /// at `spawn_rate` when given).
+    Users {
+        /// The new user count.
+        users: u64,
+        /// Users started or stopped per second; the plan's when `None`.
+        spawn_rate: Option<f64>,
+    },
+    /// Open models: start this many iterations per second from now on.
+    Rate(f64),
+}
+
+/// What a run looks like this second, published for a live view.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Everything measured so far, with the run's context (the same value the run returns,
+    /// up to now).
+    pub result: RunResult,
+    /// Users running (closed) or iterations in flight (open).
+    pub users: u64,
+    /// The user count (closed) or arrival rate (open) the run is moving to.
+    pub target: f64,
+    /// Whether the run is an open model.
+    pub open: bool,
+}
+
+/// A live handle on a run ([`run_with`]): change its user count or arrival rate, stop it,
+/// read a [`Snapshot`] each second. Cheap to clone; every clone drives the same run.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    inner: Arc<ControlInner>,
+}
+
+#[derive(Debug, Default)]
+struct ControlInner {
+    stop: std::sync::atomic::AtomicBool,
+    change: Mutex<Option<Change>>,
+    /// The open model's live rate as `f64` bits (0: the plan's).
+    rate: std::sync::atomic::AtomicU64,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl Control {
+    /// Asks the run to stop as at the end of its run time (requests in flight get the stop
+    /// timeout, the reports are complete).
+    pub fn stop(&self) {
+        self.inner
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Control::stop`] was called.
+    pub fn stop_requested(&self) -> bool {
+        self.inner.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks for a change; the runner takes it within its control period (100 ms). A later
+    /// change replaces one not yet taken.
+    pub fn change(&self, change: Change) {
+        if let Change::Rate(r) = change {
+            if r > 0.0 && r.is_finite() {
+                self.inner
+                    .rate
+                    .store(r.to_bits(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        *self
+            .inner
+            .change
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(change);
+    }
+
+    fn take_change(&self) -> Option<Change> {
+        self.inner
+            .change
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The open model's live arrival rate, when one was set.
+    fn rate(&self) -> Option<f64> {
+        let bits = self.inner.rate.load(std::sync::atomic::Ordering::Relaxed);
+        (bits != 0).then(|| f64::from_bits(bits))
+    }
+
+    /// The last snapshot the run published (once a second).
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(snapshot));
+    }
+}
+
+/// The closed model's user count at `elapsed`: the plan's, or the last live change's.
+fn closed_target(plan: &Plan, retarget: Option<&Retarget>, elapsed: Duration) -> u64 {
+    retarget.map_or_else(|| plan.users_at(elapsed), |r| r.users_at(elapsed))
+}
+
+/// Fills in the run's context around what the recorder measured.
+fn with_context(
+    mut result: RunResult,
+    cfg: &RunConfig,
+    started_unix: f64,
+    monitor: &Monitor,
+) -> RunResult {
+    result.scenario = cfg.scenario.name.clone();
+    result.host = cfg.target.url.clone();
+    result.plan = cfg.plan.describe();
+    result.started_unix = started_unix;
+    result.thresholds = cfg.thresholds.clone();
+    result.reliability = monitor.reliability();
+    result.dropped_iterations = monitor.dropped_iterations();
+    if let Some((i, n)) = cfg.shard {
+        result.shards = vec![format!("{i}/{n}")];
+    }
+    result
+}
+
 /// Runs the whole plan and returns what it measured.
 pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
+    run_with(cfg, None).await
+}
+
+/// [`run`], driven live through `control` when given (the web UI): the same engine and
+/// the same numbers, plus live changes of the user count or arrival rate, a stop, and a
+/// [`Snapshot`] each second.
+pub async fn run_with(cfg: RunConfig, control: Option<Control>) -> Result<RunResult, String> {
     let addr = cfg.target.resolve()?;
     let recorder = Recorder::new(&cfg.scenario.stat_names).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
@@ -360,6 +500,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         let classes = cfg.classes.clone();
         let monitor = Arc::clone(&monitor);
         let mut stop_rx = stop_rx.clone();
+        let control = control.clone();
         tokio::spawn(async move {
             let mut at = Duration::ZERO;
             loop {
@@ -385,7 +526,15 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
                     }
                     Err(_) => monitor.dropped(),
                 }
-                match plan.next_arrival(at) {
+                let next = match control.as_ref().and_then(Control::rate) {
+                    // A live rate: evenly spaced arrivals until the plan's end.
+                    Some(rate) => {
+                        let n = at + Duration::from_secs_f64(1.0 / rate);
+                        plan.duration().filter(|end| n < *end).map(|_| n)
+                    }
+                    None => plan.next_arrival(at),
+                };
+                match next {
                     Some(next) => at = next,
                     None => break,
                 }
@@ -398,6 +547,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     let mut next_second = start + Duration::from_secs(1);
     let mut cpu_mark = (Instant::now(), monitor::process_cpu_ticks());
     let mut cpu_warn = false;
+    let mut retarget: Option<Retarget> = None;
     let interrupted = loop {
         ticker.tick().await;
         let now = Instant::now();
@@ -411,11 +561,24 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         let time_up = duration.is_some_and(|d| elapsed >= d);
         let open_done =
             dispatcher.as_ref().is_some_and(JoinHandle::is_finished) && pool.busy() == 0;
-        if budget_spent || time_up || open_done {
+        let stopped = control.as_ref().is_some_and(Control::stop_requested);
+        if budget_spent || time_up || open_done || stopped {
             break false;
         }
+        if let Some(Change::Users {
+            users: to,
+            spawn_rate,
+        }) = control.as_ref().and_then(Control::take_change)
+        {
+            retarget = Some(Retarget {
+                from: users.len() as u64,
+                to,
+                spawn_rate: spawn_rate.unwrap_or_else(|| cfg.plan.spawn_rate()),
+                since: elapsed,
+            });
+        }
         if !cfg.plan.is_open() {
-            let target = cfg.plan.users_at(elapsed);
+            let target = closed_target(&cfg.plan, retarget.as_ref(), elapsed);
             while (users.len() as u64) < target {
                 let class = pick_class(&cfg.classes, &cfg.scenario, &counts);
                 if let Some(c) = counts.get_mut(class) {
@@ -471,6 +634,26 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
                     );
                 }
                 print_live(&line, elapsed, duration, active, &warn);
+            }
+            if let Some(control) = &control {
+                let result = shared.recorder.result(elapsed);
+                let (open, target) = if cfg.plan.is_open() {
+                    (
+                        true,
+                        control.rate().unwrap_or_else(|| cfg.plan.rate_at(elapsed)),
+                    )
+                } else {
+                    (
+                        false,
+                        closed_target(&cfg.plan, retarget.as_ref(), Duration::MAX) as f64,
+                    )
+                };
+                control.publish(Snapshot {
+                    result: with_context(result, &cfg, started_unix, &monitor),
+                    users: active,
+                    target,
+                    open,
+                });
             }
         }
     };
@@ -550,17 +733,114 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     probe.abort();
     ctrl_c.abort();
 
-    let mut result = shared.recorder.result(measured);
-    result.scenario = cfg.scenario.name.clone();
-    result.host = cfg.target.url.clone();
-    result.plan = cfg.plan.describe();
-    result.started_unix = started_unix;
-    result.thresholds = cfg.thresholds.clone();
+    let mut result = with_context(
+        shared.recorder.result(measured),
+        &cfg,
+        started_unix,
+        &monitor,
+    );
     result.interrupted = interrupted;
-    result.reliability = monitor.reliability();
-    result.dropped_iterations = monitor.dropped_iterations();
-    if let Some((i, n)) = cfg.shard {
-        result.shards = vec![format!("{i}/{n}")];
-    }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A run of `plan` against a listener that never answers (requests stay in flight, so
+    /// the user count is all that changes), driven through a [`Control`].
+    fn config(plan: Plan, target: &str) -> RunConfig {
+        let scenario = Scenario::from_toml(
+            "name = \"t\"\n[[user]]\nname = \"U\"\nwait_time = \"constant(1s)\"\n\
+             [[user.task]]\nname = \"x\"\npath = \"/x\"\n",
+        )
+        .unwrap();
+        RunConfig {
+            scenario: Arc::new(scenario),
+            classes: vec![0],
+            plan,
+            target: Target::parse(target).unwrap(),
+            timeout: Duration::from_secs(600),
+            max_body: 1024,
+            max_requests: None,
+            thresholds: Vec::new(),
+            live: false,
+            control: None,
+            workers: 1,
+            stop_timeout: Duration::from_millis(500),
+            shard: None,
+        }
+    }
+
+    async fn users_at(control: &Control, at: Duration, start: Instant) -> u64 {
+        tokio::time::sleep_until(start + at).await;
+        control.snapshot().expect("a snapshot each second").users
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_user_count_is_followed_at_the_spawn_rate_then_the_run_stops_on_request() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = format!("http://{}", listener.local_addr().unwrap());
+        let plan = Plan::Closed {
+            users: 2,
+            spawn_rate: 10.0,
+            run_time: None,
+        };
+        let control = Control::default();
+        let start = Instant::now();
+        let run = tokio::spawn(run_with(config(plan, &target), Some(control.clone())));
+        let ms = Duration::from_millis;
+        assert_eq!(
+            users_at(&control, ms(2500), start).await,
+            2,
+            "the plan's users"
+        );
+        control.change(Change::Users {
+            users: 6,
+            spawn_rate: Some(2.0),
+        });
+        // Two users a second: 3 or 4 one second later, never the target at once.
+        let one_later = users_at(&control, ms(3500), start).await;
+        assert!((3..=4).contains(&one_later), "{one_later}");
+        assert_eq!(
+            users_at(&control, ms(5500), start).await,
+            6,
+            "the new target"
+        );
+        assert!((control.snapshot().unwrap().target - 6.0).abs() < 1e-9);
+        // Down again at the plan's spawn rate (10/s): within a second.
+        control.change(Change::Users {
+            users: 1,
+            spawn_rate: None,
+        });
+        assert_eq!(
+            users_at(&control, ms(6500), start).await,
+            1,
+            "stopped users"
+        );
+        assert!(!run.is_finished(), "no run time: runs until stopped");
+        control.stop();
+        let result = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the run ends after a stop")
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.max_users, 6);
+        assert!(!result.interrupted);
+        let users: Vec<u64> = result.series.iter().map(|p| p.users).collect();
+        assert!(users.contains(&6) && users.last() == Some(&1), "{users:?}");
+    }
+
+    #[test]
+    fn a_live_rate_needs_a_positive_finite_value() {
+        let control = Control::default();
+        assert_eq!(control.rate(), None);
+        control.change(Change::Rate(-1.0));
+        assert_eq!(control.rate(), None, "ignored");
+        control.change(Change::Rate(250.0));
+        assert_eq!(control.rate(), Some(250.0));
+        assert_eq!(control.take_change(), Some(Change::Rate(250.0)));
+        assert_eq!(control.take_change(), None, "taken once");
+    }
 }
