@@ -45,6 +45,12 @@ if ! command -v chromium >/dev/null && [ -z "${LOADGEN_CHROMIUM:-}" ]; then
         echo "warning: chromium missing and cannot apt-get install it: loadgen's report test will fail" >&2
     fi
 fi
+# loadgen's web UI is driven through its page in that chromium by Playwright
+# (loadgen/tests/ui.rs + ui_browser.py; no browser download: it launches Debian's).
+if command -v python3 >/dev/null && ! python3 -c 'import playwright' 2>/dev/null; then
+    python3 -m pip install -q playwright >/dev/null 2>&1 \
+        || echo "warning: cannot pip install playwright: loadgen's UI test will fail" >&2
+fi
 # The rate-limit tests run their own redis-server (and use one on :6379).
 if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null

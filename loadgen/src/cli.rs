@@ -468,3 +468,45 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Demo(args) => crate::demo::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["loadgen", "run", "s.toml"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn run_starts_the_ui_only_in_a_terminal_and_when_nothing_scripts_the_run() {
+        assert!(args(&[]).wants_ui(true));
+        assert!(args(&["--users", "5", "--host", "http://x"]).wants_ui(true));
+        assert!(
+            !args(&[]).wants_ui(false),
+            "piped: scripts and tests stay headless"
+        );
+        for scripted in [
+            &["--headless"][..],
+            &["--run-time", "10s"],
+            &["--max-requests", "10"],
+            &["--only-summary"],
+            &["--csv", "out"],
+            &["--threshold", "p95<1s"],
+            &["--shard", "1/2"],
+        ] {
+            assert!(!args(scripted).wants_ui(true), "{scripted:?}");
+        }
+        assert_eq!(
+            args(&[]).listen,
+            crate::ui::DEFAULT_LISTEN
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        );
+    }
+}
