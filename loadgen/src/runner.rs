@@ -832,6 +832,39 @@ mod tests {
         assert!(users.contains(&6) && users.last() == Some(&1), "{users:?}");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_open_model_takes_a_live_arrival_rate() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = format!("http://{}", listener.local_addr().unwrap());
+        let plan = Plan::Open {
+            start_rate: 4.0,
+            stages: vec![crate::plan::Stage {
+                duration: Duration::from_secs(60),
+                target: 4.0,
+            }],
+            max_vus: 10_000,
+        };
+        let control = Control::default();
+        let start = Instant::now();
+        let run = tokio::spawn(run_with(config(plan, &target), Some(control.clone())));
+        tokio::time::sleep_until(start + Duration::from_millis(2500)).await;
+        let before = control.snapshot().unwrap();
+        assert!(before.open && (before.target - 4.0).abs() < 1e-9);
+        control.change(Change::Rate(40.0));
+        tokio::time::sleep_until(start + Duration::from_millis(4500)).await;
+        assert!((control.snapshot().unwrap().target - 40.0).abs() < 1e-9);
+        control.stop();
+        let result = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // About 4/s for 2.5 s, then 40/s for 2 s (4/s throughout: about 18).
+        let arrivals = result.reliability.arrivals;
+        assert!((80..=100).contains(&arrivals), "{arrivals} arrivals");
+        assert!(result.duration_secs < 5.0, "stopped, not run for 60 s");
+    }
+
     #[test]
     fn a_live_rate_needs_a_positive_finite_value() {
         let control = Control::default();

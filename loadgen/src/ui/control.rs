@@ -79,6 +79,8 @@ struct Finished {
 struct State {
     runs: u64,
     running: Option<Control>,
+    /// Whether the running run is an open model (it takes an arrival rate).
+    open: bool,
     finished: Option<Arc<Finished>>,
     error: Option<String>,
 }
@@ -199,6 +201,7 @@ impl Session {
         let (mut cfg, _) = crate::cli::prepare(&args)?;
         cfg.workers = self.workers;
         cfg.live = false;
+        let open = cfg.plan.is_open();
         let control = Control::default();
         let run_no = {
             let mut state = self.lock();
@@ -207,6 +210,7 @@ impl Session {
             }
             state.runs += 1;
             state.running = Some(control.clone());
+            state.open = open;
             state.error = None;
             state.runs
         };
@@ -259,7 +263,7 @@ impl Session {
     pub fn change(&self, form: &ChangeForm) -> Result<(), String> {
         let state = self.lock();
         let control = state.running.as_ref().ok_or("no run is running")?;
-        let open = control.snapshot().is_some_and(|s| s.open);
+        let open = state.open;
         match (form.users, form.arrival_rate) {
             (Some(users), None) if !open => {
                 if let Some(r) = form.spawn_rate {
@@ -273,7 +277,7 @@ impl Session {
                 });
                 Ok(())
             }
-            (None, Some(rate)) if open || control.snapshot().is_none() => {
+            (None, Some(rate)) if open => {
                 if !(rate > 0.0 && rate.is_finite()) {
                     return Err("arrival_rate must be above 0".into());
                 }
@@ -329,8 +333,8 @@ impl Session {
                 view["run"] = result_json(&snap.result, &verdicts);
                 view["users"] = json!(snap.users);
                 view["target"] = json!(snap.target);
-                view["open"] = json!(snap.open);
             }
+            view["open"] = json!(state.open);
         } else if let Some(f) = &state.finished {
             view["phase"] = json!("done");
             view["run"] = result_json(&f.result, &f.verdicts);
