@@ -33,6 +33,12 @@ if command -v python3 >/dev/null && ! python3 -c 'import kubernetes_validate' 2>
     python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 \
         || echo "warning: cannot pip install kubernetes-validate" >&2
 fi
+# loadgen's CSVs are compared with real Locust's (loadgen/tests/csv_locust.rs; the
+# test also tries this itself and skips with the reason only if pip cannot).
+if command -v python3 >/dev/null && ! python3 -c 'import locust' 2>/dev/null; then
+    python3 -m pip install -q locust >/dev/null 2>&1 \
+        || echo "warning: cannot pip install locust: loadgen's CSV test will skip" >&2
+fi
 
 # loadgen's HTML report is checked in a real headless browser (loadgen/tests/report.rs):
 # Debian's chromium. Without it that test fails on purpose.

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::metrics::{RunResult, SeriesPoint, RESULT_FORMAT};
+use crate::metrics::{RunResult, SeriesPoint, PERCENTILES, RESULT_FORMAT};
 
 /// Reads one result file.
 pub fn read(path: &Path) -> Result<RunResult, String> {
@@ -77,6 +77,11 @@ fn merge_series(all: &[RunResult]) -> Vec<SeriesPoint> {
                 total_min: points.iter().map(|p| p.total_min).fold(f64::MAX, f64::min),
                 total_max: points.iter().map(|p| p.total_max).fold(0.0, f64::max),
                 total_avg_size: wavg(|p| p.total_avg_size),
+                // Weighted like the interval percentiles: an estimate, as Locust's
+                // distributed history is.
+                total_percentiles: (0..PERCENTILES.len())
+                    .map(|i| wavg_at(&points, i))
+                    .collect(),
             })
         })
         .collect()
@@ -124,7 +129,11 @@ pub fn merge(mut all: Vec<RunResult>) -> Result<RunResult, String> {
                 .iter_mut()
                 .find(|o| o.method == f.method && o.name == f.name && o.error == f.error)
             {
-                Some(o) => o.occurrences += f.occurrences,
+                Some(o) => {
+                    o.occurrences += f.occurrences;
+                    o.first_seen = min_opt(o.first_seen, f.first_seen, f64::min);
+                    o.last_seen = min_opt(o.last_seen, f.last_seen, f64::max);
+                }
                 None => out.failures.push(f.clone()),
             }
         }
@@ -165,4 +174,22 @@ pub fn merge(mut all: Vec<RunResult>) -> Result<RunResult, String> {
         .sort_by_key(|f| std::cmp::Reverse(f.occurrences));
     out.server = None;
     Ok(out)
+}
+
+/// The cumulative percentile `i` of shard points, weighted by their request counts.
+fn wavg_at(points: &[&SeriesPoint], i: usize) -> f64 {
+    let n: u64 = points.iter().map(|p| p.total_requests).sum();
+    points
+        .iter()
+        .map(|p| p.total_percentiles.get(i).copied().unwrap_or(0.0) * p.total_requests as f64)
+        .sum::<f64>()
+        / (n.max(1) as f64)
+}
+
+/// Combines two optional times with `f` (either alone is kept).
+fn min_opt(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, b) => a.or(b),
+    }
 }

@@ -187,6 +187,12 @@ pub struct FailureEntry {
     pub error: String,
     /// How often.
     pub occurrences: u64,
+    /// Unix time of the first occurrence (Locust's `First Seen`).
+    #[serde(default)]
+    pub first_seen: Option<f64>,
+    /// Unix time of the last occurrence (Locust's `Last Seen`).
+    #[serde(default)]
+    pub last_seen: Option<f64>,
 }
 
 /// One exception kind (Locust's `_exceptions.csv` row): errors of the user's flow rather
@@ -228,6 +234,10 @@ pub struct SeriesPoint {
     pub total_max: f64,
     /// Cumulative average response size.
     pub total_avg_size: f64,
+    /// Cumulative latency percentiles, ms, in [`PERCENTILES`] order (what Locust's
+    /// `_stats_history.csv` shows for the Aggregated row); empty in old result files.
+    #[serde(default)]
+    pub total_percentiles: Vec<f64>,
 }
 
 impl SeriesPoint {
@@ -343,6 +353,13 @@ impl RunResult {
     }
 }
 
+/// Seconds since the Unix epoch (0 before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// `n / secs`, 0 for an empty duration.
 pub fn rate(n: u64, secs: f64) -> f64 {
     if secs <= 0.0 {
@@ -376,7 +393,8 @@ struct Live {
     interval: Histogram<u64>,
     interval_requests: u64,
     interval_failures: u64,
-    failures: HashMap<(usize, String), u64>,
+    /// (occurrences, first seen, last seen unix time) per (entry, error).
+    failures: HashMap<(usize, String), (u64, f64, f64)>,
     exceptions: HashMap<String, u64>,
     checks_passed: u64,
     checks_failed: u64,
@@ -472,15 +490,14 @@ impl Recorder {
                     live.checks_passed += checks.saturating_sub(1);
                 }
                 let full = live.failures.len() >= MAX_FAILURE_KINDS;
-                let key = (stat, e.to_owned());
-                if !full || live.failures.contains_key(&key) {
-                    *live.failures.entry(key).or_default() += 1;
-                } else {
-                    *live
-                        .failures
-                        .entry((stat, OTHER_FAILURES.to_owned()))
-                        .or_default() += 1;
+                let mut key = (stat, e.to_owned());
+                if full && !live.failures.contains_key(&key) {
+                    key = (stat, OTHER_FAILURES.to_owned());
                 }
+                let now = unix_now();
+                let seen = live.failures.entry(key).or_insert((0, now, now));
+                seen.0 += 1;
+                seen.2 = now;
             }
         }
     }
@@ -533,6 +550,10 @@ impl Recorder {
             total_min: live.total.min_ms(),
             total_max: live.total.max_ms(),
             total_avg_size: live.total.avg_size(),
+            total_percentiles: PERCENTILES
+                .iter()
+                .map(|q| live.total.percentile_ms(*q))
+                .collect(),
         };
         let line = LiveLine {
             requests: live.total.requests,
@@ -560,7 +581,7 @@ impl Recorder {
         let mut failures: Vec<FailureEntry> = live
             .failures
             .iter()
-            .map(|((stat, error), n)| {
+            .map(|((stat, error), (n, first, last))| {
                 let (method, name) = live
                     .stats
                     .get(*stat)
@@ -571,6 +592,8 @@ impl Recorder {
                     name,
                     error: error.clone(),
                     occurrences: *n,
+                    first_seen: Some(*first),
+                    last_seen: Some(*last),
                 }
             })
             .collect();
