@@ -32,6 +32,12 @@ description = "two users"
 users = 2
 spawn_rate = 2
 
+[preset.budget]
+description = "three users, exactly 60 requests"
+users = 3
+spawn_rate = 30
+max_requests = 60
+
 [[user]]
 name = "Reader"
 wait_time = "constant(100ms)"
@@ -288,5 +294,110 @@ fn the_page_starts_a_run_changes_its_users_stops_and_downloads_the_csv_in_headle
     assert!(
         purple_users_line > 100,
         "the users line: {purple_users_line} px"
+    );
+}
+
+/// One raw HTTP/1.1 exchange; the body.
+fn body_of(addr: &str, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// `(Type, Name, Request Count, Failure Count)` of a stats CSV.
+fn counts(path: &Path) -> Vec<(String, String, u64, u64)> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (
+                rec[0].to_owned(),
+                rec[1].to_owned(),
+                rec[2].parse().unwrap(),
+                rec[3].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_from_the_ui_counts_what_the_same_headless_run_counts() {
+    let dir = scratch("ui-same-engine");
+    let scenario = dir.join("ui.toml");
+    std::fs::write(&scenario, SCENARIO).unwrap();
+    let mut mock = Command::new(bin("mock-upstream"));
+    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let mock = spawn(mock);
+    let host = format!(
+        "http://{}",
+        mock.line
+            .strip_prefix("mock-upstream listening on ")
+            .unwrap()
+    );
+    let out = dir.join("out");
+    let (_ui, url) = start_ui(&scenario, &host, &out);
+    let addr = url.trim_start_matches("http://").to_owned();
+    let get = |path: &str| {
+        body_of(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+        )
+    };
+    let page = get("/");
+    let token = page
+        .split("const TOKEN = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let body = r#"{"preset":"budget"}"#;
+    let started = body_of(
+        &addr,
+        &format!(
+            "POST /api/start HTTP/1.1\r\nhost: {addr}\r\nx-loadgen-token: {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(started.contains("\"ok\":true"), "{started}");
+    let start = std::time::SystemTime::now();
+    loop {
+        let state: serde_json::Value = serde_json::from_str(&get("/api/state")).unwrap();
+        if state["phase"] == "done" {
+            break;
+        }
+        assert!(
+            start.elapsed().unwrap_or_default() < Duration::from_secs(30),
+            "the budget run did not end: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let headless = dir.join("headless");
+    let ran = common::loadgen(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--host",
+        &host,
+        "--preset",
+        "budget",
+        "--workers",
+        "1",
+        "--only-summary",
+        "--csv",
+        headless.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    let from_ui = counts(&out.join("run-1/loadgen_stats.csv"));
+    assert_eq!(from_ui, counts(&dir.join("headless_stats.csv")));
+    assert_eq!(
+        from_ui.last(),
+        Some(&(String::new(), "Aggregated".to_owned(), 60, 0)),
+        "exactly the budget"
     );
 }
