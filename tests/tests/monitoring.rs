@@ -63,7 +63,7 @@ fn committed_output_matches_the_generator() {
         out.to_str().unwrap(),
     ]));
     let generated = files_under(&out);
-    assert_eq!(generated.len(), 11, "{generated:?}");
+    assert_eq!(generated.len(), 12, "{generated:?}");
     let fix = "regenerate with `cargo run -p gateway -- monitoring generate --out monitoring`";
     for rel in &generated {
         let want = std::fs::read_to_string(out.join(rel)).unwrap();

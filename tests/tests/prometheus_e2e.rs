@@ -139,10 +139,15 @@ async fn wait_alerts(
     }
 }
 
-fn start_prometheus(bin: &Path, dir: &Path, admin: std::net::SocketAddr) -> Prometheus {
+fn start_prometheus(
+    bin: &Path,
+    dir: &Path,
+    admin: std::net::SocketAddr,
+    loadgen: &str,
+) -> Prometheus {
     let port = free_port();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}/*.yml\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{admin}']\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}/*.yml\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{admin}']\n  - job_name: loadgen\n    static_configs:\n      - targets: ['{loadgen}']\n",
         rules = dir.join("rules").display()
     );
     let file = dir.join("prometheus.yml");
@@ -187,7 +192,10 @@ async fn prometheus_scrapes_the_gateway_evaluates_every_rule_and_alerts_fire_and
 
     let mock = MockUpstream::start(MockOptions::default()).await.unwrap();
     let gw = GatewayProcess::spawn(None, &[("GATEWAY_UPSTREAM", mock.addr().to_string())]);
-    let prom = start_prometheus(&prom_bin, &dir, gw.admin);
+    // loadgen's live metrics (--prometheus-listen) are scraped too, for the client vs
+    // server dashboard.
+    let loadgen_metrics = format!("127.0.0.1:{}", free_port());
+    let prom = start_prometheus(&prom_bin, &dir, gw.admin, &loadgen_metrics);
     let c = client();
     let p = prom.addr.clone();
 
@@ -195,9 +203,13 @@ async fn prometheus_scrapes_the_gateway_evaluates_every_rule_and_alerts_fire_and
     let start = tokio::time::Instant::now();
     loop {
         let v = get_json(&c, &format!("http://{p}/api/v1/query?query=up")).await;
-        if v.as_ref()
-            .is_some_and(|v| v["data"]["result"][0]["value"][1] == "1")
-        {
+        if v.as_ref().is_some_and(|v| {
+            v["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["metric"]["job"] == "gateway" && r["value"][1] == "1")
+        }) {
             break;
         }
         assert!(
@@ -249,6 +261,7 @@ path = "/api/users"
         .arg("--summary-export")
         .arg(&summary)
         .args(["--metrics-url", &format!("http://{}/metrics", gw.admin)])
+        .args(["--prometheus-listen", &loadgen_metrics])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -305,6 +318,12 @@ path = "/api/users"
         "{checked} expressions parsed; {} legitimately empty: {empty:?}",
         empty.len()
     );
+    assert!(
+        exprs.iter().any(|(n, e, _)| n.starts_with("loadgen:")
+            && e.contains("loadgen_request_duration_seconds_bucket")
+            && e.contains("gateway_request_duration_seconds_bucket")),
+        "the client vs server dashboard was checked"
+    );
 
     // The scheduled fault ends 57 s into the run: both alerts resolve (the
     // 5s and 30s short windows recover).
@@ -342,6 +361,30 @@ path = "/api/users"
     assert_eq!(s["loadgen"]["verdict"], "missed");
     assert_eq!(s["loadgen"]["interrupted"], true);
     assert!(failed > 0.0, "loadgen saw the fault: {s}");
+    // loadgen waited for a last scrape before exiting: Prometheus holds its final counts,
+    // exactly the summary's.
+    let last = |metric: &str| {
+        let expr = format!("sum(last_over_time({metric}[5m]))");
+        let c = &c;
+        let p = &p;
+        async move {
+            let v = query(c, p, &expr).await;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|x| x.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{expr}: {v}"))
+        }
+    };
+    assert_eq!(
+        last("loadgen_requests_total").await,
+        reqs,
+        "scraped client requests"
+    );
+    assert_eq!(
+        last("loadgen_request_failures_total").await,
+        failed,
+        "scraped client failures"
+    );
     // The server-side cross-check read the gateway's own counters: it saw
     // the same requests (give or take those in flight at the scrapes).
     let server = &s["loadgen"]["server"];

@@ -520,6 +520,118 @@ fn resources(opts: &Options) -> Value {
     dashboard("gateway-resources", "Gateway / Resources", &[], &panels)
 }
 
+/// Client-side latency from `loadgen --prometheus-listen` beside the gateway's own, for
+/// the run in the time range: loadgen's histogram uses the gateway's default bucket edges,
+/// so both quantiles interpolate alike. Client minus server is the network and the
+/// client's queueing; the gateway-added latency is its own overhead histogram (its
+/// head-to-head time minus the upstream's).
+fn loadgen_vs_gateway() -> Value {
+    let gw = "{route=~\"$route\"}";
+    let client = |q: &str| {
+        format!(
+            "histogram_quantile({q}, sum by (le) (rate(loadgen_request_duration_seconds_bucket[{RI}])))"
+        )
+    };
+    let server = |q: &str| quantile(q, gw, "");
+    let overhead = |q: &str| {
+        format!(
+            "histogram_quantile({q}, sum by (le) (rate(gateway_overhead_duration_seconds_bucket{gw}[{RI}])))"
+        )
+    };
+    let panels = vec![
+        panel(
+            "p95: client (loadgen) vs server (gateway)",
+            "s",
+            vec![
+                q(client("0.95"), "client p95"),
+                q(server("0.95"), "server p95"),
+            ],
+        ),
+        panel(
+            "p99: client (loadgen) vs server (gateway)",
+            "s",
+            vec![
+                q(client("0.99"), "client p99"),
+                q(server("0.99"), "server p99"),
+            ],
+        ),
+        panel(
+            "Gateway-added latency (server minus upstream)",
+            "s",
+            vec![
+                q(overhead("0.95"), "gateway-added p95"),
+                q(overhead("0.99"), "gateway-added p99"),
+            ],
+        ),
+        panel(
+            "Client minus server (network, client queueing)",
+            "s",
+            vec![
+                q(
+                    format!("{} - {}", client("0.95"), server("0.95")),
+                    "p95 difference",
+                ),
+                q(
+                    format!("{} - {}", client("0.99"), server("0.99")),
+                    "p99 difference",
+                ),
+            ],
+        ),
+        panel(
+            "Requests/s: client vs server",
+            "reqps",
+            vec![
+                q(
+                    format!("sum(rate(loadgen_requests_total[{RI}]))"),
+                    "client (loadgen)",
+                ),
+                q(
+                    format!("sum(rate(gateway_requests_total{gw}[{RI}]))"),
+                    "server (gateway)",
+                ),
+            ],
+        ),
+        panel(
+            "Client requests/s by name and status class",
+            "reqps",
+            vec![q(
+                format!("sum by (name, status_class) (rate(loadgen_requests_total[{RI}]))"),
+                "{{name}} {{status_class}}",
+            )],
+        ),
+        panel(
+            "Client failures/s by status class",
+            "reqps",
+            vec![q(
+                format!("sum by (status_class) (rate(loadgen_request_failures_total[{RI}]))"),
+                "{{status_class}}",
+            )],
+        ),
+        panel(
+            "Simulated users",
+            "none",
+            vec![q("sum(loadgen_users)", "users")],
+        ),
+        Panel {
+            lines: vec![0.95],
+            ..panel(
+                "Generator CPU saturation (>= 0.95: loadgen is the limit)",
+                "percentunit",
+                vec![q(
+                    "max by (instance) (loadgen_cpu_saturation)",
+                    "{{instance}}",
+                )],
+            )
+        },
+    ];
+    dashboard(
+        "gateway-loadgen",
+        "Gateway / Load test: client vs server",
+        &[("route", "label_values(gateway_requests_total, route)")],
+        &panels,
+    )
+}
+
 /// Every dashboard: (file stem, JSON).
 pub fn dashboards(config: &Config, opts: &Options) -> Vec<(&'static str, Value)> {
     vec![
@@ -528,6 +640,7 @@ pub fn dashboards(config: &Config, opts: &Options) -> Vec<(&'static str, Value)>
         ("upstreams", upstreams()),
         ("middleware", middleware()),
         ("resources", resources(opts)),
+        ("loadgen", loadgen_vs_gateway()),
     ]
 }
 
