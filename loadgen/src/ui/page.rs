@@ -94,7 +94,7 @@ $("start").onclick = () => post("/api/start",{preset:val("preset"),users:numval(
 $("stop").onclick = () => post("/api/stop");
 $("apply").onclick = () => {
   const n = numval("new_users"); if(n===null) return;
-  post("/api/change", view && view.open ? {arrival_rate:n} : {users:Math.round(n)});
+  post("/api/change", view && view.open ? {arrival_rate:n} : {users:Math.round(n), spawn_rate:numval("spawn_rate")});
 };
 $("preset").onchange = () => {
   const p = view && view.presets.find(p=>p.name===$("preset").value);
