@@ -130,9 +130,9 @@ pub struct RunArgs {
     #[arg(long, num_args = 1..)]
     pub user_classes: Option<Vec<String>>,
     /// No web UI. Without it, `run` in a terminal (stdin and stdout both terminals) with
-    /// none of --run-time, --max-requests, --shard, --result, --only-summary, report files
-    /// or thresholds starts the web UI on --listen instead, as Locust does; otherwise it
-    /// runs headless.
+    /// none of --run-time, --max-requests, --shard, --result, --only-summary,
+    /// --prometheus-listen, --metrics-url, report files or thresholds starts the web UI on
+    /// --listen instead, as Locust does; otherwise it runs headless.
     #[arg(long)]
     pub headless: bool,
     /// Where the web UI listens when `run` starts it.
@@ -196,8 +196,8 @@ impl RunArgs {
 
     /// Whether this command line starts the web UI: not `--headless`, stdin and stdout
     /// are terminals, and nothing bounds or scripts the run (no run time, request budget,
-    /// shard, result or report file, threshold or `--only-summary`). Scripts, CI and tests
-    /// (stdout piped) always run headless.
+    /// shard, result or report file, threshold, `--only-summary`, `--prometheus-listen` or
+    /// `--metrics-url`). Scripts, CI and tests (stdout piped) always run headless.
     pub fn wants_ui(&self, terminal: bool) -> bool {
         let out = &self.out;
         let scripted = self.run_time.is_some()
@@ -205,6 +205,8 @@ impl RunArgs {
             || self.shard.is_some()
             || self.result.is_some()
             || self.only_summary
+            || self.prometheus_listen.is_some()
+            || self.metrics_url.is_some()
             || out.csv.is_some()
             || out.html.is_some()
             || out.summary_export.is_some()
@@ -499,6 +501,7 @@ mod tests {
             &["--csv", "out"],
             &["--threshold", "p95<1s"],
             &["--shard", "1/2"],
+            &["--metrics-url", "http://127.0.0.1:9/metrics"],
         ] {
             assert!(!args(scripted).wants_ui(true), "{scripted:?}");
         }
