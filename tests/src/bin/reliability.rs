@@ -35,7 +35,8 @@ struct Cli {
     /// Run only this scenario (repeatable).
     #[arg(long, value_name = "NAME")]
     only: Vec<String>,
-    /// Where the JSON results go.
+    /// Where the JSON results go (the run's configs and loadgen results go to `work/`
+    /// beside it).
     #[arg(long, default_value = "target/reliability/results.json")]
     out: PathBuf,
     /// List the scenarios and exit.
@@ -73,7 +74,18 @@ fn main() -> ExitCode {
     }
     // Before any thread starts: the harness finds the binaries here.
     std::env::set_var(e2e::harness::ENV_BIN_DIR, &bins);
-    let work = e2e::harness::temp_dir("reliability");
+    // Configs, loadgen scenarios and results of this run, kept beside the JSON for a look
+    // after the run (emptied when the next run starts).
+    let work = cli
+        .out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        .join(if cli.short { "work-short" } else { "work" });
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        eprintln!("reliability: {}: {e}", work.display());
+        return ExitCode::from(2);
+    }
     let ctx = Ctx {
         bins,
         short: cli.short,
@@ -131,7 +143,6 @@ fn main() -> ExitCode {
         Ok(()) => println!("results: {}", cli.out.display()),
         Err(e) => eprintln!("reliability: {}: {e}", cli.out.display()),
     }
-    let _ = std::fs::remove_dir_all(&ctx.work);
     if rows.iter().all(Row::passed) {
         ExitCode::SUCCESS
     } else {

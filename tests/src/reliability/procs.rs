@@ -217,6 +217,14 @@ pub async fn metrics(c: &PlainClient, admin: SocketAddr) -> Res<String> {
     String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
 }
 
+/// The sum of every sample whose line starts with `prefix` (a family with labels).
+pub fn sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The value of the first sample whose line starts with `series`.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     harness::sample(text, series)
