@@ -3,6 +3,7 @@
 //! a full timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -19,6 +20,22 @@ pub(crate) fn lazy_connection(url: &str, timeout: Duration) -> Result<Connection
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())
+}
+
+/// A `PING` on `conn` within `timeout`: the background probe of
+/// [`FastFail::run`].
+pub(crate) fn ping(
+    conn: &ConnectionManager,
+    timeout: Duration,
+) -> impl std::future::Future<Output = bool> + Send + 'static {
+    let mut conn = conn.clone();
+    async move {
+        let cmd = redis::cmd("PING");
+        matches!(
+            tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 /// Consecutive failed calls after which Redis is skipped.
@@ -54,16 +71,18 @@ impl Probe<'_> {
     /// Records the probe's result: success uses Redis again; failure skips
     /// it for twice as long (at most [`FAST_FAIL_MAX`]).
     pub fn finish(self, ok: bool) {
-        let g = self.gate;
-        if ok {
-            g.close();
-        } else {
-            let next = Duration::from_micros(g.interval_us.load(Ordering::Relaxed))
-                .saturating_mul(2)
-                .min(FAST_FAIL_MAX);
-            g.open_for(next);
-        }
+        self.gate.probed(ok);
         // `Drop` frees the probe slot.
+    }
+}
+
+/// A probe moved into a background task (see [`FastFail::run`]): frees the
+/// probe slot when dropped, finished or not (a task cancelled at shutdown).
+struct OwnedProbe(Arc<FastFail>);
+
+impl Drop for OwnedProbe {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
     }
 }
 
@@ -189,6 +208,19 @@ impl FastFail {
         self.open_until.store(until, Ordering::Release);
     }
 
+    /// A probe's result: success uses Redis again; failure skips it for
+    /// twice as long (at most [`FAST_FAIL_MAX`]).
+    fn probed(&self, ok: bool) {
+        if ok {
+            self.close();
+        } else {
+            let next = Duration::from_micros(self.interval_us.load(Ordering::Relaxed))
+                .saturating_mul(2)
+                .min(FAST_FAIL_MAX);
+            self.open_for(next);
+        }
+    }
+
     fn close(&self) {
         self.failures.store(0, Ordering::Relaxed);
         self.interval_us
@@ -212,9 +244,17 @@ impl FastFail {
 
     /// Runs `call` through the gate: `None` at once when Redis is skipped,
     /// else `call`'s result, recorded (`Some` is a success).
-    pub async fn run<T, F>(&self, call: F) -> Option<T>
+    ///
+    /// When a skip interval ends, the probe runs in the background: `ping`
+    /// (a cheap command, `true` when Redis answered in time) is spawned and
+    /// this call, like every other while Redis is skipped, is decided by the
+    /// `on_error` policy at once. No client request waits on a Redis that
+    /// may still be down; only the [`FAST_FAIL_AFTER`] calls that trip the
+    /// gate pay the timeout.
+    pub async fn run<T, F, P>(self: &Arc<Self>, call: F, ping: impl FnOnce() -> P) -> Option<T>
     where
         F: std::future::Future<Output = Option<T>>,
+        P: std::future::Future<Output = bool> + Send + 'static,
     {
         match self.admit() {
             Admit::Skip => None,
@@ -224,9 +264,17 @@ impl FastFail {
                 r
             }
             Admit::Probe(p) => {
-                let r = call.await;
-                p.finish(r.is_some());
-                r
+                // The slot stays taken: the task's `OwnedProbe` frees it.
+                std::mem::forget(p);
+                let probe = OwnedProbe(self.clone());
+                let ping = ping();
+                tokio::spawn(async move {
+                    let ok = ping.await;
+                    probe.0.probed(ok);
+                    drop(probe);
+                });
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                None
             }
         }
     }
@@ -300,6 +348,55 @@ mod tests {
         assert!(matches!(g.admit(), Admit::Probe(_)));
     }
 
+    /// Through `run`: once tripped, no call waits on Redis, the probe
+    /// included (it runs in the background), and a successful background
+    /// probe puts Redis back in use.
+    #[tokio::test(start_paused = true)]
+    async fn run_probes_in_the_background_and_never_waits_once_tripped() {
+        let g = Arc::new(FastFail::new());
+        let slow_fail = || async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None::<u8>
+        };
+        let never = || async { panic!("no ping while Redis is used") };
+        for _ in 0..FAST_FAIL_AFTER {
+            assert_eq!(g.run(slow_fail(), never).await, None);
+        }
+        assert!(!g.is_up());
+        let pings = Arc::new(AtomicU32::new(0));
+        let ping = |ok: bool| {
+            let pings = pings.clone();
+            move || async move {
+                pings.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                ok
+            }
+        };
+        advance(100).await;
+        // The probe's call answers at once (the ping is in the background).
+        let start = Instant::now();
+        assert_eq!(g.run(slow_fail(), ping(false)).await, None);
+        assert_eq!(g.run(slow_fail(), ping(false)).await, None);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        tokio::task::yield_now().await;
+        assert_eq!(pings.load(Ordering::SeqCst), 1, "one probe at a time");
+        advance(500).await;
+        tokio::task::yield_now().await;
+        // The failed ping doubled the interval (200 ms from its end).
+        advance(199).await;
+        assert_eq!(g.run(slow_fail(), ping(true)).await, None);
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        advance(1).await;
+        assert_eq!(g.run(slow_fail(), ping(true)).await, None);
+        tokio::task::yield_now().await;
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+        advance(500).await;
+        tokio::task::yield_now().await;
+        assert!(g.is_up(), "a successful ping puts Redis back in use");
+        let ok = || async { Some(7u8) };
+        assert_eq!(g.run(ok(), never).await, Some(7));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_probe_lets_the_next_call_probe() {
         let g = FastFail::new();
@@ -330,7 +427,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn run_skips_without_calling_and_recovers() {
-        let g = FastFail::new();
+        let g = Arc::new(FastFail::new());
         let calls = std::cell::Cell::new(0);
         let call = |ok: bool| {
             let calls = &calls;
@@ -339,16 +436,19 @@ mod tests {
                 ok.then_some(1)
             }
         };
+        let up = || async { true };
         for _ in 0..FAST_FAIL_AFTER {
-            assert_eq!(g.run(call(false)).await, None);
+            assert_eq!(g.run(call(false), up).await, None);
         }
         assert_eq!(calls.get(), 3);
-        assert_eq!(g.run(call(true)).await, None, "skipped");
+        assert_eq!(g.run(call(true), up).await, None, "skipped");
         assert_eq!(calls.get(), 3, "not called while skipped");
         advance(100).await;
-        assert_eq!(g.run(call(true)).await, Some(1), "the probe");
+        assert_eq!(g.run(call(true), up).await, None, "decided at once");
+        assert_eq!(calls.get(), 3, "the probe is a ping, not the call");
+        tokio::task::yield_now().await;
         assert!(g.is_up());
-        assert_eq!(g.run(call(true)).await, Some(1));
-        assert_eq!(calls.get(), 5);
+        assert_eq!(g.run(call(true), up).await, Some(1));
+        assert_eq!(calls.get(), 4);
     }
 }

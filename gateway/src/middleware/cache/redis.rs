@@ -28,7 +28,7 @@ pub struct RedisTier {
     prefix: String,
     timeout: Duration,
     failures: AtomicU64,
-    gate: FastFail,
+    gate: Arc<FastFail>,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -69,7 +69,7 @@ impl RedisTier {
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             failures: AtomicU64::new(0),
-            gate: FastFail::new(),
+            gate: Arc::new(FastFail::new()),
         })
     }
 
@@ -98,7 +98,12 @@ impl RedisTier {
 
     /// `cmd`, bounded by the timeout; `None` at once while Redis is skipped.
     async fn run<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Option<T> {
-        self.gate.run(self.call(op, cmd)).await
+        self.gate.run(self.call(op, cmd), || self.ping()).await
+    }
+
+    /// The background probe while Redis is skipped.
+    fn ping(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        crate::middleware::redis_conn::ping(&self.conn, self.timeout)
     }
 
     async fn call<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Option<T> {

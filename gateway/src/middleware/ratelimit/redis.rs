@@ -5,6 +5,7 @@
 //! timeout per request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -42,7 +43,7 @@ pub struct RedisLimiter {
     /// What to do when Redis does not answer in time.
     pub on_error: OnRedisError,
     failures: AtomicU64,
-    gate: FastFail,
+    gate: Arc<FastFail>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -67,7 +68,7 @@ impl RedisLimiter {
             timeout: cfg.timeout,
             on_error: cfg.on_error,
             failures: AtomicU64::new(0),
-            gate: FastFail::new(),
+            gate: Arc::new(FastFail::new()),
         })
     }
 
@@ -85,7 +86,12 @@ impl RedisLimiter {
     /// One decision for the full Redis `key`, or `None` when Redis failed,
     /// was slower than the timeout, or is skipped after failures.
     pub async fn decide(&self, gcra: &Gcra, key: &str) -> Option<Outcome> {
-        self.gate.run(self.call(gcra, key)).await
+        self.gate.run(self.call(gcra, key), || self.ping()).await
+    }
+
+    /// The background probe while Redis is skipped.
+    fn ping(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        crate::middleware::redis_conn::ping(&self.conn, self.timeout)
     }
 
     async fn call(&self, gcra: &Gcra, key: &str) -> Option<Outcome> {
