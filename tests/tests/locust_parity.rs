@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use e2e::harness::{bin, find_tool, workspace};
 use gateway::config::{self, Config, Overrides, RateLimitKey, Source};
@@ -114,12 +114,12 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> String {
         .stderr(std::fs::File::create(&e).unwrap())
         .spawn()
         .unwrap();
-    let start = Instant::now();
+    let start = SystemTime::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
         }
-        if start.elapsed() > limit {
+        if start.elapsed().unwrap_or_default() > limit {
             let _ = child.kill();
             let _ = child.wait();
             break None;
