@@ -383,14 +383,19 @@ fn run(args: &RunArgs) -> ExitCode {
     cfg.workers = workers;
     let mut prom = None;
     let result = rt.block_on(async {
-        if let Some(addr) = &args.prometheus_listen {
-            let s = &cfg.scenario;
-            prom = Some(crate::prom::serve(addr, &s.name, &s.stat_names, workers).await?);
-        }
         let before = match &metrics {
             Some(m) => Some(crate::crosscheck::scrape(m).await),
             None => None,
         };
+        if let Some(addr) = &args.prometheus_listen {
+            // The gateway's own bucket edges when it exposes them already.
+            let edges = before
+                .as_ref()
+                .and_then(|b| b.as_ref().ok())
+                .and_then(|text| crate::prom::gateway_edges(text));
+            let s = &cfg.scenario;
+            prom = Some(crate::prom::serve(addr, &s.name, &s.stat_names, workers, edges).await?);
+        }
         let mut result = runner::run(cfg).await?;
         if let (Some(m), Some(before)) = (&metrics, before) {
             let after = crate::crosscheck::scrape(m).await;

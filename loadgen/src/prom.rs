@@ -22,12 +22,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-/// Latency bucket upper bounds in seconds: the gateway's default request-histogram edges
-/// (`gateway::config::telemetry::DEFAULT_BUCKETS`; a test keeps the two equal). loadgen
-/// does not depend on the gateway crate, so the list lives here as well.
+/// Latency bucket upper bounds in seconds when the gateway's own are unknown: its
+/// request-histogram edges under the shipped configs, `telemetry.buckets`' default with
+/// the seed SLO thresholds (350 ms, 650 ms) merged in as `gateway::telemetry::buckets`
+/// does (a test keeps the two equal; loadgen does not depend on the gateway crate). With
+/// `--metrics-url`, the edges the gateway exposes are used instead ([`gateway_edges`]).
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.35, 0.5, 0.65, 1.0, 2.5, 5.0, 10.0,
+    30.0,
 ];
+
+/// The gateway's request-histogram family, whose edges loadgen copies when it can.
+pub const GATEWAY_HISTOGRAM: &str = "gateway_request_duration_seconds_bucket";
+
+/// The finite `le` edges of the gateway's request histogram in a text exposition, sorted;
+/// `None` when it has none yet (no request recorded).
+pub fn gateway_edges(text: &str) -> Option<Vec<f64>> {
+    let mut edges: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with(GATEWAY_HISTOGRAM) && l[GATEWAY_HISTOGRAM.len()..].starts_with('{')
+        })
+        .filter_map(|l| {
+            let rest = &l[l.find("le=\"")? + 4..];
+            rest[..rest.find('"')?].parse::<f64>().ok()
+        })
+        .filter(|e| e.is_finite() && *e > 0.0)
+        .collect();
+    edges.sort_by(f64::total_cmp);
+    edges.dedup();
+    (!edges.is_empty()).then_some(edges)
+}
 
 /// Status-class label values; `error` is a request without a response (connection
 /// failure, timeout, cut off at the stop).
@@ -69,6 +94,7 @@ struct Series {
 /// The live client-side metrics of this process.
 #[derive(Debug)]
 pub struct Exporter {
+    edges: Vec<f64>,
     edges_us: Vec<u64>,
     series: Vec<Series>,
     scenario: String,
@@ -83,9 +109,16 @@ pub struct Exporter {
 
 impl Exporter {
     /// An exporter for these `(method, name)` statistics entries (the scenario's
-    /// `stat_names`, in order), with `workers` runtime threads for the CPU share.
-    pub fn new(scenario: &str, names: &[(String, String)], workers: usize) -> Self {
-        let edges_us = LATENCY_BUCKETS
+    /// `stat_names`, in order), with `workers` runtime threads for the CPU share and
+    /// `edges` (seconds, ascending; [`LATENCY_BUCKETS`] when `None`).
+    pub fn new(
+        scenario: &str,
+        names: &[(String, String)],
+        workers: usize,
+        edges: Option<Vec<f64>>,
+    ) -> Self {
+        let edges = edges.unwrap_or_else(|| LATENCY_BUCKETS.to_vec());
+        let edges_us = edges
             .iter()
             .map(|s| (s * 1_000_000.0).round() as u64)
             .collect::<Vec<_>>();
@@ -101,6 +134,7 @@ impl Exporter {
             })
             .collect();
         Self {
+            edges,
             edges_us,
             series,
             scenario: scenario.to_owned(),
@@ -210,7 +244,7 @@ impl Exporter {
                 escape(&s.name)
             );
             let mut cumulative = 0u64;
-            for (edge, n) in LATENCY_BUCKETS.iter().zip(&counts) {
+            for (edge, n) in self.edges.iter().zip(&counts) {
                 cumulative += n;
                 let _ = writeln!(
                     out,
@@ -320,6 +354,7 @@ pub async fn serve(
     scenario: &str,
     names: &[(String, String)],
     workers: usize,
+    edges: Option<Vec<f64>>,
 ) -> Result<Server, String> {
     let listener = TcpListener::bind(addr)
         .await
@@ -327,7 +362,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|e| format!("--prometheus-listen {addr}: {e}"))?;
-    let exporter = Arc::new(Exporter::new(scenario, names, workers));
+    let exporter = Arc::new(Exporter::new(scenario, names, workers, edges));
     *INSTALLED.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&exporter));
     let last_scrape = Arc::new(RwLock::new(Vec::new()));
     {
@@ -435,7 +470,7 @@ mod tests {
 
     #[test]
     fn buckets_are_cumulative_and_le_inclusive() {
-        let e = Exporter::new("s", &[("GET".into(), "/a \"q\"".into())], 1);
+        let e = Exporter::new("s", &[("GET".into(), "/a \"q\"".into())], 1, None);
         e.observe(0, Some(200), 1_000, false); // exactly 1 ms: the 0.001 bucket
         e.observe(0, Some(503), 1_001, true);
         e.observe(0, None, 40_000_000, true); // past the last edge: +Inf only
@@ -454,5 +489,18 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
         assert!(!text.contains("status_class=\"4xx\""));
+    }
+
+    #[test]
+    fn edges_are_read_from_the_gateways_exposition() {
+        let text = "# TYPE gateway_request_duration_seconds histogram\n\
+            gateway_request_duration_seconds_bucket{route=\"a\",le=\"0.35\"} 1\n\
+            gateway_request_duration_seconds_bucket{route=\"a\",le=\"0.1\"} 1\n\
+            gateway_request_duration_seconds_bucket{route=\"b\",le=\"0.1\"} 1\n\
+            gateway_request_duration_seconds_bucket{route=\"a\",le=\"+Inf\"} 1\n\
+            gateway_request_duration_seconds_bucket_x{le=\"9\"} 1\n\
+            gateway_upstream_request_duration_seconds_bucket{le=\"7\"} 1\n";
+        assert_eq!(gateway_edges(text), Some(vec![0.1, 0.35]));
+        assert_eq!(gateway_edges("gateway_requests_total 3\n"), None);
     }
 }

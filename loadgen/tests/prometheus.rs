@@ -401,8 +401,11 @@ path = "/status/503"
 
 #[test]
 fn loadgen_buckets_are_the_gateways() {
+    let cfg =
+        gateway::config::load(&gateway::config::Source::Embedded, &Default::default()).unwrap();
     assert_eq!(
         loadgen::prom::LATENCY_BUCKETS,
-        gateway::config::telemetry::DEFAULT_BUCKETS
+        gateway::telemetry::buckets(&cfg).as_slice(),
+        "the embedded config's request-histogram edges (SLO thresholds merged in)"
     );
 }

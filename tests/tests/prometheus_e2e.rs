@@ -324,6 +324,25 @@ path = "/api/users"
             && e.contains("gateway_request_duration_seconds_bucket")),
         "the client vs server dashboard was checked"
     );
+    // loadgen's histogram has the gateway's bucket edges (the SLO thresholds included),
+    // so the dashboard's client and server quantiles interpolate alike.
+    let mut edges = Vec::new();
+    for family in [
+        "gateway_request_duration_seconds_bucket",
+        "loadgen_request_duration_seconds_bucket",
+    ] {
+        let v = query(&c, &p, &format!("group by (le) ({family})")).await;
+        let mut les: Vec<f64> = v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["metric"]["le"].as_str()?.parse().ok())
+            .collect();
+        les.sort_by(f64::total_cmp);
+        assert!(les.len() > 10, "{family} edges: {v}");
+        edges.push(les);
+    }
+    assert_eq!(edges[0], edges[1], "gateway vs loadgen bucket edges");
 
     // The scheduled fault ends 57 s into the run: both alerts resolve (the
     // 5s and 30s short windows recover).
