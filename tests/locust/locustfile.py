@@ -189,7 +189,8 @@ class AuthenticatedUser(SeedUser):
 
 
 class RateLimitTestUser(SeedUser):
-    """Aggressive (0.1 s pacing); a 429 is the expected outcome and must carry Retry-After."""
+    """Aggressive (0.1 s pacing); a 429 is the expected outcome, with Retry-After and
+    X-RateLimit-* headers."""
 
     weight = 1
     wait_time = constant_pacing(0.1)
@@ -200,10 +201,13 @@ class RateLimitTestUser(SeedUser):
             "/api/hello", name="/api/hello [ratelimit]", catch_response=True
         ) as r:
             if r.status_code == 429:
-                if r.headers.get("retry-after"):
-                    r.success()
-                else:
+                # The seed: "429 Responses" with "Rate Limit Headers: X-RateLimit-*".
+                if not r.headers.get("retry-after"):
                     r.failure("429 without Retry-After")
+                elif not r.headers.get("x-ratelimit-limit"):
+                    r.failure("429 without X-RateLimit-Limit")
+                else:
+                    r.success()
             elif r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}")
 

@@ -172,6 +172,12 @@ fn real_locust_and_loadgen_agree_on_seed_001() {
             && rl["locust_429"]["without_retry_after"] == 0,
         "the ratelimit preset must see 429 with Retry-After:\n{out}"
     );
+    // The locustfile fails a 429 without Retry-After or X-RateLimit-Limit.
+    assert_eq!(
+        rl["runs"]["locust"]["failures"],
+        serde_json::json!({}),
+        "the ratelimit preset's 429s must carry the rate-limit headers:\n{out}"
+    );
     for phase in ["mix", "ratelimit", "shipped"] {
         for check in [
             "per-name shares",
