@@ -294,16 +294,14 @@ impl User {
             }
         };
         let error = verdict.err();
-        shared
-            .recorder
-            .record_response(
-                req.stat,
-                status,
-                elapsed,
-                bytes,
-                req.checks.len(),
-                error.as_deref(),
-            );
+        shared.recorder.record_response(
+            req.stat,
+            status,
+            elapsed,
+            bytes,
+            req.checks.len(),
+            error.as_deref(),
+        );
         if error.is_some() {
             Outcome::Failed
         } else {
