@@ -276,8 +276,7 @@ fn requests_in_flight_at_the_stop_are_timeout_failures_in_every_output() {
 
     let failures = std::fs::read_to_string(dir.join("stuck_failures.csv")).unwrap();
     assert!(
-        failures
-            .contains("GET,hang,request timeout: still in flight when the run stopped,5,"),
+        failures.contains("GET,hang,request timeout: still in flight when the run stopped,5,"),
         "{failures}"
     );
     let stats = std::fs::read_to_string(dir.join("stuck_stats.csv")).unwrap();
