@@ -4,7 +4,7 @@
 # own, all on free 127.0.0.1 ports), prints the table and writes it as JSON
 # (target/reliability/results.json). Exit 1 when a scenario misses a bar.
 #
-#   tests/reliability/run.sh                     # every scenario, full durations (~6 min)
+#   tests/reliability/run.sh                     # every scenario, full durations (~4 min)
 #   tests/reliability/run.sh --short             # the short version (CI)
 #   tests/reliability/run.sh --only sigterm      # one scenario (repeatable; --list)
 #   tests/reliability/run.sh --soak              # and the 30 min soak (nightly)
