@@ -265,3 +265,32 @@ async fn large_bodies_stream_with_bounded_memory() {
     eprintln!("upload: gateway RSS grew by {grew} KiB for {SIZE} bytes");
     assert!(grew < 16 * 1024, "upload grew RSS by {grew} KiB");
 }
+
+/// Both listeners queue up to 4,096 pending connections (clamped by the
+/// kernel's `somaxconn`), not the runtime's default of 128, which a burst of
+/// reconnecting clients overflowed (a dropped SYN waits 1 s to be resent).
+/// `ss -ltn` shows a listener's backlog as its Send-Q.
+#[tokio::test]
+async fn listeners_have_a_production_backlog() {
+    let up = mock("a").await;
+    let gw = GatewayProcess::spawn(None, &[("GATEWAY_UPSTREAM", up.addr().to_string())]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let want = somaxconn.min(4096);
+    for addr in [gw.addr, gw.admin] {
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{}", addr.port())])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // State Recv-Q Send-Q Local Peer
+        let backlog: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no listener on {addr} in {text:?}"));
+        assert_eq!(backlog, want, "{addr}: {text}");
+    }
+}

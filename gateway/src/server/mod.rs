@@ -140,14 +140,48 @@ impl Handle {
     }
 }
 
+/// Pending connections a listener queues before the kernel drops SYNs
+/// (clamped by `net.core.somaxconn`). The runtime's default is 128: a burst
+/// of new connections (clients reconnecting after a deploy) overflowed it
+/// and waited a 1 s SYN retransmit (seen by the fault suite's SIGHUP run).
+/// nginx uses 511; this is the usual `somaxconn` of current kernels.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`) with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`,
+/// trying each address it resolves to.
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let bound = socket
+            .set_reuseaddr(true)
+            .and_then(|()| socket.bind(a))
+            .and_then(|()| socket.listen(LISTEN_BACKLOG));
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr:?} resolves to no address"),
+        )
+    }))
+}
+
 /// Binds both listeners and starts serving `config` (already validated).
 pub async fn start(
     config: Config,
     source: Source,
     overrides: Overrides,
 ) -> std::io::Result<Handle> {
-    let proxy = TcpListener::bind(&config.server.listen).await?;
-    let admin = TcpListener::bind(&config.server.admin_listen).await?;
+    let proxy = bind(&config.server.listen).await?;
+    let admin = bind(&config.server.admin_listen).await?;
     let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
     let server_cfg = config.server.clone();
     let telemetry = Telemetry::new(&config)
