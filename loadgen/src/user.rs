@@ -153,14 +153,21 @@ impl User {
         intended: Option<Instant>,
         stop: &mut watch::Receiver<u8>,
     ) -> Outcome {
+        // As a Locust task does, a sequence goes on after a failed request (a
+        // 429 or a failed check is recorded, and the next step is sent),
+        // except when the failed step was to extract values: the steps after
+        // it would be sent with them missing, as a Python task stops on the
+        // `KeyError` of a failed response's `.json()["token"]`.
         let mut intended = intended;
+        let mut outcome = Outcome::Ok;
         for req in &task.steps {
             match self.exec(shared, req, intended.take(), stop).await {
                 Outcome::Ok => {}
+                Outcome::Failed if req.extract.is_empty() => outcome = Outcome::Failed,
                 other => return other,
             }
         }
-        Outcome::Ok
+        outcome
     }
 
     fn build(&self, shared: &Shared, req: &Request) -> Result<HttpRequest<Full<Bytes>>, String> {
