@@ -11,8 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, scratch, spawn};
-use tokio::time::Instant;
+use common::{bin, mock_upstream, scratch};
 
 /// (median, min, max) columns of `_stats.csv` and `_stats_history.csv`.
 const STATS_MEDIAN: (usize, usize, usize) = (4, 6, 7);
@@ -58,17 +57,7 @@ fn run(mut cmd: Command, limit: Duration) -> std::process::Output {
         .spawn()
         .unwrap();
     let (out, err) = common::capture(&mut child);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait_bounded(&mut child, &format!("{cmd:?}"), limit);
     std::process::Output {
         status,
         stdout: out.join().unwrap().into_bytes(),
@@ -181,15 +170,8 @@ fn csvs_are_byte_compatible_with_real_locusts() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let mut mock = Command::new(bin("mock-upstream"));
-    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let mock = spawn(mock);
-    let mock_url = format!(
-        "http://{}",
-        mock.line
-            .strip_prefix("mock-upstream listening on ")
-            .unwrap()
-    );
+    let (mock, mock_addr) = mock_upstream();
+    let mock_url = format!("http://{mock_addr}");
     let dir = scratch("csv_locust");
 
     // The same mix for both: three names, one always failing with 503.

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, peak_rss_kb, scratch, spawn};
+use common::{bin, mock_upstream, peak_rss_kb, scratch};
 
 const USERS: u64 = 10_000;
 const LIMIT_KB: u64 = 500 * 1024;
@@ -19,14 +19,7 @@ fn ten_thousand_users_with_wait_times_fit_in_500_mb() {
     // mock-upstream holds the other end of every connection: give it (and this process,
     // which it inherits from) room for them.
     loadgen::limits::ensure_open_files(USERS).unwrap_or_else(|e| panic!("{e}"));
-    let mut mock = Command::new(bin("mock-upstream"));
-    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let mock = spawn(mock);
-    let addr = mock
-        .line
-        .strip_prefix("mock-upstream listening on ")
-        .unwrap()
-        .to_owned();
+    let (_mock, addr) = mock_upstream();
 
     let dir = scratch("memory");
     let scenario = dir.join("waiters.toml");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use common::{bin, scratch, spawn, WAIT};
+use common::{bin, mock_upstream, scratch, WAIT};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone)]
@@ -232,15 +232,8 @@ fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn live_metrics_parse_strictly_and_agree_with_the_summary() {
-    let mut mock = Command::new(bin("mock-upstream"));
-    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let mock = spawn(mock);
-    let mock_url = format!(
-        "http://{}",
-        mock.line
-            .strip_prefix("mock-upstream listening on ")
-            .unwrap()
-    );
+    let (mock, mock_addr) = mock_upstream();
+    let mock_url = format!("http://{mock_addr}");
     let dir = scratch("prometheus");
     let scenario = dir.join("scenario.toml");
     std::fs::write(

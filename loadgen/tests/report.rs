@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{loadgen, scenarios, scratch, stack};
+use common::{loadgen, scenarios, scratch, stack, wait_bounded};
 
 /// The headless browser binary.
 fn chromium() -> PathBuf {
@@ -61,18 +61,11 @@ fn browse(profile: &Path, page: &Path, extra: &[&str]) -> String {
         .spawn()
         .expect("chromium starts");
     let (out, err) = common::capture(&mut child);
-    let start = std::time::SystemTime::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed().unwrap_or_default() > Duration::from_secs(90) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium {extra:?} did not finish within 90s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_bounded(
+        &mut child,
+        &format!("chromium {extra:?}"),
+        Duration::from_secs(90),
+    );
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert!(
         status.success(),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, scratch, spawn, Proc};
+use common::{bin, mock_upstream, scratch, wait_bounded, Proc};
 
 const SCENARIO: &str = r#"
 name = "ui-test"
@@ -122,18 +122,7 @@ fn drive(url: &str, out: &Path) -> serde_json::Value {
         .spawn()
         .unwrap_or_else(|e| panic!("{python} does not start: {e}"));
     let (stdout, stderr) = common::capture(&mut child);
-    let start = std::time::SystemTime::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed().unwrap_or_default() > Duration::from_secs(90) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the browser driver did not finish within 90s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_bounded(&mut child, "the browser driver", Duration::from_secs(90));
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     assert!(
         status.success(),
@@ -163,14 +152,7 @@ fn the_page_starts_a_run_changes_its_users_stops_and_downloads_the_csv_in_headle
     let dir = scratch("ui");
     let scenario = dir.join("ui.toml");
     std::fs::write(&scenario, SCENARIO).unwrap();
-    let mut mock = Command::new(bin("mock-upstream"));
-    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let mock = spawn(mock);
-    let mock_addr = mock
-        .line
-        .strip_prefix("mock-upstream listening on ")
-        .unwrap()
-        .to_owned();
+    let (_mock, mock_addr) = mock_upstream();
     let out = dir.join("out");
     let (_ui, url) = start_ui(&scenario, &format!("http://{mock_addr}"), &out);
     let addr = url.trim_start_matches("http://").to_owned();
@@ -330,15 +312,8 @@ fn a_run_from_the_ui_counts_what_the_same_headless_run_counts() {
     let dir = scratch("ui-same-engine");
     let scenario = dir.join("ui.toml");
     std::fs::write(&scenario, SCENARIO).unwrap();
-    let mut mock = Command::new(bin("mock-upstream"));
-    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let mock = spawn(mock);
-    let host = format!(
-        "http://{}",
-        mock.line
-            .strip_prefix("mock-upstream listening on ")
-            .unwrap()
-    );
+    let (_mock, mock_addr) = mock_upstream();
+    let host = format!("http://{mock_addr}");
     let out = dir.join("out");
     let (_ui, url) = start_ui(&scenario, &host, &out);
     let addr = url.trim_start_matches("http://").to_owned();

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 /// Bound on start-up waits.
@@ -94,6 +94,36 @@ pub fn stack() -> (Proc, Proc, String, String) {
     (s.mock, s.gateway, s.mock_url, s.gateway_url)
 }
 
+/// `mock-upstream` (one worker) as a process on a free port, and its `host:port`.
+pub fn mock_upstream() -> (Proc, String) {
+    let mut mock = Command::new(bin("mock-upstream"));
+    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let mock = spawn(mock);
+    let addr = mock
+        .line
+        .strip_prefix("mock-upstream listening on ")
+        .unwrap()
+        .to_owned();
+    (mock, addr)
+}
+
+/// Waits for `child` to exit; after `limit` it is killed and the test panics
+/// naming `what`.
+pub fn wait_bounded(child: &mut Child, what: &str, limit: Duration) -> ExitStatus {
+    let start = std::time::SystemTime::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed().unwrap_or_default() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The processes and addresses of [`stack_with_admin`].
 pub struct Stack {
     pub mock: Proc,
@@ -106,14 +136,7 @@ pub struct Stack {
 
 /// [`stack`], with the gateway's admin address.
 pub fn stack_with_admin() -> Stack {
-    let mut mock = Command::new(bin("mock-upstream"));
-    mock.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let mock = spawn(mock);
-    let mock_addr = mock
-        .line
-        .strip_prefix("mock-upstream listening on ")
-        .unwrap()
-        .to_owned();
+    let (mock, mock_addr) = mock_upstream();
     let mut gw = Command::new(bin("gateway"));
     gw.args(["serve", "--workers", "1"])
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
@@ -185,17 +208,11 @@ pub fn loadgen(args: &[&str]) -> Ran {
         .unwrap();
     let out = drain(child.stdout.take().unwrap());
     let err = drain(child.stderr.take().unwrap());
-    let start = std::time::SystemTime::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed().unwrap_or_default() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("loadgen {args:?} did not finish within 90s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(
+        &mut child,
+        &format!("loadgen {args:?}"),
+        Duration::from_secs(90),
+    );
     Ran {
         code: status.code(),
         stdout: out.join().unwrap(),
