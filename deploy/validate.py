@@ -42,6 +42,49 @@ for t in ("builder", "gateway", "loadgen", "mock-upstream"):
 if "USER 10001" not in dockerfile or "HEALTHCHECK" not in dockerfile:
     err("Dockerfile: runtime must be non-root with a HEALTHCHECK")
 
+# --- Toolchain: the image's rustc, the declared MSRV and the lock agree ---
+# `cargo build --locked` inside the builder image fails when a locked crate
+# needs a newer rustc than the image has; the declared rust-version must be
+# at least what the lock needs and at most what the image has.
+import json
+import subprocess
+
+
+def version(v):
+    parts = [int(x) for x in re.findall(r"\d+", v)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+m = re.search(r"^FROM rust:(\d+\.\d+(?:\.\d+)?)\S* AS builder$", dockerfile, re.M)
+if not m:
+    err("Dockerfile: the builder stage must start FROM rust:X.Y[-variant]")
+else:
+    image = version(m.group(1))
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+        declared_s = tomllib.load(f)["workspace"]["package"]["rust-version"]
+    declared = version(declared_s)
+    if declared > image:
+        err(f"Cargo.toml rust-version {declared_s} is newer than the Dockerfile's rust:{m.group(1)}")
+    meta = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--locked",
+         "--filter-platform", "x86_64-unknown-linux-gnu"],
+        cwd=ROOT, capture_output=True, text=True)
+    if meta.returncode != 0:
+        err(f"cargo metadata --locked failed: {meta.stderr.strip()[-400:]}")
+    else:
+        md = json.loads(meta.stdout)
+        used = {n["id"] for n in md["resolve"]["nodes"]}
+        needs = sorted(
+            ((version(p["rust_version"]), p["name"], p["version"], p["rust_version"])
+             for p in md["packages"] if p["id"] in used and p.get("rust_version")),
+            reverse=True)
+        if needs:
+            top, name, ver, rv = needs[0]
+            if top > image:
+                err(f"Cargo.lock: {name} {ver} needs rustc {rv}, newer than the Dockerfile's rust:{m.group(1)}")
+            if top > declared:
+                err(f"Cargo.lock: {name} {ver} needs rustc {rv}, newer than Cargo.toml's rust-version {declared_s}")
+
 # --- Kubernetes ---
 base = os.path.join(HERE, "k8s", "base")
 docs = []
