@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::config::AdminConfig;
 use crate::server::{json, Shared};
-use crate::telemetry::{metrics, process};
+use crate::telemetry::{metrics, process, protobuf};
 
 /// Answers one admin request.
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
@@ -97,6 +97,25 @@ fn metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let om = render_openmetrics(shared);
+    // Native histograms exist only in the protobuf exposition: served to a
+    // scraper that asks for it (Prometheus with native histograms on).
+    if let Some(native) = shared.telemetry.metrics.native() {
+        let protobuf = headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(protobuf::accepts);
+        if protobuf {
+            let body =
+                protobuf::encode(&om, "gateway_request_duration_seconds", &native.snapshots());
+            let mut r = Response::new(Body::full(body));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(protobuf::CONTENT_TYPE),
+            );
+            return r;
+        }
+    }
     let (body, ctype) = if openmetrics {
         (om, OPENMETRICS)
     } else {

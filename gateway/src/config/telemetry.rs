@@ -14,6 +14,10 @@ pub struct TelemetryConfig {
     /// Latency histogram bucket bounds in seconds. Every SLO latency
     /// threshold is added as an exact bound, so bucket-ratio SLIs are exact.
     pub buckets: Vec<f64>,
+    /// Also keep the request-duration histogram as a Prometheus native
+    /// histogram (schema 3), served in the protobuf exposition to scrapers
+    /// that ask for it; the classic buckets stay. Read at start.
+    pub native_histograms: bool,
     /// Access log settings.
     pub access_log: AccessLogConfig,
     /// OpenTelemetry traces.
@@ -25,6 +29,7 @@ impl Default for TelemetryConfig {
         Self {
             metrics: true,
             buckets: DEFAULT_BUCKETS.to_vec(),
+            native_histograms: false,
             access_log: AccessLogConfig::default(),
             tracing: TracingConfig::default(),
         }

@@ -162,6 +162,8 @@ pub struct Metrics {
     request_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
     response_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
     inflight: Gauge,
+    /// Native request-duration histograms, when `telemetry.native_histograms`.
+    native: Option<super::native::NativeFamily>,
     /// Rate-limit decisions: `allowed`, `limited`, `backend_error`.
     pub ratelimit: Family<DecisionLabels, Counter>,
     /// Cache lookups: `hit`, `miss`, `stale`, `bypass`.
@@ -233,6 +235,7 @@ impl Metrics {
             request_size: Family::new_with_constructor(size_histogram),
             response_size: Family::new_with_constructor(size_histogram),
             inflight: Gauge::default(),
+            native: None,
             ratelimit: Family::default(),
             cache: Family::default(),
             jwt_rejections: Family::default(),
@@ -348,12 +351,25 @@ impl Metrics {
         &self.buckets
     }
 
+    /// Keeps native histograms of request durations too (see
+    /// [`super::native`]).
+    pub fn with_native_histograms(mut self, on: bool) -> Self {
+        self.native = on.then(super::native::NativeFamily::default);
+        self
+    }
+
+    /// The native request-duration series, when enabled.
+    pub fn native(&self) -> Option<&super::native::NativeFamily> {
+        self.native.as_ref()
+    }
+
     /// Handles for one route.
     pub fn route(&self, name: &Arc<str>) -> RouteMetrics {
         RouteMetrics {
             route: name.clone(),
             requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
             duration: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            native: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
             per_route: OnceLock::new(),
         }
     }
@@ -416,6 +432,17 @@ impl Metrics {
             trace_id: t.to_owned(),
         });
         h.observe(r.total.as_secs_f64(), exemplar, None);
+        if let Some(native) = &self.native {
+            rm.native[m][c]
+                .get_or_init(|| {
+                    native.series(vec![
+                        ("route", rm.route.to_string()),
+                        ("method", METHODS[m].to_owned()),
+                        ("status_class", CLASSES[c].to_owned()),
+                    ])
+                })
+                .observe(r.total.as_secs_f64());
+        }
         // Series of a route appear with its first request, not at load.
         let per = rm.per_route.get_or_init(|| {
             let labels = RouteLabels {
@@ -491,6 +518,7 @@ pub struct RouteMetrics {
     /// family lock for them.
     requests: [[OnceLock<(u16, Counter)>; 6]; 8],
     duration: [[OnceLock<DurationHistogram>; 6]; 8],
+    native: [[OnceLock<Arc<super::native::NativeHistogram>>; 6]; 8],
     per_route: OnceLock<PerRoute>,
 }
 

@@ -9,7 +9,9 @@
 //! allocation, no lock held across an await.
 
 pub mod metrics;
+pub mod native;
 pub mod process;
+pub mod protobuf;
 pub mod slo;
 pub mod trace;
 
@@ -51,7 +53,10 @@ impl Telemetry {
     /// threshold added as an exact bound; the tracer and its export thread
     /// when tracing is enabled.
     pub fn new(config: &Config) -> Result<Self, trace::ExporterError> {
-        let metrics = Arc::new(Metrics::new(&buckets(config)));
+        let metrics = Arc::new(
+            Metrics::new(&buckets(config))
+                .with_native_histograms(config.telemetry.native_histograms),
+        );
         let tracing = Tracing::start(&config.telemetry.tracing, &metrics.trace)?;
         Ok(Self { metrics, tracing })
     }
