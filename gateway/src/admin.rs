@@ -316,6 +316,9 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         &met,
     );
     shared.connections.write_metrics(&mut out);
+    if let Some(tls) = &shared.tls {
+        tls.write_metrics(&mut out);
+    }
     process::write(&mut out);
     let series = out
         .lines()

@@ -74,6 +74,12 @@ pub fn check(file: PathBuf) -> ExitCode {
                     .map(|u| u.endpoints.len())
                     .sum::<usize>()
             );
+            // Certificates that expire soon (expired ones are errors).
+            if let Some(t) = &c.server.tls {
+                for w in t.warnings(std::time::SystemTime::now()) {
+                    eprintln!("  warning: {w}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errs) => {

@@ -243,6 +243,19 @@ impl TrustedProxies {
     }
 }
 
+/// The TLS facts of the connection a request came on (a request
+/// extension, present only on connections that terminated TLS): the access
+/// log records them, the HSTS layer adds its header only when present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
+    /// The protocol negotiated by ALPN (`h2`, `http/1.1`), empty without.
+    pub alpn: &'static str,
+    /// The client presented a certificate the configured CA verified.
+    pub client_certificate: bool,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

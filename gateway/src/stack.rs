@@ -111,6 +111,9 @@ pub fn route_stack(
         TunnelLayer::new(route.websocket_idle_timeout, gauge)
     });
     let svc = ServiceBuilder::new()
+        // HSTS on responses sent over TLS (route `hsts`): outermost, so
+        // every response the route's layers produce carries it.
+        .option_layer(route.hsts.as_ref().map(crate::server::hsts::HstsLayer::new))
         // Route deadline: outermost, so it bounds everything below.
         .option_layer(route.timeout.map(tower::timeout::TimeoutLayer::new))
         // Who is calling: 401/403 before any quota or upstream is spent.

@@ -10,6 +10,7 @@
 mod middleware;
 mod size;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -124,6 +125,8 @@ pub struct ServerConfig {
     /// edge, before anything else reads them (besides every header named
     /// in an auth provider's `forward_claims`, always removed).
     pub strip_request_headers: Vec<String>,
+    /// `[server.tls]`: HTTPS on the proxy listener (see [`tls::TlsConfig`]).
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +142,7 @@ impl Default for ServerConfig {
             max_connections: None,
             via_name: "gateway".into(),
             strip_request_headers: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -280,6 +284,9 @@ pub struct RouteConfig {
     /// is. Off by default: such a path is refused with 400.
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    /// `Strict-Transport-Security` on this route's responses sent over TLS.
+    #[serde(default)]
+    pub hsts: Option<tls::HstsConfig>,
 }
 
 mod defaults {
@@ -415,6 +422,9 @@ impl Config {
         }
         if let Some(p) = self.admin.token_file.as_mut().filter(|p| p.is_relative()) {
             *p = base.join(&*p);
+        }
+        if let Some(t) = self.server.tls.as_mut() {
+            t.resolve_paths(base);
         }
     }
 

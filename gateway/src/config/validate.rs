@@ -110,6 +110,32 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     if let Err((field, m)) = crate::admin::load_token(&config.admin) {
         errs.push(format!("admin.{field}"), m);
     }
+    // `[server.tls]` (files read: pairs checked, CA parsed) and each
+    // route's `hsts` (see config/tls.rs).
+    if let Some(t) = &s.tls {
+        for (k, m) in t.check(std::time::SystemTime::now()) {
+            errs.push(format!("server.tls.{k}"), m);
+        }
+        if let Some(r) = &t.redirect_listen {
+            let addr = check_addr(&mut errs, "server.tls.redirect_listen", r);
+            if addr.is_some_and(|a| a.port() != 0 && (Some(a) == listen || Some(a) == admin)) {
+                errs.push(
+                    "server.tls.redirect_listen",
+                    "must differ from server.listen and server.admin_listen",
+                );
+            }
+        }
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        for (k, m) in r
+            .hsts
+            .as_ref()
+            .map(super::tls::HstsConfig::check)
+            .unwrap_or_default()
+        {
+            errs.push(format!("routes[{i}].hsts.{k}"), m);
+        }
+    }
 
     for (name, up) in &config.upstreams {
         let p = format!("upstreams.{name}");

@@ -1,9 +1,12 @@
-//! Listeners, the HTTP/1.1 + h2c accept loop, the edge of the request path,
-//! graceful drain and config reload.
+//! Listeners, the HTTP/1.1 + h2c accept loop (and HTTPS with HTTP/2 over
+//! TLS, `tls`), the edge of the request path, graceful drain and config
+//! reload.
 
+pub mod hsts;
 mod io;
 pub mod limits;
 pub mod sanitize;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,14 +24,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::body::{Body, UploadState};
 use crate::config::{self, Config, ConfigErrors, Overrides, Source};
+use crate::context::TlsInfo;
 use crate::error::{self, BodyTooLarge, BoxError};
 use crate::middleware::ratelimit::LimiterFailed;
 use crate::proxy::ClientAddr;
@@ -55,6 +60,9 @@ pub struct Shared {
     overrides: Overrides,
     /// Both listeners' connection caps (fixed at start).
     pub connections: Connections,
+    /// HTTPS on the proxy listener (`server.tls`, fixed at start; its
+    /// certificates reload).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 impl Shared {
@@ -82,8 +90,19 @@ impl Shared {
         if crate::telemetry::buckets(&config) != self.telemetry.metrics.buckets() {
             tracing::warn!("histogram buckets or SLO thresholds changed: new buckets take effect only on restart");
         }
+        let new_tls = config.server.tls.clone();
+        let tls_changed = old.config.server.tls.as_ref().map(|t| &t.redirect_listen)
+            != new_tls.as_ref().map(|t| &t.redirect_listen)
+            || old.config.server.tls.is_some() != new_tls.is_some();
+        if tls_changed {
+            tracing::warn!("server.tls turned on or off, or its redirect_listen changed: it takes effect only on restart");
+        }
         let new = Runtime::build(config, Some(&old), &self.telemetry)?;
         self.runtime.store(Arc::new(new));
+        // Certificates (validated above): new handshakes use them.
+        if let (Some(tls), Some(cfg)) = (&self.tls, &new_tls) {
+            let _ = tls.reload(cfg, "config reload");
+        }
         Ok(())
     }
 
@@ -184,6 +203,20 @@ pub async fn start(
     let admin = bind(&config.server.admin_listen).await?;
     let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
     let server_cfg = config.server.clone();
+    let tls = match &server_cfg.tls {
+        Some(t) => Some(Arc::new(tls::Tls::new(t, server_cfg.http2).map_err(
+            |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+        )?)),
+        None => None,
+    };
+    let redirect = match server_cfg
+        .tls
+        .as_ref()
+        .and_then(|t| t.redirect_listen.as_ref())
+    {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let telemetry = Telemetry::new(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let runtime = Runtime::build(config, None, &telemetry)
@@ -194,8 +227,17 @@ pub async fn start(
         source,
         overrides,
         connections: Connections::new(server_cfg.max_connections),
+        tls: tls.clone(),
     });
     let shutdown = CancellationToken::new();
+    if let Some(tls) = tls {
+        let s = shared.clone();
+        tls::spawn_watcher(
+            tls,
+            move || s.runtime().config.server.tls.clone(),
+            shutdown.clone(),
+        );
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -218,11 +260,14 @@ pub async fn start(
         builder,
         header_timeout: server_cfg.header_read_timeout,
         body_idle_timeout: server_cfg.body_idle_timeout,
+        redirect_slots: Arc::new(Semaphore::new(REDIRECT_MAX_CONNECTIONS)),
+        https_port: proxy_addr.port(),
     });
     let task = tokio::spawn(run(
         ctx,
         proxy,
         admin,
+        redirect,
         shutdown.clone(),
         server_cfg.drain_timeout,
     ));
@@ -241,18 +286,28 @@ struct ConnCtx {
     header_timeout: Duration,
     /// `server.body_idle_timeout`: a request body silent this long is a 408.
     body_idle_timeout: Duration,
+    /// Connections the redirect listener holds at once.
+    redirect_slots: Arc<Semaphore>,
+    /// The proxy listener's port: where redirects point.
+    https_port: u16,
 }
+
+/// Connections the plaintext redirect listener (`server.tls.redirect_listen`)
+/// holds at once; each answers one request within `header_read_timeout`.
+const REDIRECT_MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Clone, Copy)]
 enum Kind {
     Proxy,
     Admin,
+    Redirect,
 }
 
 async fn run(
     ctx: Arc<ConnCtx>,
     proxy: TcpListener,
     admin: TcpListener,
+    redirect: Option<TcpListener>,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -262,21 +317,28 @@ async fn run(
             () = stop.cancelled() => break,
             r = proxy.accept() => (r, Kind::Proxy),
             r = admin.accept() => (r, Kind::Admin),
+            r = async {
+                match &redirect {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => (r, Kind::Redirect),
         };
         match accepted {
             Ok((stream, peer)) => {
-                let limit = match kind {
-                    Kind::Proxy => &ctx.shared.connections.proxy,
-                    Kind::Admin => &ctx.shared.connections.admin,
+                let permit = match kind {
+                    Kind::Proxy => ctx.shared.connections.proxy.admit(),
+                    Kind::Admin => ctx.shared.connections.admin.admit(),
+                    Kind::Redirect => ctx.redirect_slots.clone().try_acquire_owned().ok(),
                 };
                 // Over the listener's cap: closed at once, counted (as
                 // Envoy's listener limit), so the reserve of descriptors
                 // for upstream connections and the other listener holds.
-                let Some(permit) = limit.admit() else {
+                let Some(permit) = permit else {
                     drop(stream);
                     continue;
                 };
-                tokio::spawn(serve_conn(
+                tokio::spawn(accept_conn(
                     ctx.clone(),
                     stream,
                     peer,
@@ -292,7 +354,7 @@ async fn run(
             }
         }
     }
-    drop((proxy, admin));
+    drop((proxy, admin, redirect));
     tracing::info!(connections = graceful.count(), ?drain, "draining");
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -306,7 +368,9 @@ async fn run(
     }
 }
 
-async fn serve_conn(
+/// A new connection: the TLS handshake first on an HTTPS proxy listener
+/// (bounded by `server.header_read_timeout`), then HTTP.
+async fn accept_conn(
     ctx: Arc<ConnCtx>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -318,12 +382,44 @@ async fn serve_conn(
     let stats = Arc::new(ConnStats::default());
     // The stream answers 408 itself when hyper drops it after a header
     // timeout (no second descriptor), and holds the listener's permit.
-    let io = TokioIo::new(CountingStream::new(stream, stats.clone(), permit));
+    let io = CountingStream::new(stream, stats.clone(), permit);
+    match (kind, &ctx.shared.tls) {
+        (Kind::Proxy, Some(tls)) => {
+            let Some((io, info)) = tls.accept(io, ctx.header_timeout).await else {
+                return;
+            };
+            serve_conn(ctx, io, stats, peer, kind, watcher, Some(info)).await;
+        }
+        (Kind::Redirect, _) => serve_redirect(ctx, io, stats, watcher).await,
+        _ => serve_conn(ctx, io, stats, peer, kind, watcher, None).await,
+    }
+}
+
+/// Serves HTTP on `io`: the plain socket or its TLS stream (generic, so
+/// the plaintext path reads and writes the socket directly). `tls` is
+/// given to every request as an extension.
+async fn serve_conn<I>(
+    ctx: Arc<ConnCtx>,
+    io: I,
+    stats: Arc<ConnStats>,
+    peer: SocketAddr,
+    kind: Kind,
+    watcher: Watcher,
+    tls: Option<TlsInfo>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let svc = {
         let ctx = ctx.clone();
         let stats = stats.clone();
         let client = ClientAddr::new(peer);
-        hyper::service::service_fn(move |req| dispatch(&ctx, &stats, &client, kind, req))
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if let Some(info) = tls {
+                req.extensions_mut().insert(info);
+            }
+            dispatch(&ctx, &stats, &client, kind, req)
+        })
     };
     let conn = watcher.watch(
         ctx.builder
@@ -349,8 +445,11 @@ async fn serve_conn(
         Poll::Pending
     })
     .await;
+    // The 408 is written in plaintext on the socket: never inside TLS
+    // (a TLS client just sees the connection close).
+    let plaintext = tls.is_none();
     let Some(result) = result else {
-        if stats.has_partial_request() {
+        if plaintext && stats.has_partial_request() {
             // Written when `conn` (and with it the stream) drops, below.
             stats.answer_408_on_close();
         }
@@ -360,12 +459,94 @@ async fn serve_conn(
         let header_timeout = e
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_timeout);
-        if header_timeout && stats.has_partial_request() {
+        if header_timeout && plaintext && stats.has_partial_request() {
             stats.answer_408_on_close();
         } else {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// The plaintext redirect listener: one request per connection, answered
+/// 308 to the same host and path over HTTPS; the whole exchange bounded by
+/// `server.header_read_timeout`.
+async fn serve_redirect(
+    ctx: Arc<ConnCtx>,
+    io: CountingStream,
+    stats: Arc<ConnStats>,
+    watcher: Watcher,
+) {
+    let port = ctx.https_port;
+    let svc = {
+        let stats = stats.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            stats.request_started();
+            let resp = redirect_response(&req, port);
+            stats.request_done();
+            std::future::ready(Ok::<_, Infallible>(resp.map(TimedBody::plain)))
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.header_timeout)
+        .max_buf_size(16 * 1024)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), svc);
+    let conn = watcher.watch(conn);
+    match tokio::time::timeout(ctx.header_timeout, conn).await {
+        Ok(Err(e)) if e.is_timeout() && stats.has_partial_request() => {
+            stats.answer_408_on_close();
+        }
+        Err(_) if stats.has_partial_request() => stats.answer_408_on_close(),
+        _ => {}
+    }
+}
+
+/// `308 Permanent Redirect` to `https://{host}{path}` (the HTTPS port
+/// added unless 443); a missing, repeated or invalid `Host` is a 400.
+fn redirect_response<B>(req: &Request<B>, https_port: u16) -> Response<Body> {
+    let id = request_id::accept_or_generate(req.headers());
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(h.as_bytes()),
+        (None, None) => req.uri().authority().map(|a| a.as_str().as_bytes()),
+        _ => None,
+    };
+    let name = host
+        .filter(|h| sanitize::valid_authority(h))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(|h| match h.find(']') {
+            Some(end) if h.starts_with('[') => &h[..=end],
+            _ => h.split(':').next().unwrap_or(h),
+        });
+    let Some(name) = name else {
+        let mut r = error::render(
+            &GatewayError::BadRequest("missing or invalid Host header"),
+            &id,
+        );
+        r.headers_mut().insert(X_REQUEST_ID, id);
+        return r;
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(http::uri::PathAndQuery::as_str)
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
+    let location = if https_port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{https_port}{path}")
+    };
+    let mut r = Response::new(Body::Empty);
+    *r.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(http::header::LOCATION, v);
+    }
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    h.insert(X_REQUEST_ID, id);
+    r
 }
 
 /// The future hyper holds for each request.
@@ -382,7 +563,8 @@ fn dispatch(
     stats.request_started();
     match kind {
         Kind::Proxy => Either::Left(Edge::start(ctx, stats.clone(), client.clone(), req)),
-        Kind::Admin => {
+        // The redirect listener has its own service (`serve_redirect`).
+        Kind::Admin | Kind::Redirect => {
             let (shared, stats) = (ctx.shared.clone(), stats.clone());
             Either::Right(Box::pin(async move {
                 let resp = admin::handle(&shared, req).await;

@@ -147,6 +147,10 @@ pub struct Record {
     span: Option<trace::ServerSpan>,
     /// How the response body ended.
     outcome: Outcome,
+    /// HTTP version, and the connection's TLS facts (HTTPS only): the
+    /// access log's `protocol`, `tls_version`, `alpn`.
+    version: http::Version,
+    tls: Option<crate::context::TlsInfo>,
 }
 
 /// How a response body ended. A body that fails after its head was sent
@@ -315,6 +319,8 @@ impl Record {
             decisions: Decisions::default(),
             span,
             outcome: Outcome::Streaming,
+            version: req.version(),
+            tls: req.extensions().get::<crate::context::TlsInfo>().copied(),
         })
     }
 
@@ -442,6 +448,9 @@ impl Record {
             bytes_out = self.bytes_out,
             cache = self.decisions.cache.unwrap_or_default(),
             ratelimit = self.decisions.ratelimit.unwrap_or_default(),
+            protocol = ?self.version,
+            tls_version = self.tls.map_or("", |t| t.version),
+            alpn = self.tls.map_or("", |t| t.alpn),
             "request"
         );
     }
