@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::Target;
+use crate::client::{Target, Verify};
 use crate::metrics::RunResult;
 use crate::plan::{LoadSpec, Stage};
 use crate::report::{self, Outputs};
@@ -156,6 +156,13 @@ pub struct RunArgs {
     /// Runtime worker threads (default: one per core; 1 = a single-threaded runtime).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// PEM CA bundle an `https://` target's certificate is verified against, instead of
+    /// the system's roots (a staging gateway with a private CA).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify an `https://` target's certificate at all: for a test target only.
+    #[arg(long)]
+    pub insecure: bool,
     /// mock-upstream's URL, for the scenario's scheduled faults.
     #[arg(long, value_name = "URL")]
     pub control: Option<String>,
@@ -342,7 +349,15 @@ pub fn prepare(args: &RunArgs) -> Result<(RunConfig, Option<String>), String> {
         .clone()
         .or_else(|| scenario.host.clone())
         .ok_or("no target: give --host URL (or host = \"...\" in the scenario)")?;
-    let target = Target::parse(&host)?;
+    let verify = match (&args.cacert, args.insecure) {
+        (Some(ca), _) => Verify::CaFile(ca.clone()),
+        (None, true) => Verify::Insecure,
+        (None, false) => Verify::SystemRoots,
+    };
+    if args.insecure && host.starts_with("https://") {
+        eprintln!("loadgen: --insecure: the certificate of {host} is NOT verified");
+    }
+    let target = Target::parse(&host)?.verify(&verify)?;
     let control = args.control.as_deref().map(Target::parse).transpose()?;
     Ok((
         RunConfig {

@@ -25,7 +25,7 @@ pub async fn scrape(target: &Target) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let fetch = async {
         let res = Conn::default()
-            .send(addr, req)
+            .send(addr, target.tls.as_deref(), req)
             .await
             .map_err(|e| e.to_string())?;
         let status = res.status();

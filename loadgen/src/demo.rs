@@ -115,9 +115,12 @@ async fn wait_ready(admin: &Target) -> Result<(), String> {
             .header(http::header::HOST, admin.authority.clone())
             .body(Full::new(bytes::Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let ok = tokio::time::timeout(Duration::from_secs(2), Conn::default().send(addr, req))
-            .await
-            .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
+        let ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            Conn::default().send(addr, admin.tls.as_deref(), req),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
         if ok {
             return Ok(());
         }

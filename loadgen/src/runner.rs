@@ -267,10 +267,13 @@ async fn post_fault(control: &Target, body: &serde_json::Value) -> Result<(), St
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(bytes::Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
-    let res = tokio::time::timeout(Duration::from_secs(5), Conn::default().send(addr, req))
-        .await
-        .map_err(|_| "timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let res = tokio::time::timeout(
+        Duration::from_secs(5),
+        Conn::default().send(addr, control.tls.as_deref(), req),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| e.to_string())?;
     if res.status().as_u16() == 201 {
         Ok(())
     } else {

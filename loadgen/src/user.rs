@@ -241,7 +241,14 @@ impl User {
         let start = intended.unwrap_or_else(Instant::now);
         let timeout = req.timeout.unwrap_or(shared.timeout);
         let max_body = req.max_body.unwrap_or(shared.max_body);
-        let call = self.call(shared.addr, req, http_req, keep_alive, max_body);
+        let call = self.call(
+            shared.addr,
+            shared.target.tls.as_deref(),
+            req,
+            http_req,
+            keep_alive,
+            max_body,
+        );
         let res = tokio::select! {
             r = tokio::time::timeout(timeout, call) => Some(r),
             Ok(_) = stop.wait_for(|s| *s >= stop::HARD) => None,
@@ -321,20 +328,21 @@ impl User {
     async fn call(
         &mut self,
         addr: SocketAddr,
+        tls: Option<&client::Tls>,
         req: &Request,
         http_req: HttpRequest<Full<Bytes>>,
         keep_alive: bool,
         max_body: u64,
     ) -> Result<(u16, http::HeaderMap, ReadBody), ClientError> {
         if req.websocket {
-            let status = client::websocket_handshake(addr, http_req).await?;
+            let status = client::websocket_handshake(addr, tls, http_req).await?;
             return Ok((status, http::HeaderMap::new(), ReadBody::default()));
         }
         let fresh = req.new_connection || !keep_alive;
         if fresh {
             self.conn.close();
         }
-        let res = self.conn.send(addr, http_req).await?;
+        let res = self.conn.send(addr, tls, http_req).await?;
         let (parts, body) = res.into_parts();
         let read = client::read_body(body, req.needs_body(), max_body).await?;
         if fresh || read.over_limit {
