@@ -100,7 +100,7 @@ for g in kust.get("configMapGenerator", []):
         src = f.split("=", 1)[-1]
         if not os.path.exists(os.path.join(base, src)):
             err(f"k8s/base: configMapGenerator file {src} missing")
-crds = {"ServiceMonitor", "PrometheusRule"}
+crds = {"ServiceMonitor", "PrometheusRule", "Certificate", "Issuer", "ClusterIssuer"}
 kinds = {}
 for name, d in docs:
     kinds.setdefault(d["kind"], []).append(d)
@@ -178,6 +178,11 @@ config_path = args[args.index("--config") + 1] if "--config" in args else ""
 mounts = {vm["mountPath"].rstrip("/"): vm["name"] for vm in c.get("volumeMounts", [])}
 volumes = {v["name"]: v for v in pod.get("volumes", [])}
 secrets = {x["metadata"]["name"]: x for x in kinds.get("Secret", [])}
+# Secrets cert-manager writes for a Certificate of the base: tls.crt,
+# tls.key and ca.crt.
+for cert in kinds.get("Certificate", []):
+    secrets.setdefault(cert["spec"]["secretName"],
+                       {"data": {"tls.crt": "", "tls.key": "", "ca.crt": ""}})
 cm_files = {g["name"]: [f.split("=", 1)[0] for f in g["files"]]
             for g in kust.get("configMapGenerator", [])}
 env_names = {e["name"] for e in c.get("env", [])}
@@ -213,6 +218,35 @@ for pname, provider in gcfg.get("auth", {}).items():
                 err(f"gateway.toml auth.{pname}.keys[{i}].{field}: {full} is not mounted in the gateway pod")
         if key.get("secret_env") and key["secret_env"] not in env_names:
             err(f"gateway.toml auth.{pname}.keys[{i}].secret_env: {key['secret_env']} not set in the pod")
+
+
+def must_mount(p, where):
+    full = p if os.path.isabs(p) else os.path.join(os.path.dirname(config_path), p)
+    found = mounted(full)
+    if found is None or found[0] not in found[1]:
+        err(f"gateway.toml {where}: {full} is not mounted in the gateway pod")
+
+
+# TLS: the certificate files and every CA bundle come from mounted Secrets.
+for i, pair in enumerate(gcfg.get("server", {}).get("tls", {}).get("certificates", [])):
+    must_mount(pair["cert_file"], f"server.tls.certificates[{i}].cert_file")
+    must_mount(pair["key_file"], f"server.tls.certificates[{i}].key_file")
+if gcfg.get("server", {}).get("tls", {}).get("client_ca_file"):
+    must_mount(gcfg["server"]["tls"]["client_ca_file"], "server.tls.client_ca_file")
+for pname, provider in gcfg.get("auth", {}).items():
+    if provider.get("jwks", {}).get("ca_file"):
+        must_mount(provider["jwks"]["ca_file"], f"auth.{pname}.jwks.ca_file")
+# Serving HTTPS: the pod serves the https port, and a Certificate of the base
+# issues the Secret its files come from.
+if gcfg.get("server", {}).get("tls"):
+    if not any(p.get("name") == "https" for p in c.get("ports", [])):
+        err("gateway.toml has [server.tls] but the gateway container has no https port")
+    cert_secrets = {x["spec"]["secretName"] for x in kinds.get("Certificate", [])}
+    tls_vols = {volumes[n]["secret"]["secretName"] for m, n in mounts.items()
+                if "secret" in volumes.get(n, {}) and any(
+                    pr["cert_file"].startswith(m + "/") for pr in gcfg["server"]["tls"]["certificates"])}
+    if not tls_vols or not tls_vols <= cert_secrets:
+        err(f"the gateway's certificate Secret(s) {sorted(tls_vols)} are not issued by a Certificate of the base")
 # Admin writes need a token, and it comes from a Secret.
 admin_cfg = gcfg.get("admin", {})
 if admin_cfg.get("token_file"):
@@ -243,6 +277,8 @@ if redis_url and not host_ok(re.sub(r"^rediss?://([^:/]+).*$", r"\1", redis_url)
     err(f"gateway.toml rate_limit.redis.url: {redis_url} is not a Service of the base")
 for pname, provider in gcfg.get("auth", {}).items():
     url = provider.get("jwks", {}).get("url", "")
+    if url.startswith("http://"):
+        err(f"gateway.toml auth.{pname}.jwks.url: {url}: JWKS must be fetched over https")
     if url and not host_ok(re.sub(r"^https?://([^:/]+).*$", r"\1", url)):
         err(f"gateway.toml auth.{pname}.jwks.url: {url} is not a Service of the base")
 
@@ -253,7 +289,10 @@ for up in local.get("upstreams", {}).values():
     up["endpoints"] = [e.replace("127.0.0.1:18080", "mock-upstream:18080") for e in up["endpoints"]]
 local["rate_limit"]["redis"]["url"] = "redis://redis:6379"
 local["rate_limit"]["trusted_proxies"] = gcfg["rate_limit"]["trusted_proxies"]
-local["auth"]["meetinity"]["jwks"]["url"] = "http://mock-upstream:18080/.well-known/jwks.json"
+local["auth"]["meetinity"]["jwks"]["url"] = "https://mock-upstream:18443/.well-known/jwks.json"
+local["auth"]["meetinity"]["jwks"]["ca_file"] = gcfg["auth"]["meetinity"]["jwks"].get("ca_file")
+if "tls" in gcfg.get("server", {}):
+    local["server"]["tls"] = gcfg["server"]["tls"]  # the cluster's certificate, from its Secret
 local["auth"]["meetinity"]["keys"][0]["secret_file"] = "/etc/gateway-keys/hs256-secret"
 if "admin" in gcfg:
     local["admin"] = gcfg["admin"]  # the cluster's token, from its Secret
@@ -390,7 +429,9 @@ for ov in ("base", "overlays/staging", "overlays/production") if shutil.which("k
         for v in (tmpl or {}).get("spec", {}).get("volumes", []):
             if "configMap" in v and ("ConfigMap", v["configMap"]["name"]) not in names:
                 err(f"{where}: mounts missing ConfigMap {v['configMap']['name']}")
-            if "secret" in v and ("Secret", v["secret"]["secretName"]) not in names:
+            issued = {x["spec"]["secretName"] for x in rendered if x["kind"] == "Certificate"}
+            if "secret" in v and ("Secret", v["secret"]["secretName"]) not in names \
+                    and v["secret"]["secretName"] not in issued:
                 err(f"{where}: mounts missing Secret {v['secret']['secretName']}")
     has_mock = any(n == "mock-upstream" for _, n in names)
     if ov.endswith("production") and has_mock:
@@ -401,6 +442,40 @@ out = subprocess.run(["docker-compose" if shutil.which("docker-compose") else "t
                      capture_output=True, text=True, timeout=120)
 if out.returncode != 0:
     err(f"docker-compose config: {out.stderr.strip()}")
+
+# --- The cluster's gateway.toml passes `gateway check` ---
+# With the pod's mounted files stood in by local ones (a generated
+# certificate for the Secrets cert-manager writes, random key and token),
+# so a key the gateway refuses (a JWKS over http://, a bad TLS section)
+# fails here, not in the cluster.
+gateway_bin = os.path.join(ROOT, "target", "debug", "gateway")
+if os.path.exists(gateway_bin) and shutil.which("openssl"):
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        text = read(os.path.join(base, "gateway.toml"))
+        for mount in ("/etc/gateway-keys", "/etc/gateway-admin", "/etc/gateway-tls"):
+            os.makedirs(tmp + mount, exist_ok=True)
+            text = text.replace(mount + "/", tmp + mount + "/")
+        with open(tmp + "/etc/gateway-keys/hs256-secret", "w") as f:
+            f.write(os.urandom(32).hex())
+        with open(tmp + "/etc/gateway-admin/token", "w") as f:
+            f.write(os.urandom(32).hex())
+        d = tmp + "/etc/gateway-tls/"
+        gen = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "90", "-subj", "/CN=gateway", "-addext", "subjectAltName=DNS:gateway",
+             "-keyout", d + "tls.key", "-out", d + "tls.crt"], capture_output=True, text=True)
+        shutil.copy(d + "tls.crt", d + "ca.crt")
+        cfg = os.path.join(tmp, "gateway.toml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        chk = subprocess.run([gateway_bin, "check", cfg], capture_output=True, text=True, timeout=60)
+        if gen.returncode != 0:
+            err(f"openssl: {gen.stderr.strip()}")
+        elif chk.returncode != 0:
+            err(f"gateway check k8s/base/gateway.toml: {(chk.stdout + chk.stderr).strip()}")
+else:
+    print("note: target/debug/gateway or openssl missing: gateway check of k8s/base/gateway.toml skipped")
 
 for e in errors:
     print("error:", e)
