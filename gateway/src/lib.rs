@@ -9,6 +9,7 @@ pub mod admin;
 pub mod alloc;
 pub mod body;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -1,5 +1,5 @@
 //! An OTLP/HTTP trace receiver for tests: a hyper server on `127.0.0.1:0`
-//! that decodes `ExportTraceServiceRequest`s (protobuf, the official
+//! (plain, or HTTPS with a test certificate) that decodes `ExportTraceServiceRequest`s (protobuf, the official
 //! definitions from `opentelemetry-proto`) and keeps every span it got.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -93,18 +93,32 @@ fn hex(b: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    tls: bool,
     spans: Arc<Mutex<Vec<Received>>>,
     requests: Arc<Mutex<u64>>,
+    authorization: Arc<Mutex<Option<String>>>,
 }
 
 impl OtlpReceiver {
     /// Binds `127.0.0.1:0` and serves until the runtime ends.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// Like [`OtlpReceiver::start`], over HTTPS (ALPN `h2`, `http/1.1`) with this
+    /// certificate and key: a collector behind TLS.
+    pub async fn start_tls(tls: &crate::mock::MockTls) -> Self {
+        Self::serve(Some(tls.acceptor().unwrap())).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let r = Self {
             addr: listener.local_addr().unwrap(),
+            tls: tls.is_some(),
             spans: Arc::default(),
             requests: Arc::default(),
+            authorization: Arc::default(),
         };
         let state = r.clone();
         tokio::spawn(async move {
@@ -113,23 +127,46 @@ impl OtlpReceiver {
                     continue;
                 };
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(state.handle(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            // A client that fails verification aborts the handshake.
+                            let Ok(Ok(stream)) = tokio::time::timeout(
+                                std::time::Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            else {
+                                return;
+                            };
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
         r
     }
 
-    /// `http://127.0.0.1:PORT/v1/traces`.
+    /// `http://127.0.0.1:PORT/v1/traces` (`https://` in TLS mode).
     pub fn endpoint(&self) -> String {
-        format!("http://{}/v1/traces", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/v1/traces", self.addr)
+    }
+
+    /// The `authorization` header of the last export, if it had one.
+    pub fn authorization(&self) -> Option<String> {
+        self.authorization.lock().unwrap().clone()
     }
 
     /// Every span received so far.
@@ -163,6 +200,11 @@ impl OtlpReceiver {
             .headers()
             .get("content-encoding")
             .is_some_and(|v| v.as_bytes() != b"identity");
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = req.into_body().collect().await.unwrap().to_bytes();
         // The gateway's exporter sends uncompressed protobuf; anything else
         // is a test failure worth seeing.
@@ -192,6 +234,7 @@ impl OtlpReceiver {
         }
         self.spans.lock().unwrap().extend(got);
         *self.requests.lock().unwrap() += 1;
+        *self.authorization.lock().unwrap() = authorization;
         answer(
             StatusCode::OK,
             ExportTraceServiceResponse::default().encode_to_vec(),

@@ -57,8 +57,13 @@ pub struct AuthKeyConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
-    /// `http://host:port/path` of the JWKS document.
+    /// `https://host/path` of the JWKS document (`http://` only to a
+    /// loopback host).
     pub url: String,
+    /// PEM CA bundle trusted besides the system roots (an identity provider
+    /// with a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Algorithms the JWKS keys may verify.
     #[serde(default = "defaults::jwks_algorithms")]
     pub algorithms: Vec<String>,

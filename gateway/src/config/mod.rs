@@ -423,6 +423,16 @@ impl Config {
         if let Some(p) = self.admin.token_file.as_mut().filter(|p| p.is_relative()) {
             *p = base.join(&*p);
         }
+        // CA bundles of the cold-path client (JWKS, OTLP).
+        let jwks_cas = self
+            .auth
+            .values_mut()
+            .filter_map(|a| a.jwks.as_mut()?.ca_file.as_mut());
+        for p in jwks_cas.chain(self.telemetry.tracing.ca_file.as_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(t) = self.server.tls.as_mut() {
             t.resolve_paths(base);
         }

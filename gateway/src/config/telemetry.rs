@@ -72,7 +72,8 @@ impl Default for AccessLogConfig {
 pub struct TracingConfig {
     /// Create and export spans at all.
     pub enabled: bool,
-    /// OTLP/HTTP traces URL (`http://host:4318/v1/traces`).
+    /// OTLP/HTTP traces URL (`https://collector:4318/v1/traces`; `http://`
+    /// only to a loopback host).
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL, `/v1/traces` appended)
     /// replace it when set.
@@ -96,6 +97,12 @@ pub struct TracingConfig {
     /// Bound of the final flush on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// PEM CA bundle trusted besides the system roots (a collector with a
+    /// private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Headers sent with every export (`{ authorization = "Bearer ..." }`);
+    /// their values are never logged.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for TracingConfig {
@@ -110,6 +117,8 @@ impl Default for TracingConfig {
             max_export_batch_size: 512,
             max_queue_size: 2048,
             shutdown_timeout: Duration::from_secs(5),
+            ca_file: None,
+            headers: std::collections::BTreeMap::new(),
         }
     }
 }

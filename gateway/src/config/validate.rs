@@ -335,8 +335,8 @@ fn middleware(config: &Config, errs: &mut Errors) {
             }
         }
         if let Some(j) = &a.jwks {
-            if let Err(m) = auth::Jwks::new(j) {
-                errs.push(format!("{p}.jwks"), m);
+            for (key, m) in auth::Jwks::check(j) {
+                errs.push(format!("{p}.jwks.{key}"), m);
             }
             positive(
                 errs,
@@ -512,26 +512,31 @@ fn validate_tracing(t: &super::TracingConfig, errs: &mut Errors) {
             "must be between 1 and max_queue_size",
         );
     }
+        check_otlp_client(t, errs);
 }
 
-/// An OTLP/HTTP endpoint the exporter can reach: `http://host[:port]/path`.
+/// An OTLP/HTTP endpoint the exporter may use: `https://host[:port]/path`,
+/// or `http://` to a loopback host (the cold-path client's rule).
 fn check_otlp_endpoint(e: &str) -> Result<(), String> {
-    let uri: http::Uri = e
-        .parse()
-        .map_err(|err| format!("invalid URL {e:?}: {err}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{e:?}: https is not supported; export to a local collector or agent over http"
-            ))
+    crate::client::check_url(e, crate::client::OTLP_HTTPS_REASON).map(|_| ())
+}
+
+/// `[telemetry.tracing]`'s `ca_file` and `headers` (only checked when on).
+fn check_otlp_client(t: &super::TracingConfig, errs: &mut Errors) {
+    const P: &str = "telemetry.tracing";
+    if let Some(path) = &t.ca_file {
+        if let Err(m) = crate::client::load_ca_file(path) {
+            errs.push(format!("{P}.ca_file"), m);
         }
-        _ => return Err(format!("{e:?} must be an http:// URL")),
     }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{e:?} has no host"));
+    for (k, v) in &t.headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            errs.push(format!("{P}.headers.{k}"), "invalid header name");
+        } else if http::HeaderValue::from_str(v).is_err() {
+            // The value may be a secret: never echoed.
+            errs.push(format!("{P}.headers.{k}"), "invalid header value");
+        }
     }
-    Ok(())
 }
 
 fn validate_telemetry(config: &Config, errs: &mut Errors) {
@@ -777,7 +782,7 @@ mod tests {
             [auth.c]
             [auth.b]
             [auth.b.jwks]
-            url = "https://idp/jwks"
+            url = "http://idp/jwks"
             algorithms = ["HS256"]
             [rate_limit]
             trusted_proxies = ["10.0.0.0/99"]
@@ -800,7 +805,8 @@ mod tests {
         let expect = [
             "auth.a.keys[0]: a secret can only verify HS256",
             "auth.c: needs at least one of keys or jwks",
-            "auth.b.jwks: \"https://idp/jwks\": only http://",
+            "auth.b.jwks.url: http:// is only allowed to a loopback address; identity providers serve JWKS over https",
+            "auth.b.jwks.algorithms: JWKS keys are public keys",
             "rate_limit.trusted_proxies[0]: invalid prefix length",
             "cache.redis.url: invalid Redis URL",
             "cache.redis.timeout: must be greater than 0",
@@ -833,7 +839,7 @@ mod tests {
             r#"
             [telemetry.tracing]
             enabled = true
-            endpoint = "https://collector:4318/v1/traces"
+            endpoint = "http://collector:4318/v1/traces"
             sample_ratio = 1.5
             service_name = " "
             export_timeout = "0s"
@@ -842,7 +848,7 @@ mod tests {
             "#,
         );
         for want in [
-            "telemetry.tracing.endpoint: \"https://collector:4318/v1/traces\": https is not supported",
+            "telemetry.tracing.endpoint: http:// is only allowed to a loopback address; a collector elsewhere is reached over https",
             "telemetry.tracing.sample_ratio: must be between 0 and 1",
             "telemetry.tracing.service_name: must not be empty",
             "telemetry.tracing.export_timeout: must be greater than 0",
@@ -853,10 +859,24 @@ mod tests {
         assert_eq!(errs.len(), 5, "{errs:#?}");
         // The endpoint is only checked when tracing is on.
         let off =
-            errors("[telemetry.tracing]\nenabled = false\nendpoint = \"https://collector:4318\"\n");
+            errors("[telemetry.tracing]\nenabled = false\nendpoint = \"http://collector:4318\"\n");
         assert!(off.is_empty(), "{off:#?}");
         assert!(check_otlp_endpoint("http://127.0.0.1:4318/v1/traces").is_ok());
         assert!(check_otlp_endpoint("127.0.0.1:4318").is_err());
         assert!(check_otlp_endpoint("http:///v1/traces").is_err());
     }
 }
+        assert!(check_otlp_endpoint("https://collector:4318/v1/traces").is_ok());
+        let bad_client = errors(
+            "[telemetry.tracing]\nenabled = true\nca_file = \"/nonexistent/ca.pem\"\nheaders = { \"bad name\" = \"x\", authorization = \"a\\nb\" }\n",
+        );
+        for want in [
+            "telemetry.tracing.ca_file: cannot read /nonexistent/ca.pem",
+            "telemetry.tracing.headers.bad name: invalid header name",
+            "telemetry.tracing.headers.authorization: invalid header value",
+        ] {
+            assert!(
+                bad_client.iter().any(|e| e.starts_with(want)),
+                "{want}\n{bad_client:#?}"
+            );
+        }

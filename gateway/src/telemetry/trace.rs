@@ -11,13 +11,13 @@
 //! `sample_ratio` of requests start a trace.
 //!
 //! Ended spans go to the SDK's batch processor, which exports from its own
-//! thread with [`ExportClient`], a small blocking HTTP/1.1 client bounded by
-//! the export timeout. The request path only pushes into a bounded queue:
-//! with the collector down, spans are dropped and counted, requests do not
-//! wait.
+//! thread with [`ExportClient`]: the gateway's cold-path client
+//! ([`crate::client`], https or loopback http, bounded by the export
+//! timeout) run on a small current-thread runtime of its own. The request
+//! path only pushes into a bounded queue: with the collector down, spans are
+//! dropped and counted, requests do not wait.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use opentelemetry_sdk::Resource;
 use prometheus_client::metrics::counter::Counter;
 
 use super::TRACEPARENT;
+use crate::client::{BackgroundRuntime, ClientSettings, ColdClient};
 use crate::config::TracingConfig;
 
 /// `tracestate` (W3C Trace Context).
@@ -86,9 +87,8 @@ impl Tracing {
         }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(ExportClient {
-                timeout: cfg.export_timeout,
-            })
+            .with_http_client(ExportClient::new(cfg)?)
+            .with_headers(cfg.headers.clone().into_iter().collect())
             .with_endpoint(cfg.endpoint.clone())
             .with_timeout(cfg.export_timeout)
             .build()
@@ -570,128 +570,86 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
-/// The exporter's HTTP client: one blocking HTTP/1.1 request per export on
-/// the batch processor's own thread (which only exports), every step
-/// bounded by the export timeout. No async runtime, no connection pool: an
-/// export is one request every few seconds, and this keeps reqwest and its
-/// runtime out of the build.
-#[derive(Debug, Clone)]
+/// The exporter's HTTP client: the cold-path client ([`ColdClient`]) run on
+/// a [`BackgroundRuntime`] of its own, since the SDK's batch processor
+/// exports from its own thread with a plain executor (no tokio there). Its
+/// own runtime, not the gateway's: an export never waits for a busy or
+/// stopping request runtime, and dropping the tracer inside the gateway's
+/// runtime cannot deadlock the final flush. Every export is bounded by the
+/// export timeout (connect, TLS, request, answer), so the final flush stays
+/// within `shutdown_timeout`.
+#[derive(Debug)]
 pub struct ExportClient {
-    /// Bound of connect, and of each write and read.
-    pub timeout: Duration,
+    client: ColdClient,
+    runtime: BackgroundRuntime,
+    /// The last export failed (a failure is logged once, then its end).
+    failing: AtomicBool,
 }
 
 /// Largest collector answer read.
 const MAX_ANSWER: usize = 1 << 20;
 
+impl ExportClient {
+    /// A client for `cfg`'s endpoint: system roots plus `ca_file`.
+    pub fn new(cfg: &TracingConfig) -> Result<Self, ExporterError> {
+        let client = ColdClient::new(&ClientSettings {
+            connect_timeout: cfg.export_timeout,
+            timeout: cfg.export_timeout,
+            max_body: MAX_ANSWER,
+            ca_file: cfg.ca_file.clone(),
+        })
+        .map_err(|m| ExporterError(format!("telemetry.tracing.ca_file: {m}")))?;
+        let runtime = BackgroundRuntime::start("gateway-otlp-io")
+            .map_err(|e| ExporterError(format!("cannot start the export runtime: {e}")))?;
+        Ok(Self {
+            client,
+            runtime,
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// Logs the first failure of a run of failures, and the recovery.
+    fn outcome(&self, uri: &http::Uri, failure: Option<String>) {
+        match failure {
+            Some(error) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(endpoint = %uri, %error, "trace export failed; spans are dropped until the collector answers");
+                } else {
+                    tracing::debug!(endpoint = %uri, %error, "trace export failed");
+                }
+            }
+            None => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(endpoint = %uri, "trace export works again");
+                }
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl HttpClient for ExportClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        self.send_blocking(&request)
-    }
-}
-
-impl ExportClient {
-    fn send_blocking(&self, request: &Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let uri = request.uri();
-        let authority = uri.authority().ok_or("export URL has no host")?;
-        let port = authority.port_u16().unwrap_or(80);
-        let addr = (authority.host().trim_matches(['[', ']']), port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or("export host did not resolve")?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout)?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
-        stream.set_nodelay(true)?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let body = request.body();
-        let mut head = format!(
-            "{} {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\nconnection: close\r\n",
-            request.method(),
-            body.len()
-        );
-        for (k, v) in request.headers() {
-            if k == http::header::HOST
-                || k == http::header::CONTENT_LENGTH
-                || k == http::header::CONNECTION
-            {
-                continue;
+        let uri = request.uri().clone();
+        let client = self.client.clone();
+        let sent = self
+            .runtime
+            .run(async move { client.send(request).await })
+            .await;
+        match sent {
+            Some(Ok(resp)) => {
+                let failure = (!resp.status().is_success())
+                    .then(|| format!("the collector answered {}", resp.status()));
+                self.outcome(&uri, failure);
+                Ok(resp)
             }
-            if let Ok(v) = v.to_str() {
-                head.push_str(k.as_str());
-                head.push_str(": ");
-                head.push_str(v);
-                head.push_str("\r\n");
+            Some(Err(e)) => {
+                self.outcome(&uri, Some(e.to_string()));
+                Err(Box::new(e))
             }
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        // Read the answer up to its declared end (a collector may keep the
-        // connection open despite `connection: close`), or to EOF.
-        let mut answer = Vec::with_capacity(512);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&chunk[..n]);
-            if answer.len() > MAX_ANSWER {
-                return Err("collector answer too large".into());
-            }
-            if let Some(end) = answer_end(&answer)? {
-                answer.truncate(end);
-                break;
-            }
-        }
-        parse_answer(&answer)
-    }
-}
-
-/// Where a complete answer in `buf` ends, if it is complete.
-fn answer_end(buf: &[u8]) -> Result<Option<usize>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(head) = resp.parse(buf)? else {
-        return Ok(None);
-    };
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let len: usize = std::str::from_utf8(h.value)?.trim().parse()?;
-            return Ok((buf.len() >= head + len).then_some(head + len));
-        }
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Ok(buf.ends_with(b"0\r\n\r\n").then_some(buf.len()));
+            None => Err("the export runtime stopped".into()),
         }
     }
-    if matches!(resp.code, Some(100..=199 | 204 | 304)) {
-        return Ok(Some(head));
-    }
-    Ok(None)
-}
-
-fn parse_answer(answer: &[u8]) -> Result<Response<Bytes>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(len) = resp.parse(answer)? else {
-        return Err("incomplete answer from the collector".into());
-    };
-    let mut builder = Response::builder().status(resp.code.unwrap_or(500));
-    let mut chunked = false;
-    for h in resp.headers.iter() {
-        chunked |= h.name.eq_ignore_ascii_case("transfer-encoding");
-        builder = builder.header(h.name, h.value);
-    }
-    // A chunked answer (rare for OTLP's small answers) is not decoded: its
-    // body only carries partial-success details.
-    let body = if chunked {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&answer[len..])
-    };
-    Ok(builder.body(body)?)
 }
 
 #[cfg(test)]
@@ -735,20 +693,6 @@ mod tests {
         assert_eq!(split_host("example.com"), ("example.com", None));
         assert_eq!(split_host("[::1]:80"), ("::1", Some(80)));
         assert_eq!(split_host("::1"), ("::1", None));
-    }
-
-    #[test]
-    fn collector_answers_are_parsed() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi";
-        assert_eq!(answer_end(&ok[..ok.len() - 1]).unwrap(), None);
-        assert_eq!(answer_end(ok).unwrap(), Some(ok.len()));
-        assert_eq!(answer_end(b"HTTP/1.1 200 OK\r\n\r\nrest").unwrap(), None);
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
-        assert_eq!(answer_end(chunked).unwrap(), Some(chunked.len()));
-        let r = parse_answer(ok).unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.body().as_ref(), b"hi");
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-le").is_err());
     }
 
     #[test]

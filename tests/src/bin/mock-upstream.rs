@@ -5,13 +5,15 @@
 //! mock-upstream --listen 127.0.0.1:18080 --id a \
 //!     --latency /api/v1/agents/run=lognormal:2s:20s \
 //!     --fault '{"path_prefix":"/api/users","error_rate":0.01,"status":503}'
+//! mock-upstream --listen 127.0.0.1:18443 --tls-cert server.pem --tls-key server.key
 //! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use e2e::mock::{Fault, LatencyRule, MockOptions, MockUpstream};
+use e2e::mock::{Fault, LatencyRule, MockOptions, MockTls, MockUpstream};
 
 /// Simulated upstream services for gateway load tests.
 #[derive(Debug, Parser)]
@@ -50,6 +52,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
@@ -67,6 +75,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(run(cli))
 }
+        tls: cli
+            .tls_cert
+            .zip(cli.tls_key)
+            .map(|(cert, key)| MockTls { cert, key }),
 
 async fn run(cli: Cli) -> ExitCode {
     let opts = MockOptions {
@@ -79,7 +91,7 @@ async fn run(cli: Cli) -> ExitCode {
     let mock = match MockUpstream::start(opts).await {
         Ok(mock) => mock,
         Err(e) => {
-            eprintln!("mock-upstream: cannot listen on {}: {e}", cli.listen);
+            eprintln!("mock-upstream: cannot serve on {}: {e}", cli.listen);
             return ExitCode::FAILURE;
         }
     };

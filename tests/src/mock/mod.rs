@@ -10,6 +10,9 @@
 //! | httpbin-like | `/bytes/{n}`, `/delay/{ms}`, `/status/{code}`, `/headers`, `/upload`, `/cache/{secs}`, `/response-headers` |
 //! | control | `/_mock/...`, below |
 //!
+//! With [`MockOptions::tls`] (`--tls-cert FILE --tls-key FILE`) every endpoint is served
+//! over HTTPS instead (ALPN `h2`, `http/1.1`), e.g. the JWKS behind a test CA.
+//!
 //! Every response carries `x-upstream-id`. By default nothing is slow, so a benchmark
 //! measures the gateway; [`LatencyRule`]s and [`Fault`]s add delay, errors and connection
 //! resets per path prefix, at start or at run time.
@@ -56,6 +59,7 @@ mod state;
 mod stats;
 mod timer;
 mod ws;
+mod tls;
 
 pub use flagmeter::{MAX_FEATURES, MAX_TENANTS};
 pub use jwt::{JWT_AUDIENCE, JWT_ISSUER, KID_HS, KID_RS1, KID_RS2};
@@ -66,3 +70,4 @@ pub use router::X_UPSTREAM_ID;
 pub use rules::{MAX_FAULTS, MAX_LATENCY_RULES};
 pub use server::MockUpstream;
 pub use stats::MAX_PATHS;
+pub use tls::MockTls;

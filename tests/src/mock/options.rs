@@ -33,6 +33,8 @@ pub struct MockOptions {
     pub latency: Vec<LatencyRule>,
     /// Faults active from the start.
     pub faults: Vec<Fault>,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<super::tls::MockTls>,
 }
 
 impl Default for MockOptions {
@@ -41,6 +43,7 @@ impl Default for MockOptions {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             id: "mock".to_owned(),
             jwt_secret: "meetinity-dev-secret-change-me-in-production".to_owned(),
+            tls: None,
             latency: Vec::new(),
             faults: Vec::new(),
         }

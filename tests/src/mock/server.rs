@@ -10,9 +10,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use super::options::{Fault, LatencyRule, MockOptions};
 use super::router;
@@ -40,11 +42,12 @@ impl MockUpstream {
     /// Binds `opts.listen`, starts serving in the background and returns once the socket
     /// listens. Fails when the address cannot be bound or `opts.id` is no valid header value.
     pub async fn start(opts: MockOptions) -> io::Result<MockUpstream> {
+        let tls = opts.tls.as_ref().map(|t| t.acceptor()).transpose()?;
         let listener = TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State::new(&opts, shutdown_rx.clone())?);
-        let task = tokio::spawn(serve(listener, Arc::clone(&state), shutdown_rx));
+        let task = tokio::spawn(serve(listener, tls, Arc::clone(&state), shutdown_rx));
         Ok(MockUpstream {
             addr,
             state,
@@ -104,7 +107,12 @@ impl Drop for MockUpstream {
 }
 
 /// Accepts until shutdown, then drains.
-async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(H2_MAX_STREAMS);
     let mut connections = JoinSet::new();
@@ -116,6 +124,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                 Ok((stream, _peer)) => {
                     connections.spawn(connection(
                         stream,
+                        tls.clone(),
                         builder.clone(),
                         Arc::clone(&state),
                         shutdown.clone(),
@@ -138,18 +147,38 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
     }
 }
 
-/// Serves one connection until it closes, or shuts it down gracefully when told to.
+/// Serves one connection (after its TLS handshake in TLS mode, bounded) until it closes,
+/// or shuts it down gracefully when told to.
 async fn connection(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
+    let Some(acceptor) = tls else {
+        return serve_io(stream, builder, state, shutdown).await;
+    };
+    match tokio::time::timeout(super::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_io(tls, builder, state, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| router::handle(Arc::clone(&state), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

@@ -6,15 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::time::Instant;
 
+use crate::client::{self, ClientSettings, ColdClient};
 use crate::config::{AuthKeyConfig, JwksConfig};
 
 /// One verification key and the algorithms it may verify.
@@ -152,47 +148,73 @@ fn pem_key(algorithms: &[Algorithm], pem: &[u8]) -> Result<DecodingKey, String> 
 }
 
 /// A JWKS document kept fresh: fetched at start, on an interval, and on an
-/// unknown `kid` at most once per `min_refresh_interval`.
+/// unknown `kid` at most once per `min_refresh_interval`. Fetched with the
+/// cold-path client ([`crate::client`]): `https://` (system roots plus the
+/// optional `ca_file`), or `http://` to a loopback host; bounded by
+/// `timeout` and [`client::MAX_JWKS_BODY`]; redirects are not followed.
 #[derive(Debug)]
 pub struct Jwks {
+    provider: Arc<str>,
     url: http::Uri,
     algorithms: Vec<Algorithm>,
     min_refresh: Duration,
-    timeout: Duration,
     /// Period of the background refresh.
     pub refresh_interval: Duration,
     keys: ArcSwap<HashMap<Arc<str>, Arc<Key>>>,
     /// Single flight: one fetch at a time; also records the last attempt.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: ColdClient,
 }
 
 impl Jwks {
-    /// A cache for `cfg` (validated); empty until the first fetch.
-    pub fn new(cfg: &JwksConfig) -> Result<Self, String> {
-        let url = http::Uri::try_from(cfg.url.as_str())
-            .map_err(|e| format!("invalid url {:?}: {e}", cfg.url))?;
-        if url.scheme_str() != Some("http") || url.authority().is_none() {
-            return Err(format!(
-                "{:?}: only http://host:port/path is supported",
-                cfg.url
-            ));
+    /// What is wrong with `cfg`, as (key under `jwks`, message) pairs: the
+    /// URL rule, the algorithms, the CA bundle. Reads `ca_file`; never
+    /// connects. Validation and [`Jwks::new`] share it.
+    pub fn check(cfg: &JwksConfig) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        if let Err(m) = client::check_url(&cfg.url, client::JWKS_HTTPS_REASON) {
+            errs.push(("url", m));
         }
+        match parse_algorithms(&cfg.algorithms) {
+            Ok(a) if a.iter().any(|a| is_hmac(*a)) => errs.push((
+                "algorithms",
+                "JWKS keys are public keys: HMAC algorithms are not allowed".into(),
+            )),
+            Ok(_) => {}
+            Err(m) => errs.push(("algorithms", m)),
+        }
+        if let Some(path) = &cfg.ca_file {
+            if let Err(m) = client::load_ca_file(path) {
+                errs.push(("ca_file", m));
+            }
+        }
+        errs
+    }
+
+    /// A cache for provider `provider`'s `cfg` (validated), with its client;
+    /// empty until the first fetch.
+    pub fn new(provider: &str, cfg: &JwksConfig) -> Result<Self, String> {
+        if let Some((key, m)) = Self::check(cfg).into_iter().next() {
+            return Err(format!("jwks.{key}: {m}"));
+        }
+        let url = client::check_url(&cfg.url, client::JWKS_HTTPS_REASON)?;
         let algorithms = parse_algorithms(&cfg.algorithms)?;
-        if algorithms.iter().any(|a| is_hmac(*a)) {
-            return Err("JWKS keys are public keys: HMAC algorithms are not allowed".into());
-        }
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(cfg.timeout));
+        let client = ColdClient::new(&ClientSettings {
+            connect_timeout: cfg.timeout,
+            timeout: cfg.timeout,
+            max_body: client::MAX_JWKS_BODY,
+            ca_file: cfg.ca_file.clone(),
+        })
+        .map_err(|m| format!("jwks.ca_file: {m}"))?;
         Ok(Self {
+            provider: Arc::from(provider),
             url,
             algorithms,
             min_refresh: cfg.min_refresh_interval,
-            timeout: cfg.timeout,
             refresh_interval: cfg.refresh_interval,
             keys: ArcSwap::from_pointee(HashMap::new()),
             last_fetch: tokio::sync::Mutex::new(None),
-            client: Client::builder(TokioExecutor::new()).build(conn),
+            client,
         })
     }
 
@@ -236,32 +258,44 @@ impl Jwks {
     }
 
     async fn fetch_and_store(&self) {
-        match tokio::time::timeout(self.timeout, self.fetch()).await {
-            Ok(Ok(set)) => {
+        // The client bounds the whole fetch by `timeout` and the body by
+        // MAX_JWKS_BODY.
+        match self.fetch().await {
+            Ok(set) => {
                 let keys = self.compile(&set);
-                tracing::debug!(url = %self.url, keys = keys.len(), "JWKS refreshed");
+                tracing::debug!(provider = %self.provider, url = %self.url, keys = keys.len(), "JWKS refreshed");
                 self.keys.store(Arc::new(keys));
             }
-            Ok(Err(e)) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed"),
-            Err(_) => tracing::warn!(url = %self.url, "JWKS fetch timed out"),
+            Err(e) => tracing::warn!(
+                provider = %self.provider,
+                url = %self.url,
+                error = %e,
+                "JWKS fetch failed; tokens with a kid not cached are refused until a fetch succeeds"
+            ),
         }
     }
 
     async fn fetch(&self) -> Result<JwkSet, String> {
-        let req = http::Request::get(self.url.clone())
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
-        }
-        let body = resp
-            .into_body()
-            .collect()
+        let resp = self
+            .client
+            .get(&self.url)
             .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("invalid JWKS: {e}"))
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            return Err(format!(
+                "status {status}, redirect to {to:?} not followed: configure the final URL"
+            ));
+        }
+        if !status.is_success() {
+            return Err(format!("status {status}"));
+        }
+        serde_json::from_slice(resp.body()).map_err(|e| format!("invalid JWKS: {e}"))
     }
 
     /// Keys with a `kid`, each allowed the configured algorithms that fit

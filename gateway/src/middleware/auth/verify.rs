@@ -55,7 +55,12 @@ impl Verifier {
             .iter()
             .map(|k| load_static(k).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let jwks = cfg.jwks.as_ref().map(Jwks::new).transpose()?.map(Arc::new);
+        let jwks = cfg
+            .jwks
+            .as_ref()
+            .map(|j| Jwks::new(name, j))
+            .transpose()?
+            .map(Arc::new);
         let mut algs: Vec<Algorithm> = keys.iter().flat_map(|k| k.algorithms.clone()).collect();
         if let Some(c) = &cfg.jwks {
             algs.extend(super::keys::parse_algorithms(&c.algorithms)?);
