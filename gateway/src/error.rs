@@ -101,6 +101,20 @@ pub struct WithHeaders {
     pub limiter_failed: bool,
 }
 
+/// An error from below a layer that decorates every response of its route
+/// (the CORS policy, response header rules): [`render`] adds `headers` to
+/// whatever response the wrapped error becomes, like [`WithHeaders`] but
+/// with no rate-limit meaning (telemetry reads nothing from it).
+#[derive(Debug, thiserror::Error)]
+#[error("failed below a layer that decorates responses")]
+pub struct Decorated {
+    /// Headers for the error response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The actual error.
+    #[source]
+    pub source: BoxError,
+}
+
 /// A request body exceeded the route's limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
@@ -189,6 +203,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Classified {
         if let Some(w) = e.downcast_ref::<WithHeaders>() {
             extra.extend(w.headers.iter().cloned());
             c.limiter_failed |= w.limiter_failed;
+        }
+        if let Some(d) = e.downcast_ref::<Decorated>() {
+            extra.extend(d.headers.iter().cloned());
         }
         cur = e.source();
     }

@@ -14,11 +14,27 @@
 //!    streamed body that grows past it fails with 413 too; the telemetry
 //!    record and (when sampled) the SERVER span started; the span's context
 //!    rides in the request extensions to the proxy.
+//!
+//!    1b. `response headers` (per route, `response_headers`): the route's
+//!    response rules (remove, set, add; `{request_id}`, `{client_ip}`,
+//!    `{route}`, `{claim.NAME}`), outermost so they run last on the way out,
+//!    on every answer: preflights, cache hits, upstream responses and the
+//!    gateway's own errors (set/add only), the route timeout's answer aside.
+//!
+//!    1c. `cors` (per route, `cors`): a preflight is answered here from the
+//!    policy, before auth and limits (preflights carry no credentials), and
+//!    never forwarded, allowed or not; actual responses lose the upstream's
+//!    CORS headers and get the policy's (and `Vary: Origin`), errors too.
 //! 2. `timeout` (per route): the whole deadline until response headers, so
 //!    everything below it, retries included, fits in it (504).
 //! 3. `auth` (per route): JWT verified, scopes/roles checked (401/403),
 //!    claim headers stripped then set; before rate limiting so limits can
 //!    key on the subject, and so a refused token costs no quota.
+//!
+//!    3b. `request headers` (per route, `request_headers`): the route's
+//!    request rules, after auth (so `{claim.NAME}` reads the verified
+//!    token) and the edge's sanitising, before the limiter (a header key
+//!    can use a value a rule set from a claim).
 //! 4. `rate limit` (per route): GCRA policies, local or Redis (429); after
 //!    auth, before anything that costs the upstream.
 //! 5. `cache` (per route): GET/HEAD served from memory (X-Cache,
@@ -55,6 +71,7 @@ use crate::config::RouteConfig;
 use crate::error::BoxError;
 use crate::middleware::auth::{AuthLayer, RoutePolicy};
 use crate::middleware::cache::{CacheLayer, RouteCache};
+use crate::middleware::edge::EdgeRules;
 use crate::middleware::ratelimit::{RateLimitLayer, RoutePolicies};
 use crate::middleware::retry::{RetryLayer, RetryPolicy};
 use crate::middleware::shed::LoadShedLayer;
@@ -99,9 +116,12 @@ pub fn route_stack(
         },
         (None, false) => Rewrite::Keep,
     };
+    let edge = EdgeRules::new(route, metrics);
     let auth = route.auth.as_ref().and_then(|a| {
         let verifier = shared.verifiers.get(&a.provider)?.clone();
-        Some(AuthLayer::new(RoutePolicy::new(verifier, a)))
+        Some(AuthLayer::new(
+            RoutePolicy::new(verifier, a).keep_claims(edge.keep_claims),
+        ))
     });
     let limits = (!route.rate_limits.is_empty())
         .then(|| RateLimitLayer::new(RoutePolicies::new(&route.name, shared.rate_limits(route))));
@@ -114,10 +134,18 @@ pub fn route_stack(
         // HSTS on responses sent over TLS (route `hsts`): outermost, so
         // every response the route's layers produce carries it.
         .option_layer(route.hsts.as_ref().map(crate::server::hsts::HstsLayer::new))
+        // Response header rules: they see every answer of the route last
+        // (preflights, errors, hits), HSTS aside.
+        .option_layer(edge.response)
+        // CORS: preflights answered before auth and limits (they carry no
+        // credentials), never forwarded; every response decorated.
+        .option_layer(edge.cors)
         // Route deadline: outermost, so it bounds everything below.
         .option_layer(route.timeout.map(tower::timeout::TimeoutLayer::new))
         // Who is calling: 401/403 before any quota or upstream is spent.
         .option_layer(auth)
+        // Request header rules: after auth (claims) and the edge's sanitising.
+        .option_layer(edge.request)
         // How often: after auth (keys by subject), before the upstream.
         .option_layer(limits)
         // Served from memory when fresh: a hit costs no upstream request.

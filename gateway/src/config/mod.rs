@@ -7,6 +7,7 @@
 //! is turned into a running [`crate::runtime::Runtime`]. `gateway check`,
 //! start-up and SIGHUP reload all go through [`load`].
 
+pub mod edge;
 mod middleware;
 mod size;
 pub mod telemetry;
@@ -284,6 +285,17 @@ pub struct RouteConfig {
     /// is. Off by default: such a path is refused with 400.
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    /// CORS policy: preflights answered at the gateway, CORS headers on
+    /// every response (see [`edge::CorsConfig`]).
+    #[serde(default)]
+    pub cors: Option<edge::CorsConfig>,
+    /// Header rules applied to the request after auth (see
+    /// [`edge::HeaderRulesConfig`]).
+    #[serde(default)]
+    pub request_headers: Option<edge::HeaderRulesConfig>,
+    /// Header rules applied last to every response of the route.
+    #[serde(default)]
+    pub response_headers: Option<edge::HeaderRulesConfig>,
     /// `Strict-Transport-Security` on this route's responses sent over TLS.
     #[serde(default)]
     pub hsts: Option<tls::HstsConfig>,

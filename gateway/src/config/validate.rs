@@ -300,6 +300,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
     }
 
+    // Each route's cors policy and header rules (config/edge.rs).
+    for (i, r) in config.routes.iter().enumerate() {
+        for (k, m) in super::edge::check_route(r, &config.auth) {
+            errs.push(format!("routes[{i}].{k}"), m);
+        }
+    }
     middleware(config, &mut errs);
     validate_telemetry(config, &mut errs);
 

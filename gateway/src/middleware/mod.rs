@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod edge;
 pub mod ratelimit;
 pub mod redis_conn;
 pub mod retry;

@@ -173,6 +173,9 @@ pub struct Metrics {
     /// Responses whose body failed after the head was sent:
     /// `upstream_body_error`, `upstream_body_timeout`, `body_error`.
     pub body_errors: Family<DecisionLabels, Counter>,
+    /// Header-rule values dropped because they resolved to an invalid
+    /// header value, by route and side (`request`, `response`).
+    pub header_rule_drops: Family<DecisionLabels, Counter>,
     /// Retries by upstream.
     pub retries: Family<UpstreamLabels, Counter>,
     /// Retries refused because the budget was spent.
@@ -240,6 +243,7 @@ impl Metrics {
             cache: Family::default(),
             jwt_rejections: Family::default(),
             body_errors: Family::default(),
+            header_rule_drops: Family::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             config_reloads: Family::default(),
@@ -302,6 +306,11 @@ impl Metrics {
             "gateway_response_body_errors",
             "Responses whose body failed after the head was sent (counted as 502 or 504 in gateway_requests_total), by route and reason",
             m.body_errors.clone(),
+        );
+        registry.register(
+            "gateway_header_rule_values_dropped",
+            "Header rule values dropped because a placeholder resolved to an invalid header value, by route and side (request, response)",
+            m.header_rule_drops.clone(),
         );
         registry.register(
             "gateway_retries",

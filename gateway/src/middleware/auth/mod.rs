@@ -22,5 +22,5 @@ mod verify;
 
 pub use error::AuthError;
 pub use keys::{parse_algorithms, Jwks, Key};
-pub use service::{Auth, AuthLayer, Identity, ResponseFuture, RoutePolicy};
+pub use service::{Auth, AuthLayer, Identity, ResponseFuture, RoutePolicy, VerifiedClaims};
 pub use verify::{Claims, Verifier, MAX_LEEWAY};

@@ -30,6 +30,12 @@ pub struct Identity {
     pub roles: Vec<Box<str>>,
 }
 
+/// The whole verified claim set of a request's token, in its extensions,
+/// only on routes whose header rules use `{claim.NAME}` placeholders (see
+/// [`RoutePolicy::keep_claims`]); other routes pay nothing for it.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub Arc<Claims>);
+
 /// One route's auth policy, built at config load.
 #[derive(Debug)]
 pub struct RoutePolicy {
@@ -37,6 +43,7 @@ pub struct RoutePolicy {
     mode: AuthMode,
     scopes: Vec<String>,
     roles: Vec<String>,
+    keep_claims: bool,
 }
 
 impl RoutePolicy {
@@ -47,7 +54,16 @@ impl RoutePolicy {
             mode: cfg.mode,
             scopes: cfg.scopes.clone(),
             roles: cfg.roles.clone(),
+            keep_claims: false,
         }
+    }
+
+    /// Also put the verified claims in the request's extensions
+    /// ([`VerifiedClaims`]), for the route's header rules.
+    #[must_use]
+    pub fn keep_claims(mut self, on: bool) -> Self {
+        self.keep_claims = on;
+        self
     }
 
     fn authorize(&self, claims: &Claims) -> Result<(), AuthError> {
@@ -87,6 +103,10 @@ impl RoutePolicy {
             let subject: Arc<str> = Arc::from(sub.as_str());
             let roles = roles(claims).into_iter().map(Box::from).collect();
             req.extensions_mut().insert(Identity { subject, roles });
+        }
+        if self.keep_claims {
+            req.extensions_mut()
+                .insert(VerifiedClaims(Arc::new(claims.clone())));
         }
         Ok(())
     }
