@@ -493,6 +493,7 @@ fn validate_tracing(t: &super::TracingConfig, errs: &mut Errors) {
                 format!("{m} (or set by OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)"),
             );
         }
+        check_otlp_client(t, errs);
     }
     if !(0.0..=1.0).contains(&t.sample_ratio) {
         errs.push(format!("{P}.sample_ratio"), "must be between 0 and 1");
@@ -518,7 +519,6 @@ fn validate_tracing(t: &super::TracingConfig, errs: &mut Errors) {
             "must be between 1 and max_queue_size",
         );
     }
-        check_otlp_client(t, errs);
 }
 
 /// An OTLP/HTTP endpoint the exporter may use: `https://host[:port]/path`,
@@ -868,10 +868,6 @@ mod tests {
             errors("[telemetry.tracing]\nenabled = false\nendpoint = \"http://collector:4318\"\n");
         assert!(off.is_empty(), "{off:#?}");
         assert!(check_otlp_endpoint("http://127.0.0.1:4318/v1/traces").is_ok());
-        assert!(check_otlp_endpoint("127.0.0.1:4318").is_err());
-        assert!(check_otlp_endpoint("http:///v1/traces").is_err());
-    }
-}
         assert!(check_otlp_endpoint("https://collector:4318/v1/traces").is_ok());
         let bad_client = errors(
             "[telemetry.tracing]\nenabled = true\nca_file = \"/nonexistent/ca.pem\"\nheaders = { \"bad name\" = \"x\", authorization = \"a\\nb\" }\n",
@@ -886,3 +882,7 @@ mod tests {
                 "{want}\n{bad_client:#?}"
             );
         }
+        assert!(check_otlp_endpoint("127.0.0.1:4318").is_err());
+        assert!(check_otlp_endpoint("http:///v1/traces").is_err());
+    }
+}

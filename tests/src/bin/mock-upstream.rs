@@ -44,6 +44,12 @@ struct Cli {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -52,12 +58,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
@@ -75,10 +75,6 @@ fn main() -> ExitCode {
     };
     runtime.block_on(run(cli))
 }
-        tls: cli
-            .tls_cert
-            .zip(cli.tls_key)
-            .map(|(cert, key)| MockTls { cert, key }),
 
 async fn run(cli: Cli) -> ExitCode {
     let opts = MockOptions {
@@ -87,6 +83,10 @@ async fn run(cli: Cli) -> ExitCode {
         jwt_secret: cli.jwt_secret,
         latency: cli.latency,
         faults: cli.faults,
+        tls: cli
+            .tls_cert
+            .zip(cli.tls_key)
+            .map(|(cert, key)| MockTls { cert, key }),
     };
     let mock = match MockUpstream::start(opts).await {
         Ok(mock) => mock,

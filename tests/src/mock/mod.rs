@@ -58,8 +58,8 @@ mod server;
 mod state;
 mod stats;
 mod timer;
-mod ws;
 mod tls;
+mod ws;
 
 pub use flagmeter::{MAX_FEATURES, MAX_TENANTS};
 pub use jwt::{JWT_AUDIENCE, JWT_ISSUER, KID_HS, KID_RS1, KID_RS2};

@@ -43,9 +43,9 @@ impl Default for MockOptions {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             id: "mock".to_owned(),
             jwt_secret: "meetinity-dev-secret-change-me-in-production".to_owned(),
-            tls: None,
             latency: Vec::new(),
             faults: Vec::new(),
+            tls: None,
         }
     }
 }
