@@ -364,6 +364,12 @@ pub fn render(err: &(dyn StdError + 'static), request_id: &HeaderValue) -> Respo
         resp.extensions_mut().insert(LimiterFailed);
     }
     mark_decisions(err, resp.extensions_mut());
+    // RFC 9209: the gateway answered itself, and why.
+    let kind = crate::proxy_status::error_type(err);
+    resp.headers_mut().insert(
+        crate::proxy_status::PROXY_STATUS,
+        crate::proxy_status::error_value(&crate::proxy_status::name(), kind),
+    );
     resp
 }
 

@@ -19,6 +19,7 @@ pub mod middleware;
 pub mod monitoring;
 pub mod path;
 pub mod proxy;
+pub mod proxy_status;
 pub mod request_id;
 pub mod routing;
 pub mod runtime;

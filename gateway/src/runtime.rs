@@ -98,6 +98,10 @@ impl Runtime {
             })
             .collect();
         let via = Via::new(&config.server.via_name);
+        // The name of the Proxy-Status members error responses carry.
+        crate::proxy_status::set_name(&config.server.via_name);
+        // Labelled counters whose label values the config names, at 0.
+        telemetry.metrics.create_known_series(&config);
         let slos = SloEngine::new(
             &config.slos,
             previous.map(|p| &p.slos),

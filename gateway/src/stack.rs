@@ -148,6 +148,13 @@ pub fn route_stack(
         .option_layer(edge.request)
         // How often: after auth (keys by subject), before the upstream.
         .option_layer(limits)
+        // Proxy-Status received-status: outside the cache, so a hit (no
+        // next hop) gets none and no stored response carries one.
+        .option_layer(
+            route
+                .proxy_status
+                .then(|| crate::proxy_status::ProxyStatusLayer::new(via.name())),
+        )
         // Served from memory when fresh: a hit costs no upstream request.
         .option_layer(
             route

@@ -285,6 +285,10 @@ pub struct RouteConfig {
     /// is. Off by default: such a path is refused with 400.
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    /// RFC 9209 `Proxy-Status` on proxied responses too (`next-hop`, the
+    /// endpoint; `received-status`), not only on the gateway's own errors.
+    #[serde(default)]
+    pub proxy_status: bool,
     /// CORS policy: preflights answered at the gateway, CORS headers on
     /// every response (see [`edge::CorsConfig`]).
     #[serde(default)]

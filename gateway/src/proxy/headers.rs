@@ -158,6 +158,11 @@ impl Via {
         }
     }
 
+    /// The gateway's name (`server.via_name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// This gateway's entry for a message received in `version`.
     pub fn entry(&self, version: Version) -> &HeaderValue {
         match version {

@@ -498,6 +498,64 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates at 0 the labelled counters whose label values the config
+    /// names (at every load and reload), so dashboards and `rate()` have
+    /// series before the first event: per route, the decisions of the
+    /// layers it has (rate limit, cache, JWT) and the body failure reasons;
+    /// the reload results. Only values known from config, so no more
+    /// series than the routes' layers call for (at most 12 per route); a
+    /// few map inserts per route at load, nothing on the request path.
+    /// Retry counters already exist from when the stack is built.
+    pub fn create_known_series(&self, config: &crate::config::Config) {
+        use crate::middleware::cache::CacheDecision;
+        use crate::middleware::ratelimit::RateLimitDecision;
+        let ratelimit: [&str; 3] = [
+            RateLimitDecision::Allowed.as_str(),
+            RateLimitDecision::Limited.as_str(),
+            "backend_error",
+        ];
+        let cache: [&str; 4] = [
+            CacheDecision::Hit.as_str(),
+            CacheDecision::Miss.as_str(),
+            CacheDecision::Stale.as_str(),
+            CacheDecision::Bypass.as_str(),
+        ];
+        let jwt: [&str; 2] = ["invalid_token", "insufficient_scope"];
+        let body: [&str; 3] = [
+            super::Outcome::UpstreamBodyError.as_str(),
+            super::Outcome::UpstreamBodyTimeout.as_str(),
+            super::Outcome::BodyError.as_str(),
+        ];
+        for result in ["success", "failure"] {
+            self.config_reloads.get_or_create_owned(&ResultLabels {
+                result: Fixed(result),
+            });
+        }
+        if !config.telemetry.metrics {
+            return;
+        }
+        for r in &config.routes {
+            let route: Arc<str> = Arc::from(r.name.as_str());
+            let auth = r
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.mode != crate::config::AuthMode::Off);
+            for (family, on, decisions) in [
+                (&self.ratelimit, !r.rate_limits.is_empty(), &ratelimit[..]),
+                (&self.cache, r.cache.is_some(), &cache[..]),
+                (&self.jwt_rejections, auth, &jwt[..]),
+                (&self.body_errors, true, &body[..]),
+            ] {
+                for d in decisions.iter().filter(|_| on) {
+                    family.get_or_create_owned(&DecisionLabels {
+                        route: route.clone(),
+                        decision: Fixed(d),
+                    });
+                }
+            }
+        }
+    }
+
     /// Encodes the registry in OpenMetrics text, without the final `# EOF`.
     pub fn encode_families(&self, out: &mut String) {
         let mut s = String::new();

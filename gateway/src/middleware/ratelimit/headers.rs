@@ -1,18 +1,31 @@
-//! The rate-limit response headers.
+//! The rate-limit response headers: `RateLimit-Policy` and `RateLimit` of
+//! draft-ietf-httpapi-ratelimit-headers-11 (RFC 9651 Lists of Items whose
+//! value is the policy name as a String), and the de facto
+//! `X-RateLimit-*` fields, unchanged.
+//!
+//! Against the earlier drafts this follows -11 (whose fields and
+//! parameters are those of -10): `w` is a non-zero Integer; `t` is the
+//! seconds "until additional quota ... is made available" (for GCRA, the
+//! next unit back, or the next admission once refused), not until the
+//! quota is fully restored, which `X-RateLimit-Reset` keeps reporting;
+//! `t` is left out when the whole quota is available (nothing more to make
+//! available); a refusal's `t` is its `Retry-After`, which "SHOULD NOT
+//! reference a point in time earlier than the reset parameter".
 
 use http::{HeaderName, HeaderValue};
 
-use super::gcra::Outcome;
+use super::gcra::{Gcra, Outcome};
+use crate::proxy_status::sf_string;
 
 /// `X-RateLimit-Limit`.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `X-RateLimit-Remaining`.
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `X-RateLimit-Reset` (seconds).
+/// `X-RateLimit-Reset` (seconds until the quota is fully restored).
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// draft-ietf-httpapi-ratelimit-headers-10 `RateLimit-Policy`.
+/// draft-ietf-httpapi-ratelimit-headers-11 `RateLimit-Policy`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// draft-ietf-httpapi-ratelimit-headers-10 `RateLimit`.
+/// draft-ietf-httpapi-ratelimit-headers-11 `RateLimit`.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Whole seconds, rounded up.
@@ -20,33 +33,55 @@ pub fn ceil_secs(us: u64) -> u64 {
     us.div_ceil(1_000_000)
 }
 
-/// The `RateLimit-Policy` value: `"name";q=100;w=60, ...`, built once.
+/// The `RateLimit-Policy` value: `"name";q=100;w=60, ...`, built once;
+/// `policies` are (name, quota, window in seconds).
 pub fn policy_value(policies: &[(&str, u32, u64)]) -> Option<HeaderValue> {
     let s: Vec<String> = policies
         .iter()
-        .map(|(n, q, w)| format!("\"{n}\";q={q};w={w}"))
+        // `w` "MUST be a non-negative, non-zero, Integer".
+        .map(|(n, q, w)| format!("{};q={q};w={}", sf_string(n), (*w).max(1)))
         .collect();
     HeaderValue::from_str(&s.join(", ")).ok()
 }
 
+/// µs until additional quota is made available (the `t` parameter): once
+/// refused, until the next request fits; when admitted, until the next
+/// unit comes back; `None` when the whole quota is available.
+pub fn additional_quota_us(g: &Gcra, o: &Outcome) -> Option<u64> {
+    if !o.allowed {
+        return Some(o.reset_us);
+    }
+    if o.remaining >= g.limit {
+        return None;
+    }
+    // `remaining` = ⌊(window − ahead) / T⌋: one more unit is free once
+    // window − ahead reaches (remaining + 1)·T.
+    let next_free = (u64::from(o.remaining) + 1).saturating_mul(g.interval_us);
+    Some(
+        o.reset_us
+            .saturating_add(next_free)
+            .saturating_sub(g.window_us),
+    )
+}
+
 /// The headers of one response given each applied policy's outcome
-/// (`name`, `limit`, outcome); the `X-` fields follow the policy with the
+/// (`name`, its GCRA, outcome); the `X-` fields follow the policy with the
 /// fewest requests remaining.
 pub fn render(
     policy: &HeaderValue,
-    applied: &[(&str, u32, Outcome)],
+    applied: &[(&str, Gcra, Outcome)],
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(5);
     let mut members = String::new();
-    for (name, _, o) in applied {
+    for (name, g, o) in applied {
         if !members.is_empty() {
             members.push_str(", ");
         }
-        members.push_str(&format!(
-            "\"{name}\";r={};t={}",
-            o.remaining,
-            ceil_secs(o.reset_us)
-        ));
+        members.push_str(&sf_string(name));
+        members.push_str(&format!(";r={}", o.remaining));
+        if let Some(us) = additional_quota_us(g, o) {
+            members.push_str(&format!(";t={}", ceil_secs(us)));
+        }
     }
     out.push((RATELIMIT_POLICY, policy.clone()));
     if let Ok(v) = HeaderValue::from_str(&members) {
@@ -54,13 +89,69 @@ pub fn render(
             out.push((RATELIMIT, v));
         }
     }
-    if let Some((_, limit, o)) = applied
+    if let Some((_, g, o)) = applied
         .iter()
         .min_by_key(|(_, _, o)| (o.allowed, o.remaining))
     {
-        out.push((X_RATELIMIT_LIMIT, HeaderValue::from(*limit)));
+        out.push((X_RATELIMIT_LIMIT, HeaderValue::from(g.limit)));
         out.push((X_RATELIMIT_REMAINING, HeaderValue::from(o.remaining)));
         out.push((X_RATELIMIT_RESET, HeaderValue::from(ceil_secs(o.reset_us))));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn header<'a>(h: &'a [(HeaderName, HeaderValue)], name: &HeaderName) -> &'a str {
+        h.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn t_is_the_time_until_additional_quota_not_until_full() {
+        // 10 per 10 s: one unit back every second.
+        let g = Gcra::new(10, Duration::from_secs(10));
+        let policy = policy_value(&[("p", 10, 10)]).unwrap();
+        // Fresh key, one request taken: 9 left, full again in 1 s, and the
+        // taken unit back in 1 s.
+        let (o, tat) = g.decide(0, 0);
+        let h = render(&policy, &[("p", g, o)]);
+        assert_eq!(header(&h, &RATELIMIT), "\"p\";r=9;t=1");
+        assert_eq!(header(&h, &X_RATELIMIT_RESET), "1");
+        // Five taken at once (4 more), 0.5 s later: 5 left; the quota is
+        // whole again in 4.5 s (X-RateLimit-Reset 5) but the next unit is
+        // back in 0.5 s (t=1).
+        let mut tat = tat;
+        for _ in 0..4 {
+            tat = g.decide(tat, 0).1;
+        }
+        let (o, _) = g.decide(tat, 500_000);
+        assert_eq!(o.remaining, 4);
+        let h = render(&policy, &[("p", g, o)]);
+        assert_eq!(header(&h, &RATELIMIT), "\"p\";r=4;t=1");
+        assert_eq!(header(&h, &X_RATELIMIT_RESET), "6");
+        assert_eq!(additional_quota_us(&g, &o), Some(500_000));
+        // Refused: t is when the next request fits.
+        let full = g.outcome(false, 10_000_000);
+        assert_eq!(additional_quota_us(&g, &full), Some(1_000_000));
+        // Whole quota available: no t.
+        let whole = g.outcome(true, 0);
+        assert_eq!(whole.remaining, 10);
+        assert_eq!(additional_quota_us(&g, &whole), None);
+        let h = render(&policy, &[("p", g, whole)]);
+        assert_eq!(header(&h, &RATELIMIT), "\"p\";r=10");
+    }
+
+    #[test]
+    fn names_are_sf_strings_and_w_is_never_zero() {
+        let v = policy_value(&[("a\"b\\c", 5, 0), ("d", 1, 60)]).unwrap();
+        assert_eq!(v, r#""a\"b\\c";q=5;w=1, "d";q=1;w=60"#);
+    }
 }

@@ -153,9 +153,9 @@ impl RoutePolicies {
     }
 
     fn finish(&self, applied: &[(&Policy, Outcome)], limiter_failed: bool) -> Decision {
-        let view: Vec<(&str, u32, Outcome)> = applied
+        let view: Vec<(&str, Gcra, Outcome)> = applied
             .iter()
-            .map(|(p, o)| (&*p.name, p.gcra.limit, *o))
+            .map(|(p, o)| (&*p.name, p.gcra, *o))
             .collect();
         let headers = headers::render(&self.policy_header, &view);
         match applied.iter().find(|(_, o)| !o.allowed) {
