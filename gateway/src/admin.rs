@@ -1,7 +1,9 @@
 //! The admin listener: `/health` (liveness), `/ready` (config loaded and
 //! every upstream pool has a live endpoint), `/metrics` (Prometheus text, or
 //! OpenMetrics with exemplars when the scraper asks for it), `/slo` (the
-//! live SLO report) and `POST /cache/purge?key=PATH` or `?prefix=PATH`
+//! live SLO report: JSON, or the live page when `Accept` prefers
+//! `text/html`), `/slo/ui` (the live page, see [`slo_page`]) and
+//! `POST /cache/purge?key=PATH` or `?prefix=PATH`
 //! (removes cached responses by path, on every route, in memory and in the
 //! shared Redis tier).
 //!
@@ -23,6 +25,8 @@ use crate::config::AdminConfig;
 use crate::server::{json, Shared};
 use crate::telemetry::{metrics, process, protobuf};
 
+pub mod slo_page;
+
 /// Answers one admin request.
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/cache/purge" {
@@ -38,7 +42,17 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/health" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/ready" => ready(shared),
         "/metrics" => metrics(shared, req.headers()),
-        "/slo" => slo(shared),
+        "/slo" => {
+            let mut r = match slo_page::negotiate(req.headers()) {
+                slo_page::Format::Html => slo_page::page(),
+                slo_page::Format::Json => slo(shared),
+            };
+            // The representation depends on Accept: caches must key on it.
+            r.headers_mut()
+                .insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+            r
+        }
+        "/slo/ui" => slo_page::page(),
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     }
 }

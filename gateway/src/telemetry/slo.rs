@@ -275,20 +275,38 @@ impl Slo {
             .iter()
             .map(|(name, slot, covered)| self.window_report(name, slot, *covered, budget))
             .collect();
-        let burn_pairs = BURN_PAIRS
-            .iter()
-            .map(|(short, long, threshold)| {
-                let find = |w: &str| reports.iter().find(|r| r.window == w);
-                let (s, l) = (find(short), find(long));
-                let sb = s.and_then(|r| r.availability_burn_rate);
-                let lb = l.and_then(|r| r.availability_burn_rate);
+        // Availability first (always, as before), then each latency SLI:
+        // the `sli` label of `gateway_slo_burn_rate`.
+        let slis = std::iter::once(("availability".to_owned(), None)).chain(
+            self.config
+                .latency
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("latency_p{}", fmt_quantile(o.quantile)), Some(i))),
+        );
+        let burn_of = |w: &str, sli: Option<usize>| {
+            let r = reports.iter().find(|r| r.window == w)?;
+            match sli {
+                None => r.availability_burn_rate,
+                Some(i) => r.latency_burn_rates.get(i)?.burn_rate,
+            }
+        };
+        let burn_pairs = slis
+            .flat_map(|(sli, i)| {
+                BURN_PAIRS.iter().map(move |(short, long, threshold)| {
+                    (sli.clone(), i, *short, *long, *threshold)
+                })
+            })
+            .map(|(sli, i, short, long, threshold)| {
+                let (sb, lb) = (burn_of(short, i), burn_of(long, i));
                 BurnPair {
-                    short: (*short).to_owned(),
-                    long: (*long).to_owned(),
-                    threshold: *threshold,
+                    sli,
+                    short: short.to_owned(),
+                    long: long.to_owned(),
+                    threshold,
                     short_burn_rate: sb,
                     long_burn_rate: lb,
-                    firing: matches!((sb, lb), (Some(a), Some(b)) if a > *threshold && b > *threshold),
+                    firing: matches!((sb, lb), (Some(a), Some(b)) if a > threshold && b > threshold),
                 }
             })
             .collect();
@@ -327,30 +345,43 @@ impl Slo {
         for (i, o) in self.config.latency.iter().enumerate() {
             let value = ms(o.quantile);
             let target = o.threshold.as_secs_f64() * 1000.0;
+            let slow = slot.slow.get(i).copied().unwrap_or(0);
+            let burn_rate =
+                (slot.total > 0).then(|| (slow as f64 / slot.total as f64) / (1.0 - o.quantile));
             objectives.push(Objective {
                 objective: format!("p{}<={}ms", fmt_quantile(o.quantile), trim(target)),
+                kind: "latency",
+                target,
                 value,
                 met: value.is_none_or(|v| v <= target),
+                budget_remaining: burn_rate.map(|b| 1.0 - b),
             });
-            let slow = slot.slow.get(i).copied().unwrap_or(0);
             latency_burn.push(LatencyBurn {
                 objective: format!("p{}", fmt_quantile(o.quantile)),
-                burn_rate: (slot.total > 0)
-                    .then(|| (slow as f64 / slot.total as f64) / (1.0 - o.quantile)),
+                burn_rate,
             });
         }
+        let availability_burn_rate = budget.filter(|b| *b > 0.0).map(|b| error_ratio / b);
         if let Some(a) = self.config.availability {
             objectives.push(Objective {
                 objective: format!("availability>={}%", trim(a * 100.0)),
+                kind: "availability",
+                target: a * 100.0,
                 value: Some((1.0 - error_ratio) * 100.0),
                 met: error_ratio <= 1.0 - a + f64::EPSILON,
+                budget_remaining: availability_burn_rate
+                    .filter(|_| slot.total > 0)
+                    .map(|b| 1.0 - b),
             });
         }
         if let Some(t) = self.config.min_throughput {
             objectives.push(Objective {
                 objective: format!("rate>={}/s", trim(t)),
+                kind: "throughput",
+                target: t,
                 value: Some(rate),
                 met: rate >= t,
+                budget_remaining: None,
             });
         }
         WindowReport {
@@ -367,7 +398,7 @@ impl Slo {
             p999_ms: ms(0.999),
             max_ms: (slot.total > 0).then(|| h.max() as f64 / 1000.0),
             objectives,
-            availability_burn_rate: budget.filter(|b| *b > 0.0).map(|b| error_ratio / b),
+            availability_burn_rate,
             latency_burn_rates: latency_burn,
         }
     }
@@ -503,10 +534,19 @@ pub struct WindowReport {
 pub struct Objective {
     /// e.g. `p95<=350ms`.
     pub objective: String,
+    /// `latency`, `availability` or `throughput`.
+    pub kind: &'static str,
+    /// The bound, in the unit of `value`: the latency threshold (ms, an
+    /// upper bound), the availability (%) or the minimum rate (req/s).
+    pub target: f64,
     /// The measured value (ms, %, or req/s).
     pub value: Option<f64>,
     /// Whether it holds.
     pub met: bool,
+    /// Share of the window's error budget left, `1 - burn rate` (0 when
+    /// spent at exactly the allowed rate, negative when overspent); null
+    /// without requests and for throughput, which has no budget.
+    pub budget_remaining: Option<f64>,
 }
 
 /// Burn rate of a latency objective.
@@ -521,15 +561,18 @@ pub struct LatencyBurn {
 /// A short/long window pair of the multi-window burn-rate alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct BurnPair {
+    /// The SLI: `availability` or `latency_pNN` (the label of
+    /// `gateway_slo_burn_rate`).
+    pub sli: String,
     /// Short window.
     pub short: String,
     /// Long window.
     pub long: String,
     /// Both must exceed this to fire.
     pub threshold: f64,
-    /// Availability burn rate in the short window.
+    /// The SLI's burn rate in the short window.
     pub short_burn_rate: Option<f64>,
-    /// Availability burn rate in the long window.
+    /// The SLI's burn rate in the long window.
     pub long_burn_rate: Option<f64>,
     /// Whether the pair would page.
     pub firing: bool,
@@ -591,6 +634,23 @@ mod tests {
         let burn = window(&r, "5m").availability_burn_rate.unwrap();
         assert!((burn - 20.0).abs() < 1e-9, "{burn}");
         assert!(r.burn_rate_pairs[0].firing, "{:?}", r.burn_rate_pairs);
+        // Availability's pairs first, then each latency SLI's (5 ms is fast).
+        let pairs: Vec<_> = r
+            .burn_rate_pairs
+            .iter()
+            .map(|p| (p.sli.as_str(), p.short.as_str(), p.firing))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("availability", "5m", true),
+                ("availability", "30m", true),
+                ("latency_p95", "5m", false),
+                ("latency_p95", "30m", false),
+                ("latency_p99", "5m", false),
+                ("latency_p99", "30m", false),
+            ]
+        );
 
         // After 10 minutes only the 30m+ windows remember them.
         tokio::time::advance(Duration::from_secs(600)).await;
@@ -634,6 +694,14 @@ mod tests {
         let w = window(&r, "1m");
         // p95: 10 % slow / 5 % allowed = 2.
         assert!((w.latency_burn_rates[0].burn_rate.unwrap() - 2.0).abs() < 1e-9);
+        // Twice the allowed share spent: the budget is overspent by one budget.
+        let o = &w.objectives[0];
+        assert_eq!((o.kind, o.target), ("latency", 350.0));
+        assert!((o.budget_remaining.unwrap() + 1.0).abs() < 1e-9, "{o:?}");
+        let a = &w.objectives[2];
+        assert_eq!((a.kind, a.budget_remaining), ("availability", Some(1.0)));
+        let five = window(&r, "5m").objectives[0].budget_remaining.unwrap();
+        assert!((five + 1.0).abs() < 1e-9, "{five}");
         // Exactly at the threshold is not slow.
         let s = slo();
         s.record(Instant::now(), Duration::from_millis(350), false);
