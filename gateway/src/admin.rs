@@ -213,6 +213,37 @@ pub fn render_openmetrics(shared: &Shared) -> String {
         "The route's max_inflight: requests above it are shed with 503",
         &route_limit,
     );
+    // Adaptive concurrency (middleware::concurrency), per route that has it.
+    let (mut c_limit, mut c_inflight) = (Vec::new(), Vec::new());
+    for (route, c) in &rt.middleware.concurrency {
+        let labels = format!("route=\"{}\"", metrics::escape_label(route));
+        c_limit.push((labels.clone(), c.limit() as f64));
+        c_inflight.push((labels, c.inflight() as f64));
+    }
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_concurrency_limit",
+        "The route's adaptive concurrency limit now: requests above it are refused (503 or 429)",
+        &c_limit,
+    );
+    metrics::write_gauge_family(
+        &mut out,
+        "gateway_concurrency_inflight",
+        "Requests in flight on a route with an adaptive concurrency limit",
+        &c_inflight,
+    );
+    if !rt.middleware.concurrency.is_empty() {
+        let _ = writeln!(out, "# HELP gateway_concurrency_rejected Requests refused by the route's adaptive concurrency limit (never forwarded)");
+        let _ = writeln!(out, "# TYPE gateway_concurrency_rejected counter");
+        for (route, c) in &rt.middleware.concurrency {
+            let _ = writeln!(
+                out,
+                "gateway_concurrency_rejected_total{{route=\"{}\"}} {}",
+                metrics::escape_label(route),
+                c.rejected()
+            );
+        }
+    }
     metrics::write_gauge_family(
         &mut out,
         "gateway_circuit_state",

@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 
 use crate::body::Body;
 use crate::middleware::auth::AuthError;
+use crate::middleware::concurrency::{ConcurrencyLimited, ConcurrencyRejected};
 use crate::middleware::ratelimit::{
     LimiterFailed, LimiterUnavailable, RateLimitDecision, RateLimited,
 };
@@ -177,6 +178,9 @@ pub fn blame(err: &(dyn StdError + 'static)) -> Blame {
         if let Some(b) = e.downcast_ref::<RequestBodyError>() {
             return b.blame();
         }
+        if let Some(c) = e.downcast_ref::<ConcurrencyLimited>() {
+            return concurrency_blame(c);
+        }
         if e.is::<BodyTooLarge>() || e.is::<AuthError>() || e.is::<RateLimited>() {
             return Blame::Client;
         }
@@ -264,6 +268,13 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
         if let Some(b) = e.downcast_ref::<BodyTooLarge>() {
             return too_large(b);
         }
+        // Adaptive concurrency: 503 (or 429, the route's reject_status).
+        if let Some(c) = e.downcast_ref::<ConcurrencyLimited>() {
+            return Classified {
+                retry_after: Some(c.retry_after),
+                ..Classified::new(c.status, c.to_string(), concurrency_blame(c))
+            };
+        }
         if let Some(b) = e.downcast_ref::<RequestBodyError>() {
             let status = match b.kind {
                 RequestBodyKind::Malformed => StatusCode::BAD_REQUEST,
@@ -345,6 +356,16 @@ fn classify_kind(err: &(dyn StdError + 'static)) -> Classified {
     Classified::new(StatusCode::BAD_GATEWAY, "bad gateway", Blame::Gateway)
 }
 
+/// A 429 asks the client to slow down (as a rate limit does); a 503 is
+/// the gateway protecting the upstream.
+fn concurrency_blame(c: &ConcurrencyLimited) -> Blame {
+    if c.status.is_client_error() {
+        Blame::Client
+    } else {
+        Blame::Gateway
+    }
+}
+
 fn too_large(b: &BodyTooLarge) -> Classified {
     Classified::new(StatusCode::PAYLOAD_TOO_LARGE, b.to_string(), Blame::Client)
 }
@@ -386,6 +407,8 @@ fn mark_decisions(err: &(dyn StdError + 'static), ext: &mut http::Extensions) {
             ext.insert(RateLimitDecision::Limited);
         } else if e.is::<WithHeaders>() {
             ext.insert(RateLimitDecision::Allowed);
+        } else if e.is::<ConcurrencyLimited>() {
+            ext.insert(ConcurrencyRejected);
         }
         cur = e.source();
     }
@@ -451,6 +474,24 @@ mod tests {
                 GatewayError::Overloaded.into(),
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(1),
+            ),
+            (
+                ConcurrencyLimited {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    retry_after: 1,
+                }
+                .into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1),
+            ),
+            (
+                ConcurrencyLimited {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after: 2,
+                }
+                .into(),
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(2),
             ),
             (
                 GatewayError::UpstreamTimeout { upstream: up }.into(),

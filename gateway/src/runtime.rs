@@ -143,6 +143,7 @@ impl Runtime {
                                 .is_some_and(|a| a.mode != crate::config::AuthMode::Off),
                             ratelimit: !r.rate_limits.is_empty(),
                             cache: r.cache.is_some(),
+                            concurrency: r.concurrency.is_some(),
                         },
                     ),
                     max_body: r.max_body_size.unwrap_or(config.server.max_body_size).0,

@@ -43,7 +43,10 @@
 //! 6. `load shed` (per route): at most `max_inflight` requests in flight,
 //!    503 at once beyond; outside retry so a retried request counts once;
 //!    an upgraded (WebSocket) request keeps its slot until its tunnel
-//!    closes.
+//!    closes. Or, with `concurrency` (adaptive, instead of
+//!    `max_inflight`), at most a limit that follows the latency of
+//!    admitted requests against the route's target (503/429 with
+//!    `Retry-After` beyond it, never forwarded).
 //! 7. `retry` (per route): idempotent or never-reached requests, budgeted,
 //!    backoff with jitter, another endpoint each time; inside the deadline.
 //! 8. `tunnel` (routes with `websocket = true`): gives a tunnel opened by
@@ -164,6 +167,8 @@ pub fn route_stack(
         )
         // How many at once: shed fast rather than queue without bound.
         .option_layer(shed.clone())
+        // Or as many as keep latency at the SLO: adaptive, same place.
+        .option_layer(shared.concurrency.get(&route.name).cloned())
         // Again, safely: each attempt goes through the breaker-gated pick.
         .option_layer(route.retry.as_ref().map(|r| {
             let policy = RetryPolicy::new(r);

@@ -7,6 +7,8 @@
 //! is turned into a running [`crate::runtime::Runtime`]. `gateway check`,
 //! start-up and SIGHUP reload all go through [`load`].
 
+pub mod concurrency;
+pub mod concurrency;
 pub mod edge;
 mod middleware;
 mod size;
@@ -271,6 +273,14 @@ pub struct RouteConfig {
     /// with 503 at once.
     #[serde(default)]
     pub max_inflight: Option<usize>,
+    /// Adaptive concurrency limit aimed at a latency target (instead of
+    /// the fixed `max_inflight`); none without it.
+    #[serde(default)]
+    pub concurrency: Option<concurrency::ConcurrencyConfig>,
+    /// Adaptive concurrency limit aimed at a latency target (instead of
+    /// the fixed `max_inflight`); none without it.
+    #[serde(default)]
+    pub concurrency: Option<concurrency::ConcurrencyConfig>,
     /// Forward `Upgrade: websocket` handshakes (then tunnel after `101`).
     /// Off by default: without it an upgrade request is forwarded as a
     /// plain request, and no other upgrade token is ever forwarded.

@@ -417,6 +417,16 @@ fn middleware(config: &Config, errs: &mut Errors) {
         if r.max_inflight == Some(0) {
             errs.push(format!("{p}.max_inflight"), "must be at least 1");
         }
+        if let Some(c) = &r.concurrency {
+            for (path, m) in c.check(&format!("{p}.concurrency"), r, &config.slos) {
+                errs.push(path, m);
+            }
+        }
+        if let Some(c) = &r.concurrency {
+            for (path, m) in c.check(&format!("{p}.concurrency"), r, &config.slos) {
+                errs.push(path, m);
+            }
+        }
         positive(
             errs,
             &format!("{p}.websocket_idle_timeout"),

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod concurrency;
 pub mod edge;
 pub mod ratelimit;
 pub mod redis_conn;
@@ -32,6 +33,9 @@ pub struct Shared {
     limiters: BTreeMap<(String, String), (RateLimitPolicyConfig, Arc<ratelimit::LocalStore>)>,
     /// The response cache of every cached route.
     pub cache: Arc<cache::ResponseCache>,
+    /// The adaptive concurrency limiter of every route with
+    /// `concurrency`, by route name (kept over a reload when unchanged).
+    pub concurrency: BTreeMap<String, concurrency::ConcurrencyLayer>,
 }
 
 impl Shared {
@@ -112,6 +116,7 @@ impl Shared {
             redis,
             limiters,
             cache,
+            concurrency: concurrency::build(config, previous.map(|(_, s)| &s.concurrency)),
         })
     }
 

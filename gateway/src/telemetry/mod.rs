@@ -105,6 +105,9 @@ pub struct Layers {
     pub ratelimit: bool,
     /// Response cache ([`CacheDecision`] marker).
     pub cache: bool,
+    /// Adaptive concurrency (its refusal is the
+    /// [`crate::middleware::concurrency::ConcurrencyRejected`] marker).
+    pub concurrency: bool,
 }
 
 /// What the proxy learned about the upstream exchange (a response
@@ -229,6 +232,7 @@ struct Decisions {
     cache: Option<&'static str>,
     ratelimit: Option<&'static str>,
     jwt: Option<&'static str>,
+    concurrency: Option<&'static str>,
 }
 
 impl Decisions {
@@ -251,10 +255,16 @@ impl Decisions {
                 AuthError::Forbidden(_) => "insufficient_scope",
                 _ => "invalid_token",
             });
+        let concurrency = (layers.concurrency
+            && ext
+                .get::<crate::middleware::concurrency::ConcurrencyRejected>()
+                .is_some())
+        .then_some("rejected");
         Self {
             cache,
             ratelimit,
             jwt,
+            concurrency,
         }
     }
 }
@@ -353,6 +363,11 @@ impl Record {
                     d.ratelimit,
                 ),
                 ("gateway.cache", "gateway.cache.status", d.cache),
+                (
+                    "gateway.concurrency",
+                    "gateway.concurrency.decision",
+                    d.concurrency,
+                ),
             ] {
                 if let Some(v) = value {
                     span.event(name, key, v);
