@@ -8,7 +8,6 @@
 //! start-up and SIGHUP reload all go through [`load`].
 
 pub mod concurrency;
-pub mod concurrency;
 pub mod edge;
 mod middleware;
 mod size;
@@ -273,10 +272,6 @@ pub struct RouteConfig {
     /// with 503 at once.
     #[serde(default)]
     pub max_inflight: Option<usize>,
-    /// Adaptive concurrency limit aimed at a latency target (instead of
-    /// the fixed `max_inflight`); none without it.
-    #[serde(default)]
-    pub concurrency: Option<concurrency::ConcurrencyConfig>,
     /// Adaptive concurrency limit aimed at a latency target (instead of
     /// the fixed `max_inflight`); none without it.
     #[serde(default)]

@@ -422,11 +422,6 @@ fn middleware(config: &Config, errs: &mut Errors) {
                 errs.push(path, m);
             }
         }
-        if let Some(c) = &r.concurrency {
-            for (path, m) in c.check(&format!("{p}.concurrency"), r, &config.slos) {
-                errs.push(path, m);
-            }
-        }
         positive(
             errs,
             &format!("{p}.websocket_idle_timeout"),
