@@ -477,6 +477,51 @@ fn base64url(data: &[u8]) -> String {
     out
 }
 
+/// `Accept-Encoding` fields (one per line of `data`, as several fields)
+/// through the compression layer's negotiation, for every order of the
+/// server's codings, and the cache's check of a stored coding.
+///
+/// Invariants: never panics; the coding chosen is one offered and one the
+/// request accepts; identity is chosen when the header is over its bounds.
+pub fn accept_encoding(data: &[u8]) {
+    use crate::config::Algorithm::{Br, Gzip, Zstd};
+    use crate::middleware::compression::accept::{self, Negotiated};
+    let mut headers = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            headers.append(http::header::ACCEPT_ENCODING, v);
+        }
+    }
+    let over = headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .map(HeaderValue::len)
+        .sum::<usize>()
+        > accept::MAX_HEADER_BYTES;
+    for offered in [&[Zstd, Br, Gzip][..], &[Gzip, Br], &[Br], &[]] {
+        match accept::negotiate(&headers, offered) {
+            Negotiated::Coding(a) => {
+                assert!(offered.contains(&a), "{a:?} not offered");
+                assert!(
+                    accept::accepts(&headers, Some(a.as_str())),
+                    "{a:?} not accepted"
+                );
+                assert!(!over, "coded despite an over-long header");
+            }
+            Negotiated::Identity => {}
+        }
+    }
+    for coding in [
+        None,
+        Some("gzip"),
+        Some("deflate"),
+        Some("identity"),
+        Some("a, b"),
+    ] {
+        let _ = accept::accepts(&headers, coding);
+    }
+}
+
 /// A config file's text through what `gateway check` runs: TOML parse,
 /// path resolution, validation. File contents (secrets, PEM) are not read
 /// by validation; none are touched.
@@ -540,13 +585,14 @@ mod tests {
     #[test]
     fn committed_seed_corpora_pass() {
         type Harness = (&'static str, fn(&[u8]));
-        let targets: [Harness; 6] = [
+        let targets: [Harness; 7] = [
             ("h1_response", h1_response),
             ("path", path),
             ("cache_control", cache_control),
             ("cache_codec", cache_codec),
             ("jwt_preparse", jwt),
             ("config", config),
+            ("accept_encoding", accept_encoding),
         ];
         let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         for (target, harness) in targets {

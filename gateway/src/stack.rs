@@ -40,6 +40,11 @@
 //! 5. `cache` (per route): GET/HEAD served from memory (X-Cache,
 //!    Cache-Status), misses coalesced; after auth and limits so both always
 //!    apply, before retry so a hit costs no attempt.
+//!
+//!    5b. `compression` (per route): gzip/br/zstd negotiated from
+//!    `Accept-Encoding`, coded as the body streams, `Vary: Accept-Encoding`
+//!    on what it may code; inside the cache, so the cache stores the coded
+//!    bytes, one variant per coding (its key holds the negotiated coding).
 //! 6. `load shed` (per route): at most `max_inflight` requests in flight,
 //!    503 at once beyond; outside retry so a retried request counts once;
 //!    an upgraded (WebSocket) request keeps its slot until its tunnel
@@ -74,6 +79,7 @@ use crate::config::RouteConfig;
 use crate::error::BoxError;
 use crate::middleware::auth::{AuthLayer, RoutePolicy};
 use crate::middleware::cache::{CacheLayer, RouteCache};
+use crate::middleware::compression::{CompressionLayer, RoutePolicy as CompressionPolicy};
 use crate::middleware::edge::EdgeRules;
 use crate::middleware::ratelimit::{RateLimitLayer, RoutePolicies};
 use crate::middleware::retry::{RetryLayer, RetryPolicy};
@@ -159,12 +165,17 @@ pub fn route_stack(
                 .then(|| crate::proxy_status::ProxyStatusLayer::new(via.name())),
         )
         // Served from memory when fresh: a hit costs no upstream request.
-        .option_layer(
-            route
-                .cache
-                .as_ref()
-                .map(|c| CacheLayer::new(RouteCache::new(&route.name, c, shared.cache.clone()))),
-        )
+        .option_layer(route.cache.as_ref().map(|c| {
+            CacheLayer::new(
+                RouteCache::new(&route.name, c, shared.cache.clone())
+                    .with_codings(route.compression.as_ref().map(|z| z.algorithms.clone())),
+            )
+        }))
+        // Coded as it streams; inside the cache: one stored variant per coding.
+        .option_layer(route.compression.as_ref().map(|c| {
+            let counters = metrics.map(|m| m.compression.route(&route.name));
+            CompressionLayer::new(CompressionPolicy::new(c), counters)
+        }))
         // How many at once: shed fast rather than queue without bound.
         .option_layer(shed.clone())
         // Or as many as keep latency at the SLO: adaptive, same place.

@@ -9,6 +9,7 @@
 
 pub mod concurrency;
 pub mod edge;
+mod compression;
 mod middleware;
 mod size;
 pub mod telemetry;
@@ -27,6 +28,7 @@ pub use middleware::{
     RateLimitPolicyConfig, RateLimitStore, RedisConfig, RetryConfig, RouteAuthConfig,
     RouteCacheConfig,
 };
+pub use compression::{Algorithm, CompressionLevel, RouteCompressionConfig};
 pub use size::ByteSize;
 pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig, TracingConfig};
 pub use validate::{ConfigError, ConfigErrors};
@@ -265,6 +267,9 @@ pub struct RouteConfig {
     /// Response caching of GET and HEAD; none without it.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,
+    /// Response compression (gzip, br, zstd); none without it.
+    #[serde(default)]
+    pub compression: Option<RouteCompressionConfig>,
     /// Retries of safe requests; none without it.
     #[serde(default)]
     pub retry: Option<RetryConfig>,

@@ -414,6 +414,9 @@ fn middleware(config: &Config, errs: &mut Errors) {
                 );
             }
         }
+        for (k, m) in r.compression.iter().flat_map(|c| c.problems()) {
+            errs.push(format!("{p}.compression.{k}"), m);
+        }
         if r.max_inflight == Some(0) {
             errs.push(format!("{p}.max_inflight"), "must be at least 1");
         }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod compression;
 pub mod concurrency;
 pub mod edge;
 pub mod ratelimit;

@@ -186,6 +186,8 @@ pub struct Metrics {
     tunnels: Family<RouteLabels, Gauge>,
     /// Trace export counters.
     pub trace: super::trace::ExportCounters,
+    /// Response compression: responses and bytes by route and coding.
+    pub compression: crate::middleware::compression::CompressionMetrics,
 }
 
 /// Builds latency histograms with the configured bounds.
@@ -249,6 +251,7 @@ impl Metrics {
             config_reloads: Family::default(),
             tunnels: Family::default(),
             trace: super::trace::ExportCounters::default(),
+            compression: Default::default(),
             buckets,
             registry: Registry::default(),
         };
@@ -352,6 +355,7 @@ impl Metrics {
             "OTLP export requests that failed (collector down, timeout, refusal)",
             m.trace.errors.clone(),
         );
+        m.compression.register(&mut registry);
         Self { registry, ..m }
     }
 

@@ -17,8 +17,9 @@ use super::policy::{age_seconds, explicitly_shared, storable, CacheControl, Rout
 use super::redis::RedisTier;
 use super::store::{self, Entry, Freshness, Lead, LeaderGuard, ResponseCache};
 use crate::body::Body;
-use crate::config::RouteCacheConfig;
+use crate::config::{Algorithm, RouteCacheConfig};
 use crate::error::BoxError;
+use crate::middleware::compression::{self, Compressed, Negotiated};
 
 /// `X-Cache`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -72,6 +73,10 @@ pub struct RouteCache {
     shared: Option<Arc<RedisTier>>,
     rules: RouteRules,
     max_body: u64,
+    /// The route's compression codings, when it compresses: its entries
+    /// are then keyed by the coding negotiated for the request, one
+    /// variant per coding.
+    codings: Option<Vec<Algorithm>>,
 }
 
 impl RouteCache {
@@ -88,10 +93,31 @@ impl RouteCache {
                 stale_if_error: cfg.stale_if_error,
             },
             max_body: cfg.max_body.0,
+            codings: None,
         }
     }
 
+    /// Keys entries by the coding [`compression::negotiate`] picks among
+    /// `codings` (the route's compression layer, inside this one, picks
+    /// the same): `gzip, deflate, br` and `br;q=1, gzip` share the `br`
+    /// entry, and a `gzip` client and a `br` client each have theirs.
+    #[must_use]
+    pub fn with_codings(self, codings: Option<Vec<Algorithm>>) -> Self {
+        Self { codings, ..self }
+    }
+
     fn key<B>(&self, req: &Request<B>) -> Arc<str> {
+        let coding = self
+            .codings
+            .as_ref()
+            .map(|c| compression::negotiate(req.headers(), c));
+        self.key_for(req, coding)
+    }
+
+    /// The key of `req`'s URL for the variant of `coding` (`None`: a route
+    /// that does not compress). The coding goes after the route name, so
+    /// purging by route or by path finds every variant.
+    fn key_for<B>(&self, req: &Request<B>, coding: Option<Negotiated>) -> Arc<str> {
         let host = req
             .headers()
             .get(HOST)
@@ -99,7 +125,37 @@ impl RouteCache {
             .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
             .unwrap_or("");
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        store::key(&self.route, host, pq)
+        match coding {
+            None => store::key(&self.route, host, pq),
+            Some(c) => store::key(&format!("{}\0{}", self.route, c.as_str()), host, pq),
+        }
+    }
+
+    /// Every key `req`'s URL may be stored under (all its variants).
+    fn all_keys<B>(&self, req: &Request<B>) -> Vec<Arc<str>> {
+        match &self.codings {
+            None => vec![self.key_for(req, None)],
+            Some(c) => std::iter::once(Negotiated::Identity)
+                .chain(c.iter().map(|&a| Negotiated::Coding(a)))
+                .map(|n| self.key_for(req, Some(n)))
+                .collect(),
+        }
+    }
+
+    /// Whether stored `e` answers a request with `headers`: its `Vary`
+    /// values match; on a compressing route `Accept-Encoding` is instead
+    /// checked by the entry's coding being one the request accepts (the
+    /// key already holds the negotiated coding).
+    fn fits(&self, e: &Entry, headers: &HeaderMap) -> bool {
+        if self.codings.is_none() {
+            return e.matches(headers);
+        }
+        let coding = e
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        e.matches_except(headers, Some(&http::header::ACCEPT_ENCODING))
+            && compression::accept::accepts(headers, coding)
     }
 }
 
@@ -261,12 +317,14 @@ where
         // RFC 9111 4.4: an unsafe request invalidates the URL, but only
         // once its response is a non-error one (2xx, 3xx): a refused or
         // failed POST changed nothing.
-        let key = cache.key(&req);
+        let keys = cache.all_keys(&req);
         let resp = inner.oneshot(req).await.map_err(Into::into)?;
         if resp.status().is_success() || resp.status().is_redirection() {
-            cache.store.invalidate(&key);
-            if let Some(tier) = &cache.shared {
-                tier.delete(&key);
+            for key in keys {
+                cache.store.invalidate(&key);
+                if let Some(tier) = &cache.shared {
+                    tier.delete(&key);
+                }
             }
         }
         return Ok(resp);
@@ -290,7 +348,7 @@ where
             let shareable = cache
                 .store
                 .get(&key)
-                .filter(|e| e.matches(req.headers()) && explicitly_shared(&e.headers));
+                .filter(|e| cache.fits(e, req.headers()) && explicitly_shared(&e.headers));
             if let Some(e) = shareable.filter(|e| e.freshness(now) == Freshness::Fresh) {
                 return Ok(hit(&e, head, now, ""));
             }
@@ -299,7 +357,11 @@ where
     }
     let mut stale = None;
     if !req_cc.no_cache {
-        if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
+        if let Some(e) = cache
+            .store
+            .get(&key)
+            .filter(|e| cache.fits(e, req.headers()))
+        {
             match e.freshness(now) {
                 Freshness::Fresh => return Ok(hit(&e, head, now, "")),
                 Freshness::Revalidate => {
@@ -320,7 +382,11 @@ where
         Lead::Leader(g) => Some(g),
         Lead::Follower(f) => {
             f.wait().await;
-            if let Some(e) = cache.store.get(&key).filter(|e| e.matches(req.headers())) {
+            if let Some(e) = cache
+                .store
+                .get(&key)
+                .filter(|e| cache.fits(e, req.headers()))
+            {
                 let now = Instant::now();
                 if e.freshness(now) == Freshness::Fresh {
                     return Ok(hit(&e, head, now, ""));
@@ -331,7 +397,10 @@ where
     };
     if let (Some(tier), false) = (&cache.shared, req_cc.no_cache) {
         // Another replica may have stored it; a failure is only a miss.
-        let shared = tier.get(&key).await.filter(|e| e.matches(req.headers()));
+        let shared = tier
+            .get(&key)
+            .await
+            .filter(|e| cache.fits(e, req.headers()));
         if let Some(e) = shared.map(Arc::new) {
             let now = Instant::now();
             let freshness = e.freshness(now);
@@ -391,22 +460,37 @@ where
     let life = (!head)
         .then(|| storable(&req_headers, resp.status(), resp.headers(), &cache.rules))
         .flatten();
-    let small = resp
-        .body()
-        .size_hint()
-        .upper()
-        .is_some_and(|n| n <= cache.max_body);
+    // A body compressed on the way (its length unknown until it ends)
+    // whose upstream declared a length ends too: it is gathered up to
+    // `max_body` coded bytes, the size it is stored at.
+    let coded_finite = resp
+        .extensions()
+        .get::<Compressed>()
+        .is_some_and(|c| c.identity_len.is_some());
+    let small = coded_finite
+        || resp
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= cache.max_body);
+    let unstored_status = if unstored == CacheDecision::Bypass {
+        "gateway; fwd=bypass"
+    } else {
+        "gateway; fwd=miss"
+    };
     let Some(life) = life.filter(|_| small) else {
-        let status = if unstored == CacheDecision::Bypass {
-            "gateway; fwd=bypass"
-        } else {
-            "gateway; fwd=miss"
-        };
-        tag(&mut resp, unstored, status);
+        tag(&mut resp, unstored, unstored_status);
         return Ok(resp);
     };
     let (parts, body) = resp.into_parts();
-    let body: Bytes = body.collect().await?.to_bytes();
+    let body: Bytes = match collect_capped(body, cache.max_body).await? {
+        Ok(b) => b,
+        Err(body) => {
+            let mut resp = Response::from_parts(parts, body);
+            tag(&mut resp, unstored, unstored_status);
+            return Ok(resp);
+        }
+    };
     // Stored as copies: the body, header values and custom names received
     // are slices of the connection's read buffers, and a stored slice pins
     // its whole buffer (kilobytes for a two-byte body), which the weigher
@@ -440,6 +524,31 @@ where
     );
     tag(&mut resp, CacheDecision::Miss, "gateway; fwd=miss; stored");
     Ok(resp)
+}
+
+/// `body` whole when it ends within `cap` bytes; otherwise a body that
+/// sends what was read, then the rest as it comes (trailers are dropped,
+/// as a stored body has none).
+async fn collect_capped(mut body: Body, cap: u64) -> Result<Result<Bytes, Body>, BoxError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() as u64 > cap {
+            use futures_util::StreamExt as _;
+            let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(
+                http_body::Frame::data(buf.freeze()),
+            )));
+            let rest = http_body_util::BodyStream::new(body);
+            let chained = http_body_util::StreamBody::new(head.chain(rest));
+            return Ok(Err(Body::Boxed(
+                http_body_util::combinators::UnsyncBoxBody::new(chained),
+            )));
+        }
+    }
+    Ok(Ok(buf.freeze()))
 }
 
 /// `v` in an allocation of its own.

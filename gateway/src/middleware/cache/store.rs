@@ -72,11 +72,18 @@ impl Entry {
 
     /// Whether the request has the values this variant was stored for.
     pub fn matches(&self, req: &HeaderMap) -> bool {
+        self.matches_except(req, None)
+    }
+
+    /// [`Self::matches`] but for the `Vary` name `skip`, which the caller
+    /// checks its own way (a compressing route: `Accept-Encoding`, whose
+    /// negotiated coding is part of the key).
+    pub fn matches_except(&self, req: &HeaderMap, skip: Option<&http::HeaderName>) -> bool {
         self.life
             .vary
             .iter()
             .zip(&self.vary_values)
-            .all(|(name, v)| req.get(name) == v.as_ref())
+            .all(|(name, v)| Some(name) == skip || req.get(name) == v.as_ref())
     }
 
     /// Bytes this entry holds under a key of `key_len` bytes: the key
