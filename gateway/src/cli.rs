@@ -74,6 +74,10 @@ pub fn check(file: PathBuf) -> ExitCode {
                     .map(|u| u.endpoints.len())
                     .sum::<usize>()
             );
+            // Upstreams that skip certificate verification.
+            for w in config::upstream_tls::warnings(&c) {
+                eprintln!("  warning: {w}");
+            }
             // Certificates that expire soon (expired ones are errors).
             if let Some(t) = &c.server.tls {
                 for w in t.warnings(std::time::SystemTime::now()) {

@@ -436,6 +436,8 @@ pub struct RedisServer {
     child: Child,
     /// Its port.
     pub port: u16,
+    /// The CA file `redis-cli` verifies with, for a TLS server.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -462,12 +464,47 @@ impl RedisServer {
                 .is_ok()
         })
         .await;
-        Self { child, port }
+        Self {
+            child,
+            port,
+            tls_ca: None,
+        }
+    }
+
+    /// Starts one that accepts TLS only (`rediss://`) on `port`, with the
+    /// certificate and key files given, and waits until it listens.
+    /// Clients need no certificate; `redis-cli` verifies against `ca`.
+    pub async fn start_tls(port: u16, cert: &Path, key: &Path, ca: &Path) -> Self {
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", &path(cert), "--tls-key-file", &path(key)])
+            .args(["--tls-ca-cert-file", &path(ca), "--tls-auth-clients", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        wait_until("redis-server to listen with TLS", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        Self {
+            child,
+            port,
+            tls_ca: Some(ca.to_owned()),
+        }
     }
 
     /// `redis-cli ARGS` against this server; its `--raw` output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        if let Some(ca) = &self.tls_ca {
+            cmd.args(["--tls", "--cacert", ca.to_str().unwrap(), "-h", "localhost"]);
+        }
+        let out = cmd
             .args(["-p", &self.port.to_string(), "--raw"])
             .args(args)
             .output()

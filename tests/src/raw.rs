@@ -1,7 +1,9 @@
 //! Raw-socket peers for adversarial tests: an upstream that records the
 //! exact bytes it receives and answers from a script (so it can misbehave
 //! on cue: late bytes, short bodies, stalls, bad framing), an upstream that
-//! resolves paths like common web frameworks do, and a raw client.
+//! resolves paths like common web frameworks do, and a raw client. The
+//! scripted upstream also speaks TLS ([`RawUpstream::start_tls`]): it then
+//! records the bytes after decryption, and the SNI of each connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One request as the upstream received it.
@@ -64,6 +66,9 @@ pub enum Step {
     /// Never answer: keep the connection open and read nothing more until
     /// the peer closes it.
     Hang,
+    /// TLS only: send a TLS 1.3 `KeyUpdate` (a post-handshake message that
+    /// carries no application data, like a late session ticket).
+    KeyUpdate,
 }
 
 impl Step {
@@ -85,31 +90,91 @@ pub struct RawUpstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<RawRequest>>>,
     conns: Arc<AtomicUsize>,
+    tls: Arc<Mutex<TlsLog>>,
+}
+
+/// What a TLS upstream saw of its handshakes.
+#[derive(Debug, Default, Clone)]
+pub struct TlsLog {
+    /// The SNI of each completed handshake, in order (`None`: none sent).
+    pub sni: Vec<Option<String>>,
+    /// Whether each completed handshake resumed a session.
+    pub resumed: Vec<bool>,
+    /// ALPN protocol agreed on each completed handshake.
+    pub alpn: Vec<Option<Vec<u8>>>,
+    /// Handshakes that failed, with rustls's reason.
+    pub failed: Vec<String>,
 }
 
 impl RawUpstream {
     /// Starts an upstream answering with `script`.
     pub async fn start(script: impl Fn(&RawRequest) -> Vec<Step> + Send + Sync + 'static) -> Self {
-        let script: Script = Arc::new(script);
+        Self::listen(None, Arc::new(script)).await
+    }
+
+    /// Starts a TLS upstream (rustls, `config`) answering with `script`;
+    /// requests are recorded after decryption, exactly as received.
+    pub async fn start_tls(
+        config: Arc<rustls::ServerConfig>,
+        script: impl Fn(&RawRequest) -> Vec<Step> + Send + Sync + 'static,
+    ) -> Self {
+        Self::listen(Some(config), Arc::new(script)).await
+    }
+
+    async fn listen(tls: Option<Arc<rustls::ServerConfig>>, script: Script) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(AtomicUsize::new(0));
-        let (reqs, counter) = (requests.clone(), conns.clone());
+        let tls_log = Arc::new(Mutex::new(TlsLog::default()));
+        let (reqs, counter, log) = (requests.clone(), conns.clone(), tls_log.clone());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = l.accept().await else {
                     return;
                 };
                 let conn = counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(s, conn, script.clone(), reqs.clone()));
+                let (script, reqs, log) = (script.clone(), reqs.clone(), log.clone());
+                match &acceptor {
+                    None => {
+                        tokio::spawn(serve(Plain(s), conn, script, reqs));
+                    }
+                    Some(a) => {
+                        let a = a.clone();
+                        tokio::spawn(async move {
+                            match a.accept(s).await {
+                                Ok(t) => {
+                                    {
+                                        let c = t.get_ref().1;
+                                        let mut log = log.lock().unwrap();
+                                        log.sni.push(c.server_name().map(str::to_owned));
+                                        log.resumed.push(matches!(
+                                            c.handshake_kind(),
+                                            Some(rustls::HandshakeKind::Resumed)
+                                        ));
+                                        log.alpn.push(c.alpn_protocol().map(<[u8]>::to_vec));
+                                    }
+                                    serve(Tls(Box::new(t)), conn, script, reqs).await;
+                                }
+                                Err(e) => log.lock().unwrap().failed.push(e.to_string()),
+                            }
+                        });
+                    }
+                }
             }
         });
         Self {
             addr,
             requests,
             conns,
+            tls: tls_log,
         }
+    }
+
+    /// What the TLS upstream saw of handshakes so far.
+    pub fn tls(&self) -> TlsLog {
+        self.tls.lock().unwrap().clone()
     }
 
     /// An upstream that answers every request `200` with a fixed body, keep-alive.
@@ -144,7 +209,69 @@ pub fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
-async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec<RawRequest>>>) {
+/// A connection of the scripted upstream: plain or TLS.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Sends a TLS `KeyUpdate` (nothing for plain TCP).
+    fn key_update(&mut self) -> std::io::Result<()>;
+}
+
+struct Plain(TcpStream);
+struct Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>);
+
+impl Conn for Plain {
+    fn key_update(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for Tls {
+    fn key_update(&mut self) -> std::io::Result<()> {
+        self.0
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .map_err(std::io::Error::other)
+    }
+}
+
+macro_rules! delegate_io {
+    ($t:ty, $($f:tt)+) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$($f)+).poll_read(cx, buf)
+            }
+        }
+        impl AsyncWrite for $t {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.$($f)+).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$($f)+).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$($f)+).poll_shutdown(cx)
+            }
+        }
+    };
+}
+delegate_io!(Plain, 0);
+delegate_io!(Tls, 0);
+
+async fn serve(mut s: impl Conn, conn: usize, script: Script, log: Arc<Mutex<Vec<RawRequest>>>) {
     let mut buf = Vec::new();
     let mut index = 0;
     loop {
@@ -156,7 +283,7 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
         for step in script(&req) {
             match step {
                 Step::Write(b) => {
-                    if s.write_all(&b).await.is_err() {
+                    if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
                         return;
                     }
                 }
@@ -170,6 +297,11 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
                     while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
                     return;
                 }
+                Step::KeyUpdate => {
+                    if s.key_update().is_err() || s.flush().await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -177,7 +309,7 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
 
 /// Reads one request (head, then a `Content-Length` or chunked body).
 async fn read_request(
-    s: &mut TcpStream,
+    s: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     conn: usize,
     index: usize,
@@ -236,7 +368,7 @@ async fn read_request(
     })
 }
 
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+async fn fill(s: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 8192];
     match s.read(&mut chunk).await {
         Ok(0) | Err(_) => None,

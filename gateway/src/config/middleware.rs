@@ -159,6 +159,10 @@ pub struct RedisConfig {
     /// Policy when Redis does not answer in time.
     #[serde(default)]
     pub on_error: OnRedisError,
+    /// PEM bundle of a private CA for a `rediss://` URL (relative to the
+    /// config file); default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What a limit counts requests by.
@@ -384,6 +388,10 @@ pub struct CacheRedisConfig {
     /// Bound on one lookup or write.
     #[serde(default = "cache_defaults::redis_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM bundle of a private CA for a `rediss://` URL (relative to the
+    /// config file); default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A route's `cache = { ttl = "30s", ... }`.

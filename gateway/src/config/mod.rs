@@ -14,6 +14,7 @@ mod middleware;
 mod size;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream_tls;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -205,6 +206,10 @@ pub struct UpstreamConfig {
     /// A circuit breaker per endpoint; none without it.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// `[upstreams.NAME.tls]`: verification and client certificate for its
+    /// `https://` endpoints (see [`upstream_tls::UpstreamTlsConfig`]).
+    #[serde(default)]
+    pub tls: upstream_tls::UpstreamTlsConfig,
 }
 
 /// Active health check of every endpoint of a pool.
@@ -455,6 +460,22 @@ impl Config {
             .values_mut()
             .filter_map(|a| a.jwks.as_mut()?.ca_file.as_mut());
         for p in jwks_cas.chain(self.telemetry.tracing.ca_file.as_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        // Upstream TLS files and the Redis CA bundles.
+        for up in self.upstreams.values_mut() {
+            up.tls.resolve_paths(base);
+        }
+        let redis_cas = [
+            self.rate_limit
+                .redis
+                .as_mut()
+                .and_then(|r| r.ca_file.as_mut()),
+            self.cache.redis.as_mut().and_then(|r| r.ca_file.as_mut()),
+        ];
+        for p in redis_cas.into_iter().flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -137,6 +137,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
     }
 
+    // `https://` endpoints and `[upstreams.NAME.tls]`: files read, client
+    // configs built once here (see config/upstream_tls.rs).
+    for (k, m) in super::upstream_tls::check(config) {
+        errs.push(k, m);
+    }
     for (name, up) in &config.upstreams {
         let p = format!("upstreams.{name}");
         if !is_name(name) {
@@ -373,6 +378,9 @@ fn middleware(config: &Config, errs: &mut Errors) {
         if redis::Client::open(r.url.as_str()).is_err() {
             errs.push("cache.redis.url", format!("invalid Redis URL {:?}", r.url));
         }
+        if let Err(m) = crate::middleware::redis_conn::check_ca_file(&r.url, r.ca_file.as_deref()) {
+            errs.push("cache.redis.ca_file", m);
+        }
         positive(errs, "cache.redis.timeout", r.timeout);
     }
     if rl.max_keys == 0 {
@@ -384,6 +392,9 @@ fn middleware(config: &Config, errs: &mut Errors) {
                 "rate_limit.redis.url",
                 format!("invalid Redis URL {:?}", r.url),
             );
+        }
+        if let Err(m) = crate::middleware::redis_conn::check_ca_file(&r.url, r.ca_file.as_deref()) {
+            errs.push("rate_limit.redis.ca_file", m);
         }
         positive(errs, "rate_limit.redis.timeout", r.timeout);
     }
@@ -646,17 +657,10 @@ fn check_addr(errs: &mut Errors, path: &str, s: &str) -> Option<SocketAddr> {
     }
 }
 
-/// An endpoint is `host:port` with an explicit port.
+/// An endpoint is `[http://|https://]host:port` with an explicit port
+/// (see [`super::upstream_tls::parse_endpoint`]).
 pub(crate) fn check_endpoint(ep: &str) -> Result<http::uri::Authority, String> {
-    if ep.contains("://") {
-        return Err(format!("{ep:?}: write host:port without a scheme"));
-    }
-    let auth = http::uri::Authority::try_from(ep)
-        .map_err(|_| format!("invalid endpoint {ep:?} (expected host:port)"))?;
-    if auth.port_u16().is_none() || auth.host().is_empty() || auth.as_str().contains('@') {
-        return Err(format!("invalid endpoint {ep:?} (expected host:port)"));
-    }
-    Ok(auth)
+    super::upstream_tls::parse_endpoint(ep).map(|a| a.authority)
 }
 
 #[cfg(test)]
@@ -680,7 +684,7 @@ mod tests {
             listen = "nope"
             body_idle_timeout = "0s"
             [upstreams.users]
-            endpoints = ["127.0.0.1:1", "http://x:2", "127.0.0.1:1"]
+            endpoints = ["127.0.0.1:1", "ftp://x:2", "127.0.0.1:1"]
             [[routes]]
             name = "a"
             prefix = "/a"
@@ -701,7 +705,7 @@ mod tests {
         let expect = [
             "server.listen: invalid socket address \"nope\"",
             "server.body_idle_timeout: must be greater than 0",
-            "upstreams.users.endpoints[1]: \"http://x:2\": write host:port without a scheme",
+            "upstreams.users.endpoints[1]: \"ftp://x:2\": the scheme must be http:// or https://",
             "upstreams.users.endpoints[2]: duplicate endpoint",
             "routes[1].name: duplicate route name \"a\"",
             "routes[1].prefix: must start with '/'",

@@ -2,24 +2,71 @@
 //! and [`FastFail`], which stops a Redis outage from costing every request
 //! a full timeout.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rustls::pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 /// A multiplexed connection that connects lazily (start-up never waits for
 /// Redis), reconnects on failure, and bounds each call by `timeout` (must be
-/// called inside a tokio runtime).
-pub(crate) fn lazy_connection(url: &str, timeout: Duration) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+/// called inside a tokio runtime). A `rediss://` URL connects over TLS
+/// (rustls), verifying the server against `ca_file` (a PEM bundle) when
+/// given, else the system's roots.
+pub(crate) fn lazy_connection(
+    url: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<ConnectionManager, String> {
+    let client = match ca_file {
+        None => redis::Client::open(url),
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())
+}
+
+/// Validates a Redis `ca_file`: only with a `rediss://` URL, and a
+/// readable PEM bundle of at least one certificate.
+pub(crate) fn check_ca_file(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    let Some(path) = ca_file else { return Ok(()) };
+    if !url.starts_with("rediss://") {
+        return Err("needs a rediss:// url (TLS)".into());
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .map(drop)
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A `PING` on `conn` within `timeout`: the background probe of

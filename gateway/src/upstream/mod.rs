@@ -13,6 +13,7 @@ pub mod conns;
 pub mod error;
 pub mod h1;
 mod health;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,9 +22,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use tokio::time::Instant;
 
-use crate::config::{
-    validate::check_endpoint, Balance, CircuitBreakerConfig, HealthCheckConfig, UpstreamConfig,
-};
+use crate::config::upstream_tls::{self, parse_endpoint};
+use crate::config::{Balance, CircuitBreakerConfig, HealthCheckConfig, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::timer::SleepPool;
 use breaker::Breaker;
@@ -37,6 +37,8 @@ pub use health::spawn_health_checks;
 pub struct Endpoint {
     /// `host:port`.
     pub authority: Authority,
+    /// TLS for an `https://` endpoint; `None` for plaintext.
+    pub tls: Option<tls::EndpointTls>,
     healthy: AtomicBool,
     inflight: AtomicUsize,
     idle: h1::IdlePool,
@@ -51,6 +53,7 @@ impl Endpoint {
     fn new(authority: Authority, healthy: bool, breaker: Option<Breaker>, epoch: Instant) -> Self {
         Self {
             authority,
+            tls: None,
             healthy: AtomicBool::new(healthy),
             inflight: AtomicUsize::new(0),
             idle: h1::IdlePool::default(),
@@ -171,13 +174,47 @@ impl Upstream {
     /// its breaker starts closed.
     pub fn new(name: &str, cfg: &UpstreamConfig, previous: Option<&Upstream>) -> Self {
         let epoch = Instant::now();
+        // Built once when the config loaded (validation); an error here
+        // only for a config that skipped validation: its https endpoints
+        // are left out, loudly.
+        let client = cfg
+            .endpoints
+            .iter()
+            .any(|e| parse_endpoint(e).is_ok_and(|a| a.tls))
+            .then(|| cfg.tls.client())
+            .transpose()
+            .unwrap_or_else(|e| {
+                tracing::error!(upstream = name, error = %e, "upstream TLS settings unusable: its https endpoints are left out");
+                None
+            });
         let endpoints = cfg
             .endpoints
             .iter()
-            .filter_map(|e| check_endpoint(e).ok())
-            .map(|auth| {
+            .filter_map(|e| {
+                let addr = parse_endpoint(e).ok()?;
+                let tls = match (addr.tls, &client) {
+                    (false, _) => None,
+                    (true, None) => return None,
+                    (true, Some(c)) => {
+                        let name = upstream_tls::server_name(
+                            cfg.tls.server_name.as_deref(),
+                            &addr.authority,
+                        )
+                        .map_err(
+                            |m| tracing::error!(upstream = name, endpoint = %addr.authority, "{m}"),
+                        )
+                        .ok()?;
+                        Some(tls::EndpointTls::new(c.config.clone(), name, c.fingerprint))
+                    }
+                };
+                Some((addr.authority, tls))
+            })
+            .map(|(auth, tls)| {
+                let fingerprint = tls.as_ref().map(|t| t.fingerprint);
                 let prev = previous.and_then(|p| {
-                    let ep = p.endpoints.iter().find(|e| e.authority == auth)?;
+                    let ep = p.endpoints.iter().find(|e| {
+                        e.authority == auth && e.tls.as_ref().map(|t| t.fingerprint) == fingerprint
+                    })?;
                     Some((ep, p.breaker == cfg.circuit_breaker))
                 });
                 match prev {
@@ -185,7 +222,9 @@ impl Upstream {
                     _ => {
                         let healthy = prev.is_none_or(|(e, _)| e.is_healthy());
                         let breaker = cfg.circuit_breaker.as_ref().map(Breaker::new);
-                        Arc::new(Endpoint::new(auth, healthy, breaker, epoch))
+                        let mut ep = Endpoint::new(auth, healthy, breaker, epoch);
+                        ep.tls = tls;
+                        Arc::new(ep)
                     }
                 }
             })

@@ -63,7 +63,11 @@ impl RedisTier {
     /// From validated config (connects lazily; must run inside a tokio
     /// runtime).
     pub fn new(cfg: &CacheRedisConfig) -> Result<Self, String> {
-        let conn = crate::middleware::redis_conn::lazy_connection(&cfg.url, cfg.timeout)?;
+        let conn = crate::middleware::redis_conn::lazy_connection(
+            &cfg.url,
+            cfg.ca_file.as_deref(),
+            cfg.timeout,
+        )?;
         Ok(Self {
             conn,
             prefix: cfg.prefix.clone(),

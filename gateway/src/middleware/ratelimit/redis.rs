@@ -60,7 +60,11 @@ impl RedisLimiter {
     /// Connects lazily (start-up does not wait for Redis; must run inside
     /// a tokio runtime).
     pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
-        let conn = crate::middleware::redis_conn::lazy_connection(&cfg.url, cfg.timeout)?;
+        let conn = crate::middleware::redis_conn::lazy_connection(
+            &cfg.url,
+            cfg.ca_file.as_deref(),
+            cfg.timeout,
+        )?;
         Ok(Self {
             conn,
             script: Script::new(GCRA_LUA),

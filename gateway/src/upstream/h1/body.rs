@@ -13,7 +13,6 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::future::Future as _;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::head::RequestFraming;
@@ -22,6 +21,7 @@ use super::{release, UpstreamError, READ_CHUNK, WRITE_FLUSH};
 use crate::body::Body;
 use crate::error::BoxError;
 use crate::timer::{PooledSleep, SleepPool};
+use crate::upstream::tls::UpstreamIo;
 use crate::upstream::InflightGuard;
 
 pub(super) enum WriteError {
@@ -60,9 +60,10 @@ pub(super) async fn write_request(
 ) -> Result<(), WriteError> {
     if how.framing == RequestFraming::Empty {
         // The fast path: one write, no timer.
-        return write_counted(&mut conn.io, head, &mut sent.bytes)
+        write_counted(&mut conn.io, head, &mut sent.bytes)
             .await
-            .map_err(WriteError::Io);
+            .map_err(WriteError::Io)?;
+        return flush_tls(&mut conn.io, how).await;
     }
     let mut out = BytesMut::from(head);
     loop {
@@ -102,12 +103,31 @@ pub(super) async fn write_request(
     if how.framing == RequestFraming::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    flush(&mut conn.io, &mut out, how, &mut sent.bytes).await
+    flush(&mut conn.io, &mut out, how, &mut sent.bytes).await?;
+    flush_tls(&mut conn.io, how).await
+}
+
+/// Sends what a TLS stream still holds of the request (its writes may
+/// return before the records reached the socket), within the idle
+/// timeout. Nothing to do for plain TCP.
+async fn flush_tls(io: &mut UpstreamIo, how: &Writing<'_>) -> Result<(), WriteError> {
+    if !io.needs_flush() {
+        return Ok(());
+    }
+    match io.flush().now_or_never() {
+        Some(r) => r,
+        None => how
+            .timers
+            .timeout(Instant::now(), how.idle, io.flush())
+            .await
+            .map_err(|_| WriteError::Stalled)?,
+    }
+    .map_err(WriteError::Io)
 }
 
 /// Writes all of `buf`, counting in `written` what the socket accepted
 /// (`write_all` does not say how much it wrote before failing).
-async fn write_counted(io: &mut TcpStream, mut buf: &[u8], written: &mut u64) -> io::Result<()> {
+async fn write_counted(io: &mut UpstreamIo, mut buf: &[u8], written: &mut u64) -> io::Result<()> {
     while !buf.is_empty() {
         let n = io.write(buf).await?;
         if n == 0 {
@@ -122,7 +142,7 @@ async fn write_counted(io: &mut TcpStream, mut buf: &[u8], written: &mut u64) ->
 /// [`write_counted`], failing with [`WriteError::Stalled`] when the
 /// upstream accepts nothing for the idle timeout.
 async fn write_idle(
-    io: &mut TcpStream,
+    io: &mut UpstreamIo,
     mut buf: &[u8],
     how: &Writing<'_>,
     written: &mut u64,
@@ -147,7 +167,7 @@ async fn write_idle(
 }
 
 async fn flush(
-    io: &mut TcpStream,
+    io: &mut UpstreamIo,
     out: &mut BytesMut,
     how: &Writing<'_>,
     written: &mut u64,

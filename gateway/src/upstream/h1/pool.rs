@@ -10,8 +10,6 @@
 //! (reused first) or to close, then fails with
 //! [`GatewayError::ConnectionLimit`] (503, never an endpoint failure).
 
-use std::io;
-use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,12 +19,13 @@ use tokio::time::Instant;
 use super::{UpstreamError, READ_CHUNK};
 use crate::error::{BoxError, GatewayError};
 use crate::upstream::conns::ConnSlot;
+use crate::upstream::tls::UpstreamIo;
 use crate::upstream::Endpoint;
 
 /// An open upstream connection.
 #[derive(Debug)]
 pub struct Conn {
-    pub(super) io: TcpStream,
+    pub(super) io: UpstreamIo,
     pub(super) buf: BytesMut,
     pub(super) idle_since: Instant,
     /// Counts this connection against the endpoint's cap until dropped.
@@ -34,13 +33,28 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Opens a connection to `ep` in the `slot` reserved for it.
+    /// Opens a connection to `ep` in the `slot` reserved for it: TCP, then
+    /// the TLS handshake for an `https://` endpoint, both within `timeout`.
+    /// A failed handshake (certificate not trusted, wrong name, ...) is a
+    /// connect error carrying a [`TlsHandshakeError`](crate::upstream::tls::TlsHandshakeError),
+    /// logged with the endpoint and the name verified.
     async fn open(ep: &Endpoint, timeout: Duration, slot: ConnSlot) -> Result<Self, UpstreamError> {
-        let io = tokio::time::timeout(timeout, TcpStream::connect(ep.authority.as_str()))
+        let connect = async {
+            let tcp = TcpStream::connect(ep.authority.as_str())
+                .await
+                .map_err(UpstreamError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &ep.tls {
+                None => Ok(UpstreamIo::Plain(tcp)),
+                Some(tls) => tls.handshake(tcp).await.map_err(|e| {
+                    tracing::warn!(endpoint = %ep.authority, error = %e, "upstream TLS handshake failed");
+                    UpstreamError::Connect(e.into_io())
+                }),
+            }
+        };
+        let io = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| UpstreamError::ConnectTimeout)?
-            .map_err(UpstreamError::Connect)?;
-        let _ = io.set_nodelay(true);
+            .map_err(|_| UpstreamError::ConnectTimeout)??;
         Ok(Self {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -53,7 +67,7 @@ impl Conn {
     #[cfg(test)]
     pub(super) fn detached(io: TcpStream) -> Self {
         Self {
-            io,
+            io: UpstreamIo::Plain(io),
             buf: BytesMut::new(),
             idle_since: Instant::now(),
             slot: ConnSlot::detached(),
@@ -62,24 +76,18 @@ impl Conn {
 
     /// Whether a pooled connection is unusable: the upstream closed it or
     /// sent bytes nobody asked for (a stray response would be read as the
-    /// answer to the next, unrelated request). A healthy idle connection is
-    /// never readable. One non-blocking `MSG_PEEK` receive asks the kernel
-    /// itself: the runtime's readiness may not have seen bytes that arrived
-    /// since its last poll of the driver.
-    pub(super) fn looks_closed(&self) -> bool {
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.io).peek(&mut probe) {
-            // Data, or 0 = EOF.
-            Ok(_) => true,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        }
+    /// answer to the next, unrelated request); see
+    /// [`UpstreamIo::looks_closed`] (a `MSG_PEEK` for plain TCP; for TLS,
+    /// session tickets do not count).
+    pub(super) fn looks_closed(&mut self) -> bool {
+        self.io.looks_closed()
     }
 
     /// The raw stream, any bytes already read past the response head, and
     /// the connection's slot, for a tunnel after `101 Switching Protocols`
     /// (a tunnel still counts against the endpoint's `max_connections`
     /// until it closes).
-    pub fn into_parts(self) -> (TcpStream, Bytes, ConnSlot) {
+    pub fn into_parts(self) -> (UpstreamIo, Bytes, ConnSlot) {
         (self.io, self.buf.freeze(), self.slot)
     }
 }
@@ -139,7 +147,7 @@ pub struct IdlePool {
 impl IdlePool {
     pub(super) fn take(&self, idle_timeout: Duration) -> Option<Conn> {
         loop {
-            let conn = self.conns.lock().ok()?.pop()?;
+            let mut conn = self.conns.lock().ok()?.pop()?;
             if conn.idle_since.elapsed() < idle_timeout && !conn.looks_closed() {
                 return Some(conn);
             }
@@ -165,9 +173,17 @@ impl IdlePool {
         let now = Instant::now();
         let dead: Vec<Conn> = match self.conns.lock() {
             Ok(mut conns) => {
-                let (live, dead) = std::mem::take(&mut *conns).into_iter().partition(|c| {
-                    now.saturating_duration_since(c.idle_since) < idle_timeout && !c.looks_closed()
-                });
+                let mut dead = Vec::new();
+                let mut live = Vec::with_capacity(conns.len());
+                for mut c in std::mem::take(&mut *conns) {
+                    if now.saturating_duration_since(c.idle_since) < idle_timeout
+                        && !c.looks_closed()
+                    {
+                        live.push(c);
+                    } else {
+                        dead.push(c);
+                    }
+                }
                 *conns = live;
                 dead
             }

@@ -122,6 +122,7 @@ fn dead_redis(on_error: OnRedisError) -> Arc<RedisLimiter> {
         prefix: "t:".into(),
         timeout: Duration::from_millis(200),
         on_error,
+        ca_file: None,
     };
     Arc::new(RedisLimiter::new(&cfg).unwrap())
 }
