@@ -27,6 +27,7 @@ use tower::{Layer, Service};
 
 use crate::error::{BodyTooLarge, GatewayError};
 use crate::middleware::auth::AuthError;
+use crate::middleware::concurrency::ConcurrencyLimited;
 use crate::middleware::ratelimit::{LimiterUnavailable, RateLimited};
 use crate::telemetry::UpstreamInfo;
 use crate::upstream::error::{RequestBodyError, UpstreamError};
@@ -66,7 +67,8 @@ pub enum ProxyError {
     /// §2.3.28: the upstream sent something that is not valid HTTP.
     HttpProtocolError,
     /// §2.3.29: answered locally without trying the next hop (the route's
-    /// concurrency limit: load shedding, adaptive concurrency).
+    /// concurrency limit: `max_inflight`, adaptive concurrency, 503 or
+    /// 429).
     ProxyInternalResponse,
     /// §2.3.30: the gateway failed for reasons of its own (its shared
     /// limiter unavailable, an unexpected error).
@@ -132,6 +134,11 @@ pub fn error_type(err: &(dyn StdError + 'static)) -> ProxyError {
                 GatewayError::ConnectionLimit => ProxyError::ConnectionLimitReached,
                 GatewayError::UpstreamTimeout { .. } => ProxyError::HttpResponseTimeout,
             };
+        }
+        // Adaptive concurrency (503, or 429 when the route says so): the
+        // gateway's capacity decision, answered without trying the next hop.
+        if e.is::<ConcurrencyLimited>() {
+            return ProxyError::ProxyInternalResponse;
         }
         if e.is::<BodyTooLarge>() || e.is::<RequestBodyError>() {
             return ProxyError::HttpRequestError;
@@ -431,6 +438,24 @@ mod render_tests {
             (
                 GatewayError::Overloaded.into(),
                 503,
+                "proxy_internal_response",
+            ),
+            (
+                ConcurrencyLimited {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    retry_after: 1,
+                }
+                .into(),
+                503,
+                "proxy_internal_response",
+            ),
+            (
+                ConcurrencyLimited {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after: 1,
+                }
+                .into(),
+                429,
                 "proxy_internal_response",
             ),
             (
