@@ -482,6 +482,44 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text parses or is refused with a message, never a panic;
+        /// plain text without braces is one literal, itself.
+        #[test]
+        fn templates_never_panic(s in "\\PC{0,40}", plain in "[ -z|~\t]{1,40}") {
+            let _ = parse_template(&s);
+            proptest::prop_assert_eq!(parse_template(&plain).unwrap(), vec![Part::Lit(plain.clone())]);
+        }
+    }
+
+    #[test]
+    fn config_validation_reports_edge_errors_with_their_key_paths() {
+        let c = Config::from_toml(
+            r#"
+            [upstreams.u]
+            endpoints = ["127.0.0.1:1"]
+            [[routes]]
+            name = "r"
+            prefix = "/"
+            upstream = "u"
+            cors = { allow_origins = ["*"], allow_credentials = true }
+            response_headers = { set = { "X-A" = "{nope}" } }
+            "#,
+        )
+        .unwrap();
+        let e = crate::config::validate::validate(&c)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("routes[0].cors.allow_origins: \"*\" cannot be combined"),
+            "{e}"
+        );
+        assert!(
+            e.contains("routes[0].response_headers.set.\"X-A\": unknown placeholder"),
+            "{e}"
+        );
+    }
+
     fn errors(route_extra: &str) -> Vec<String> {
         let text = format!(
             r#"
