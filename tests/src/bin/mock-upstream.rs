@@ -41,6 +41,19 @@ struct Cli {
     /// "duration"} (repeatable).
     #[arg(long = "fault", value_name = "JSON")]
     faults: Vec<Fault>,
+    /// Serve at most N requests at once, each for --base-latency, and
+    /// queue the rest: latency rises with concurrency (an overloaded
+    /// upstream; throughput at most N / base latency).
+    #[arg(long, value_name = "N")]
+    capacity: Option<usize>,
+    /// Service time of each request under --capacity.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "20ms",
+        requires = "capacity"
+    )]
+    base_latency: humantime::Duration,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -83,6 +96,10 @@ async fn run(cli: Cli) -> ExitCode {
         jwt_secret: cli.jwt_secret,
         latency: cli.latency,
         faults: cli.faults,
+        capacity: cli.capacity.map(|servers| e2e::mock::Capacity {
+            servers: servers.max(1),
+            base_latency: cli.base_latency.into(),
+        }),
         tls: cli
             .tls_cert
             .zip(cli.tls_key)

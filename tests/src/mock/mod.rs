@@ -13,6 +13,9 @@
 //! With [`MockOptions::tls`] (`--tls-cert FILE --tls-key FILE`) every endpoint is served
 //! over HTTPS instead (ALPN `h2`, `http/1.1`), e.g. the JWKS behind a test CA.
 //!
+//! With [`MockOptions::capacity`] (`--capacity N --base-latency 20ms`) it serves N requests
+//! at once and queues the rest, so latency rises with its own concurrency (see [`Capacity`]).
+//!
 //! Every response carries `x-upstream-id`. By default nothing is slow, so a benchmark
 //! measures the gateway; [`LatencyRule`]s and [`Fault`]s add delay, errors and connection
 //! resets per path prefix, at start or at run time.
@@ -42,6 +45,7 @@
 //! ```
 
 mod body;
+mod capacity;
 mod control;
 mod flagmeter;
 mod httpbin;
@@ -61,6 +65,7 @@ mod timer;
 mod tls;
 mod ws;
 
+pub use capacity::Capacity;
 pub use flagmeter::{MAX_FEATURES, MAX_TENANTS};
 pub use jwt::{JWT_AUDIENCE, JWT_ISSUER, KID_HS, KID_RS1, KID_RS2};
 pub use meetings::{MAX_MEETINGS, MAX_PARTICIPANTS};

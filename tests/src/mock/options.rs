@@ -33,6 +33,9 @@ pub struct MockOptions {
     pub latency: Vec<LatencyRule>,
     /// Faults active from the start.
     pub faults: Vec<Fault>,
+    /// Serve at most N requests at once, queueing the rest, so latency
+    /// rises with concurrency (none by default; see [`super::Capacity`]).
+    pub capacity: Option<super::Capacity>,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
     pub tls: Option<super::tls::MockTls>,
 }
@@ -45,6 +48,7 @@ impl Default for MockOptions {
             jwt_secret: "meetinity-dev-secret-change-me-in-production".to_owned(),
             latency: Vec::new(),
             faults: Vec::new(),
+            capacity: None,
             tls: None,
         }
     }

@@ -54,6 +54,9 @@ pub(crate) async fn handle(
                 if let Some(delay) = state.latency.sample(path) {
                     super::timer::sleep(delay).await;
                 }
+                if let Some(station) = &state.capacity {
+                    station.serve().await;
+                }
                 route(&state, req, start).await
             }
         }

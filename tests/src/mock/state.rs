@@ -36,6 +36,8 @@ pub(crate) struct State {
     pub(crate) next_id: AtomicU64,
     /// How often `/cache/{secs}` was served.
     pub(crate) cache_served: AtomicU64,
+    /// The capacity model (`--capacity`), if any.
+    pub(crate) capacity: Option<super::capacity::Station>,
     /// Turns `true` (or closes) when the mock shuts down; long-lived tasks watch it.
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -59,6 +61,7 @@ impl State {
             jwks_rotated: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             cache_served: AtomicU64::new(0),
+            capacity: opts.capacity.map(super::capacity::Station::new),
             shutdown,
         };
         for rule in &opts.latency {
