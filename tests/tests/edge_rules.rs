@@ -69,6 +69,13 @@ auth = {{ provider = "jwt" }}
 cors = {{ allow_origins = ["{origin}"], allow_methods = ["GET", "POST", "PUT"], allow_headers = ["X-Custom", "Authorization", "Content-Type"], expose_headers = ["X-Tenant-Echo"], allow_credentials = true, max_age = "10m" }}
 request_headers = {{ set = {{ "X-Tenant" = "{{claim.tenant}}", "X-Route" = "{{route}}" }}, add = {{ "X-Caller" = "{{claim.sub}}@{{client_ip}}" }}, remove = ["Cookie", "X-Debug"] }}
 response_headers = {{ set = {{ "X-Served-For" = "{{claim.sub}}", "X-Request-Ref" = "{{request_id}}" }}, remove = ["Server"] }}
+
+[[routes]]
+name = "limited"
+prefix = "/limited"
+upstream = "raw"
+rate_limits = [{{ name = "ip", key = "client_ip", limit = 1, window = "1m" }}]
+cors = {{ allow_origins = ["{origin}"] }}
 "#,
         up = upstream.addr
     )
@@ -199,6 +206,25 @@ async fn preflights_are_answered_at_the_gateway_and_never_reach_the_upstream() {
             .map(RawRequest::head_text)
             .collect::<Vec<_>>()
     );
+
+    // Preflights spend no rate-limit quota: after ten of them, the one
+    // request a minute the route allows still passes; the next is refused
+    // with a 429 the page can read (the policy's headers on the error).
+    let preflight = [("origin", APP), ("access-control-request-method", "GET")];
+    for _ in 0..10 {
+        let got = request(&c, &gw, "OPTIONS", "/limited/x", &preflight).await;
+        assert_eq!(got.status(), 200);
+        assert_eq!(got.header("access-control-allow-origin"), APP);
+        assert!(!got.head.headers.contains_key("x-ratelimit-limit"));
+    }
+    let got = request(&c, &gw, "GET", "/limited/x", &[("origin", APP)]).await;
+    assert_eq!(got.status(), 200, "{:?}", got.body);
+    assert_eq!(got.header("access-control-allow-origin"), APP);
+    let got = request(&c, &gw, "GET", "/limited/x", &[("origin", APP)]).await;
+    assert_eq!(got.status(), 429, "{:?}", got.body);
+    assert_eq!(got.header("access-control-allow-origin"), APP);
+    assert_eq!(got.header("vary"), "Origin");
+    assert_eq!(up.requests().len(), 1);
 }
 
 #[tokio::test]
