@@ -128,7 +128,7 @@ fn every_alert_is_tested_both_ways_and_has_a_runbook() {
         })
         .map(|r| r.name)
         .collect();
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
     let tests = ["gateway-alerts.test.yml", "slo-alerts.test.yml"]
         .map(|f| std::fs::read_to_string(monitoring_dir().join("tests").join(f)).unwrap())
         .join("\n");

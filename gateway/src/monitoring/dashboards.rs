@@ -506,6 +506,27 @@ fn resources(opts: &Options) -> Value {
                 )],
             )
         },
+        // HTTPS termination (`server.tls`): certificates' time left, with
+        // the alert's 14-day and 2-day lines, and failed handshakes.
+        Panel {
+            lines: vec![1_209_600.0, 172_800.0],
+            ..panel(
+                "TLS certificates: time to expiry",
+                "s",
+                vec![q(
+                    format!("gateway_tls_certificate_expiry_seconds{job}"),
+                    "{{instance}} {{name}}",
+                )],
+            )
+        },
+        panel(
+            "TLS handshake failures by reason",
+            "reqps",
+            vec![q(
+                format!("sum by (reason) (rate(gateway_tls_handshake_failures_total{job}[{RI}]))"),
+                "{{reason}}",
+            )],
+        ),
         panel(
             "Exposed series",
             "none",

@@ -367,6 +367,28 @@ fn gateway_alerts(config: &Config, opts: &Options) -> Vec<Group> {
             summary: "Cache hit ratio fell below half of its daily level",
             description: "The cache hit ratio is {{ $value | humanizePercentage }} over 15 minutes, under half of the previous day's: upstreams take the extra load.",
         },
+        // HTTPS termination: a served certificate close to its notAfter
+        // (renewal failed; the gateway reloads renewed files by itself).
+        AlertSpec {
+            name: "GatewayTlsCertificateExpiringSoon",
+            expr: format!(
+                "gateway_tls_certificate_expiry_seconds{{job=\"{job}\"}} < 14 * 86400"
+            ),
+            for_secs: 900,
+            severity: "ticket",
+            summary: "TLS certificate {{ $labels.name }} expires within 14 days",
+            description: "The certificate {{ $labels.name }} served by {{ $labels.instance }} expires in less than 14 days: its renewal (cert-manager, certbot) has not happened; the gateway picks up renewed files by itself.",
+        },
+        AlertSpec {
+            name: "GatewayTlsCertificateExpiringSoon",
+            expr: format!(
+                "gateway_tls_certificate_expiry_seconds{{job=\"{job}\"}} < 2 * 86400"
+            ),
+            for_secs: 300,
+            severity: "page",
+            summary: "TLS certificate {{ $labels.name }} expires within 2 days",
+            description: "The certificate {{ $labels.name }} served by {{ $labels.instance }} expires in less than 2 days (or has expired): clients will refuse the gateway. Renew it and replace the files (or send SIGHUP).",
+        },
         AlertSpec {
             name: "GatewaySaturation",
             expr: format!(
