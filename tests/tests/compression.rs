@@ -216,9 +216,15 @@ fn curl_bin() -> PathBuf {
 /// `curl --compressed` (it decodes whatever coding comes back), with
 /// `Accept-Encoding: ae` instead of curl's own list when given.
 fn curl(gw: &gateway::Handle, path: &str, ae: Option<&str>) -> Curl {
+    curl_with(gw, path, ae, &[])
+}
+
+/// [`curl`] with more arguments.
+fn curl_with(gw: &gateway::Handle, path: &str, ae: Option<&str>, args: &[&str]) -> Curl {
     let dir = harness::temp_dir("compression-curl");
     let headers_file = dir.join("headers");
     let mut cmd = Command::new(curl_bin());
+    cmd.args(args);
     cmd.args(["-sS", "--compressed", "--max-time", "20", "-D"])
         .arg(&headers_file);
     if let Some(ae) = ae {
@@ -264,6 +270,13 @@ async fn real_curl_gets_each_coding_decodes_it_and_it_is_smaller() {
     // curl's own list (deflate, gzip, br, zstd): the server's first, zstd.
     let r = tokio::task::block_in_place(|| curl(&gw, path, None));
     assert_eq!(r.header("content-encoding"), Some("zstd"));
+    assert_eq!(r.body, identity);
+    // The same over HTTP/2 (h2c; with prior knowledge curl fails rather
+    // than fall back to HTTP/1.1).
+    let r = tokio::task::block_in_place(|| {
+        curl_with(&gw, path, Some("br"), &["--http2-prior-knowledge"])
+    });
+    assert_eq!(r.header("content-encoding"), Some("br"));
     assert_eq!(r.body, identity);
     for (ae, want) in [
         ("gzip", "gzip"),
