@@ -397,3 +397,60 @@ async fn otlp_over_https_reaches_a_tls_collector_with_the_ca_and_not_without_it(
     gw.shutdown();
     gw.wait().await;
 }
+
+#[tokio::test]
+async fn a_stalled_tls_collector_cannot_hold_shutdown_past_shutdown_timeout() {
+    harness::init_logs();
+    // Accepts TCP and never answers the TLS handshake.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stall.accept().await {
+            held.push(s);
+        }
+    });
+    let up = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let gw = start_gateway(config(
+        "",
+        &format!(
+            r#"
+            [telemetry.tracing]
+            enabled = true
+            endpoint = "https://127.0.0.1:{}/v1/traces"
+            sample_ratio = 1.0
+            scheduled_delay = "20ms"
+            export_timeout = "10s"
+            shutdown_timeout = "500ms"
+            [upstreams.plain]
+            endpoints = ["{}"]
+            [[routes]]
+            name = "all"
+            prefix = "/"
+            upstream = "plain"
+            "#,
+            addr.port(),
+            up.addr()
+        ),
+    ))
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            harness::get(&c, gw.proxy_addr, "/api/hello").await.status(),
+            200
+        );
+    }
+    // Let the first export start and hang in the handshake.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::SystemTime::now();
+    gw.shutdown();
+    tokio::time::timeout(WAIT, gw.wait()).await.unwrap();
+    let took = started.elapsed().unwrap();
+    // shutdown_timeout (+ the gateway's 500 ms margin and drain), far from
+    // the 10 s an export may take.
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "shutdown took {took:?}"
+    );
+}
