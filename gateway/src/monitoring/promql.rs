@@ -13,7 +13,7 @@ pub const PERIOD: u64 = 30 * 86400;
 pub fn duration(secs: u64) -> String {
     let secs = secs.max(1);
     for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if secs % n == 0 {
+        if secs.is_multiple_of(n) {
             return format!("{}{unit}", secs / n);
         }
     }

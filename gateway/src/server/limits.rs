@@ -136,7 +136,7 @@ impl ConnLimit {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         // The first refusal of a flood, then every 1024th: visible, not a
         // log flood of its own.
-        if n == 1 || n % 1024 == 0 {
+        if n == 1 || n.is_multiple_of(1024) {
             tracing::warn!(
                 max_connections = self.max,
                 refused_total = n,

@@ -157,17 +157,19 @@ impl NativeHistogram {
     }
 }
 
-/// Every native series of the request-duration family, by label set (the
-/// same labels as the classic series, in the same order).
+/// A series' labels: names and values, in the classic series' order.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every native series of the request-duration family, by label set.
 #[derive(Debug, Default)]
 pub struct NativeFamily {
-    series: Mutex<Vec<(Vec<(&'static str, String)>, Arc<NativeHistogram>)>>,
+    series: Mutex<Vec<(Labels, Arc<NativeHistogram>)>>,
 }
 
 impl NativeFamily {
     /// The series for `labels`, created on first use (once per route,
     /// method and status class: callers cache the handle).
-    pub fn series(&self, labels: Vec<(&'static str, String)>) -> Arc<NativeHistogram> {
+    pub fn series(&self, labels: Labels) -> Arc<NativeHistogram> {
         let mut all = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, h)) = all.iter().find(|(l, _)| *l == labels) {
             return h.clone();
@@ -178,7 +180,7 @@ impl NativeFamily {
     }
 
     /// Each series' labels and snapshot.
-    pub fn snapshots(&self) -> Vec<(Vec<(&'static str, String)>, Snapshot)> {
+    pub fn snapshots(&self) -> Vec<(Labels, Snapshot)> {
         let all = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         all.iter().map(|(l, h)| (l.clone(), h.snapshot())).collect()
     }

@@ -85,7 +85,7 @@ impl RedisTier {
     fn failed(&self, op: &str, why: &str) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed);
         // Every failure is counted; only some are logged.
-        if n.is_power_of_two() || n % 1000 == 0 {
+        if n.is_power_of_two() || n.is_multiple_of(1000) {
             tracing::warn!(
                 error = why,
                 op,
