@@ -318,6 +318,8 @@ async fn real_curl_gets_each_coding_decodes_it_and_it_is_smaller() {
             "{ae}: {} bytes",
             got.body.len()
         );
+        // The figure, for `--nocapture` readers.
+        eprintln!("{ae}: {} -> {} bytes", identity.len(), got.body.len());
     }
     // A chunked (unknown length) upstream body is compressed too.
     let r = tokio::task::block_in_place(|| {
