@@ -6,8 +6,8 @@
 //!   rules run last on the way out, on every response of the route: CORS
 //!   preflight answers, upstream and cached responses, and the gateway's
 //!   own error responses (their `set` and `add` values; `remove` does not
-//!   touch the gateway's error headers), as Envoy applies a route's
-//!   `response_headers_to_add` to local replies.
+//!   touch the gateway's error headers), as Traefik's headers middleware
+//!   modifies whatever the middlewares inside it answer.
 //! - [`CorsLayer`]: a preflight (`OPTIONS` with `Origin` and
 //!   `Access-Control-Request-Method`) is answered here, before auth and
 //!   rate limits (preflights carry no credentials), and never reaches the
