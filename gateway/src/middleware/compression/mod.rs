@@ -358,35 +358,46 @@ mod tests {
         }
     }
 
-    /// Inside the cache: one entry per negotiated coding, weighed by the
-    /// coded bytes it holds; raw headers that negotiate the same coding
-    /// share it; an unsafe request drops every variant.
-    #[tokio::test(start_paused = true)]
-    async fn the_cache_stores_one_coded_variant_per_coding() {
+    type Cached = crate::middleware::cache::Cache<
+        Compression<tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>>,
+    >;
+
+    /// Cache (`max_body`) over compression over an upstream answering
+    /// 8 x [`BIG`] as `text/plain` with its length and `max-age=60`,
+    /// counting its calls; and the store, and the identity length.
+    fn cached(
+        max_body: u64,
+    ) -> (
+        Cached,
+        Arc<crate::middleware::cache::ResponseCache>,
+        Arc<AtomicUsize>,
+        usize,
+    ) {
         use crate::config::{ByteSize, RouteCacheConfig};
         use crate::middleware::cache::{CacheLayer, ResponseCache, RouteCache};
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
         let big = BIG.repeat(8);
         let len = big.len();
-        let inner = tower::service_fn(move |_r: Request<Body>| {
-            h.fetch_add(1, Ordering::SeqCst);
-            let body = big.clone();
-            async move {
-                let mut r = Response::new(Body::full(body));
-                let hm = r.headers_mut();
-                hm.insert("content-type", HeaderValue::from_static("text/plain"));
-                hm.insert("content-length", HeaderValue::from(len));
-                hm.insert("cache-control", HeaderValue::from_static("max-age=60"));
-                Ok::<_, BoxError>(r)
-            }
-        });
+        let inner =
+            tower::util::BoxCloneSyncService::new(tower::service_fn(move |_r: Request<Body>| {
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = big.clone();
+                async move {
+                    let mut r = Response::new(Body::full(body));
+                    let hm = r.headers_mut();
+                    hm.insert("content-type", HeaderValue::from_static("text/plain"));
+                    hm.insert("content-length", HeaderValue::from(len));
+                    hm.insert("cache-control", HeaderValue::from_static("max-age=60"));
+                    Ok::<_, BoxError>(r)
+                }
+            }));
         let cfg = RouteCompressionConfig::default();
         let zipped = CompressionLayer::new(RoutePolicy::new(&cfg), None).layer(inner);
         let store = Arc::new(ResponseCache::new(1 << 24));
         let cache_cfg = RouteCacheConfig {
             ttl: std::time::Duration::from_secs(60),
-            max_body: ByteSize(1 << 20),
+            max_body: ByteSize(max_body),
             share_authorized: false,
             stale_while_revalidate: std::time::Duration::ZERO,
             stale_if_error: std::time::Duration::ZERO,
@@ -394,7 +405,15 @@ mod tests {
         };
         let route = RouteCache::new("r", &cache_cfg, store.clone())
             .with_codings(Some(cfg.algorithms.clone()));
-        let s = CacheLayer::new(route).layer(zipped);
+        (CacheLayer::new(route).layer(zipped), store, hits, len)
+    }
+
+    /// Inside the cache: one entry per negotiated coding, weighed by the
+    /// coded bytes it holds; raw headers that negotiate the same coding
+    /// share it; an unsafe request drops every variant.
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_stores_one_coded_variant_per_coding() {
+        let (s, store, hits, len) = cached(1 << 20);
         let get = |ae: &'static str| {
             let s = s.clone();
             async move {
@@ -429,6 +448,25 @@ mod tests {
         let post = s.clone().oneshot(req("POST", None)).await.unwrap();
         assert_eq!(post.status(), 200);
         assert_eq!(store.len(), 0);
+    }
+
+    /// A coded body over `max_body` is sent whole, decodable, and not
+    /// stored; the next request goes upstream again.
+    #[tokio::test(start_paused = true)]
+    async fn a_coded_body_over_max_body_is_streamed_not_stored() {
+        let (s, store, hits, len) = cached(256);
+        for _ in 0..2 {
+            let r = s.clone().oneshot(req("GET", Some("gzip"))).await.unwrap();
+            assert_eq!(r.headers()["x-cache"], "MISS");
+            assert_eq!(r.headers()["cache-status"], "gateway; fwd=miss");
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.len() > 256);
+            let plain = body::tests::decode(Algorithm::Gzip, &body).await;
+            assert_eq!(plain.len(), len);
+            assert_eq!(plain, BIG.repeat(8).as_bytes());
+        }
+        assert_eq!(store.len(), 0);
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
