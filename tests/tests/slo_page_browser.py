@@ -184,9 +184,20 @@ with sync_playwright() as p:
         result["screenshot"] = {
             "path": shot, "width": w, "height": h, "distinct_colours": len(counts),
             "most_common_share": max(counts.values()) / (w * h),
-            "p50_blue": near(counts, (37, 99, 235), 25), "p95_orange": near(counts, (217, 119, 6), 25),
-            "p99_red": near(counts, (220, 38, 38), 25), "header_dark": near(counts, (15, 23, 42), 8),
+            "header_dark": near(counts, (15, 23, 42), 8),
         }
+        # The chart alone (the legend's swatches are outside the canvas): its lines are drawn.
+        charts = {}
+        for i, name in enumerate(page.eval_on_selector_all("canvas.chart", "cs => cs.map(c => c.dataset.slo)")):
+            path = f"{out}/slo_chart_{i}.png"
+            page.locator("canvas.chart").nth(i).screenshot(path=path)
+            cw, ch, cc = png_pixels(path)
+            charts[name] = {
+                "width": cw, "height": ch, "distinct_colours": len(cc),
+                "p50_blue": near(cc, (37, 99, 235), 25), "p95_orange": near(cc, (217, 119, 6), 25),
+                "p99_red": near(cc, (220, 38, 38), 25),
+            }
+        result["charts"] = charts
 
         # Hostile names from config (or a tampered /slo) are text, never markup.
         report = page.request.get(admin + "/slo", headers={"Accept": "application/json"}).json()
