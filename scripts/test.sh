@@ -64,6 +64,18 @@ fi
 if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
   redis-server --port 6379 --save "" --appendonly no --daemonize yes >/dev/null
 fi
+# HTTPS termination (tests/tests/tls.rs) is checked with real clients: curl,
+# openssl s_client and h2load (Debian's nghttp2-client).
+if ! command -v curl >/dev/null || ! command -v openssl >/dev/null || ! command -v h2load >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "installing curl, openssl and nghttp2-client (TLS tests)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            curl openssl nghttp2-client >/dev/null
+    else
+        echo "warning: curl/openssl/h2load missing and cannot apt-get install them" >&2
+    fi
+fi
 # The end-to-end tests drive the real binaries (gateway, mock-upstream, loadgen).
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads 4
