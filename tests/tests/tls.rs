@@ -699,6 +699,26 @@ async fn the_redirect_listener_answers_308_to_https() {
         o.stdout
     );
     assert!(!head.contains("strict-transport-security"), "{}", o.stdout);
+    drop(gw);
+    // Behind a load balancer mapping 443: `redirect_port` (443: no port).
+    let rport = free_port();
+    let tls = format!(
+        "certificates = [{}]\nredirect_listen = \"127.0.0.1:{rport}\"\nredirect_port = 443\n",
+        pair_line(&s_c, &s_k)
+    );
+    let dir = temp_dir("tls-redirect443");
+    let gw = spawn(&dir, &config_text(up.addr(), &tls));
+    let o = run(Command::new(tool("curl", "curl"))
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-D", "-"])
+        .args(["-H", "Host: a.test:80"])
+        .arg(format!("http://127.0.0.1:{rport}/")));
+    assert!(
+        o.stdout
+            .to_ascii_lowercase()
+            .contains("location: https://a.test/\r\n"),
+        "{}",
+        o.stdout
+    );
     // An invalid Host is refused, not reflected.
     let o = run(Command::new(tool("curl", "curl"))
         .args(["-sS", "--max-time", "10", "-H", "Host: evil.test/x@y"])

@@ -54,6 +54,10 @@ pub struct TlsConfig {
     /// same host and path over HTTPS.
     #[serde(default)]
     pub redirect_listen: Option<String>,
+    /// The port redirects point at; default the proxy listener's own
+    /// (set it when a load balancer or Service maps 443 to another port).
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
     /// How often certificate, key and CA files are checked for changes
     /// (inode, mtime, size, following symlinks).
     #[serde(default = "default_watch_interval", with = "humantime_serde")]
@@ -193,6 +197,12 @@ impl TlsConfig {
             errs.push((
                 "watch_interval".to_owned(),
                 "must be at least 100ms".to_owned(),
+            ));
+        }
+        if self.redirect_port == Some(0) {
+            errs.push((
+                "redirect_port".to_owned(),
+                "must be a port number (1-65535)".to_owned(),
             ));
         }
         if self.client_auth.is_some() && self.client_ca_file.is_none() {
@@ -505,6 +515,7 @@ mod tests {
             client_ca_file: None,
             client_auth: None,
             redirect_listen: None,
+            redirect_port: None,
             watch_interval: Duration::from_secs(5),
         };
         let errs = cfg.check(SystemTime::now());

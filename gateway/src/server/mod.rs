@@ -261,7 +261,11 @@ pub async fn start(
         header_timeout: server_cfg.header_read_timeout,
         body_idle_timeout: server_cfg.body_idle_timeout,
         redirect_slots: Arc::new(Semaphore::new(REDIRECT_MAX_CONNECTIONS)),
-        https_port: proxy_addr.port(),
+        https_port: server_cfg
+            .tls
+            .as_ref()
+            .and_then(|t| t.redirect_port)
+            .unwrap_or(proxy_addr.port()),
     });
     let task = tokio::spawn(run(
         ctx,
