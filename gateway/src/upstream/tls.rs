@@ -85,7 +85,7 @@ impl EndpointTls {
 /// [`super::error::UpstreamError::Connect`]: a connect failure, the
 /// upstream's fault, and no byte of the request was sent.
 #[derive(Debug, thiserror::Error)]
-#[error("TLS handshake failed (server name {server_name:?}): {source}")]
+#[error("TLS handshake with the upstream failed (server name {server_name:?})")]
 pub struct TlsHandshakeError {
     /// The name verified.
     pub server_name: String,
@@ -247,5 +247,156 @@ impl AsyncWrite for UpstreamIo {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::io::Write;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A CA-signed certificate for `localhost`: (server config, client
+    /// config trusting the CA).
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Serves one TLS 1.3 handshake on `l` by hand, holding back the
+    /// `NewSessionTicket` records rustls emits at its end; on each message
+    /// from `go`, sends what is held plus what the closure adds (data,
+    /// close_notify) as raw records. The socket stays open until `go` closes.
+    fn server(
+        l: std::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        go: mpsc::Receiver<fn(&mut rustls::ServerConnection)>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let (mut sock, _) = l.accept().unwrap();
+            let mut tls = rustls::ServerConnection::new(config).unwrap();
+            while tls.is_handshaking() {
+                while tls.wants_write() {
+                    tls.write_tls(&mut sock).unwrap();
+                }
+                if tls.read_tls(&mut sock).unwrap() == 0 {
+                    return;
+                }
+                tls.process_new_packets().unwrap();
+            }
+            // Handshake done: the tickets are queued, not sent.
+            assert!(tls.wants_write(), "rustls queued session tickets");
+            while let Ok(add) = go.recv() {
+                add(&mut tls);
+                let mut out = Vec::new();
+                while tls.wants_write() {
+                    tls.write_tls(&mut out).unwrap();
+                }
+                sock.write_all(&out).unwrap();
+            }
+        })
+    }
+
+    fn peek_has_bytes(io: &UpstreamIo) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(io.tcp()).peek(&mut probe), Ok(n) if n > 0)
+    }
+
+    async fn wait_readable(io: &UpstreamIo) {
+        for _ in 0..500 {
+            if peek_has_bytes(io) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("nothing arrived");
+    }
+
+    async fn connect(
+        server_config: &Arc<rustls::ServerConfig>,
+        client: &Arc<rustls::ClientConfig>,
+    ) -> (UpstreamIo, mpsc::Sender<fn(&mut rustls::ServerConnection)>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        server(l, server_config.clone(), rx);
+        let tls = EndpointTls::new(
+            client.clone(),
+            ServerName::try_from("localhost").unwrap(),
+            0,
+        );
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let io = tokio::time::timeout(Duration::from_secs(10), tls.handshake(tcp))
+            .await
+            .unwrap()
+            .unwrap();
+        (io, tx)
+    }
+
+    /// Session tickets that arrive while a connection is pooled keep it
+    /// (a `MSG_PEEK` would see bytes and discard it); data, close_notify
+    /// or EOF after them discard it.
+    #[tokio::test]
+    async fn session_tickets_on_an_idle_connection_keep_it_data_and_close_notify_do_not() {
+        let (server_config, client) = configs();
+
+        let (mut io, go) = connect(&server_config, &client).await;
+        assert!(!io.looks_closed(), "fresh and quiet");
+        go.send(|_| {}).unwrap(); // the held-back tickets
+        wait_readable(&io).await;
+        assert!(peek_has_bytes(&io), "a MSG_PEEK check would discard it");
+        assert!(!io.looks_closed(), "tickets only: healthy");
+        assert!(!peek_has_bytes(&io), "the tickets were consumed");
+        assert!(!io.looks_closed(), "still healthy on a second look");
+        go.send(|s| s.send_close_notify()).unwrap();
+        wait_readable(&io).await;
+        assert!(io.looks_closed(), "close_notify: closed");
+
+        let (mut io, go) = connect(&server_config, &client).await;
+        go.send(|s| {
+            s.writer().write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        })
+        .unwrap();
+        wait_readable(&io).await;
+        assert!(io.looks_closed(), "tickets and stray data: discarded");
+
+        let (mut io, go) = connect(&server_config, &client).await;
+        drop(go); // the server closes the socket without close_notify
+        for _ in 0..500 {
+            if io.looks_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("EOF not seen");
     }
 }

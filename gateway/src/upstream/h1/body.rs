@@ -63,7 +63,11 @@ pub(super) async fn write_request(
         write_counted(&mut conn.io, head, &mut sent.bytes)
             .await
             .map_err(WriteError::Io)?;
-        return flush_tls(&mut conn.io, how).await;
+        // Checked here, not in `flush_tls`: plain TCP never enters it.
+        if conn.io.needs_flush() {
+            flush_tls(&mut conn.io, how).await?;
+        }
+        return Ok(());
     }
     let mut out = BytesMut::from(head);
     loop {
@@ -104,16 +108,17 @@ pub(super) async fn write_request(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     flush(&mut conn.io, &mut out, how, &mut sent.bytes).await?;
-    flush_tls(&mut conn.io, how).await
+    if conn.io.needs_flush() {
+        flush_tls(&mut conn.io, how).await?;
+    }
+    Ok(())
 }
 
 /// Sends what a TLS stream still holds of the request (its writes may
 /// return before the records reached the socket), within the idle
-/// timeout. Nothing to do for plain TCP.
+/// timeout. Called only when [`UpstreamIo::needs_flush`]: plain TCP has
+/// nothing to flush and skips the extra future.
 async fn flush_tls(io: &mut UpstreamIo, how: &Writing<'_>) -> Result<(), WriteError> {
-    if !io.needs_flush() {
-        return Ok(());
-    }
     match io.flush().now_or_never() {
         Some(r) => r,
         None => how

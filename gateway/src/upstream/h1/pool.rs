@@ -47,7 +47,7 @@ impl Conn {
             match &ep.tls {
                 None => Ok(UpstreamIo::Plain(tcp)),
                 Some(tls) => tls.handshake(tcp).await.map_err(|e| {
-                    tracing::warn!(endpoint = %ep.authority, error = %e, "upstream TLS handshake failed");
+                    tracing::warn!(endpoint = %ep.authority, server_name = %e.server_name, error = %e.source, "upstream TLS handshake failed");
                     UpstreamError::Connect(e.into_io())
                 }),
             }
