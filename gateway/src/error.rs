@@ -116,6 +116,32 @@ pub struct Decorated {
     pub source: BoxError,
 }
 
+/// Whether an error of type `T` is anywhere in `err`'s cause chain.
+pub fn chain_has<T: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<T>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The headers of every [`Decorated`] in `err`'s cause chain, outermost
+/// first.
+pub fn decorations(err: &(dyn StdError + 'static)) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(d) = e.downcast_ref::<Decorated>() {
+            out.extend(d.headers.iter().cloned());
+        }
+        cur = e.source();
+    }
+    out
+}
+
 /// A request body exceeded the route's limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]

@@ -707,7 +707,7 @@ async fn the_redirect_listener_answers_308_to_https() {
         pair_line(&s_c, &s_k)
     );
     let dir = temp_dir("tls-redirect443");
-    let gw = spawn(&dir, &config_text(up.addr(), &tls));
+    let _gw = spawn(&dir, &config_text(up.addr(), &tls));
     let o = run(Command::new(tool("curl", "curl"))
         .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-D", "-"])
         .args(["-H", "Host: a.test:80"])
@@ -814,4 +814,62 @@ fn gateway_check_validates_pairs_and_expiry() {
     .unwrap();
     let (code, out) = check(&file);
     assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateways_own_error_answers_carry_hsts_and_cors_too() {
+    // A route timeout's 504 and a 503 with no healthy endpoint are rendered
+    // at the edge, not by the route's stack: they go over the same TLS
+    // connection to the same page, so HSTS and the CORS policy apply.
+    let up = MockUpstream::start(MockOptions::default()).await.unwrap();
+    let dir = temp_dir("tls-errors");
+    let ca = Ca::new("test ca");
+    let ca_file = ca.write(&dir);
+    let (cert, key) = ca.issue("a.test", &["a.test"], false, 90);
+    let (c, k) = write_pair(&dir, "a", &cert, &key);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [server.tls]\ncertificates = [{}]\n\
+         [upstreams.up]\nendpoints = [\"{}\"]\n\
+         [upstreams.gone]\nendpoints = [\"127.0.0.1:9\"]\n\
+         [upstreams.gone.circuit_breaker]\nconsecutive_failures = 1\n\
+         [[routes]]\nname = \"slow\"\nprefix = \"/delay\"\nupstream = \"up\"\ntimeout = \"300ms\"\n\
+         hsts = {{ max_age = \"365d\" }}\n\
+         cors = {{ allow_origins = [\"https://app.example\"] }}\n\
+         [[routes]]\nname = \"gone\"\nprefix = \"/gone\"\nupstream = \"gone\"\n\
+         hsts = {{ max_age = \"365d\" }}\n",
+        pair_line(&c, &k),
+        up.addr()
+    );
+    let gw = spawn(&dir, &text);
+    let port = gw.addr.port();
+    let slow = curl(
+        "a.test",
+        port,
+        "/delay/3000",
+        &ca_file,
+        &["-D", "-", "-H", "Origin: https://app.example"],
+    );
+    assert_eq!(code_version(&slow).0, "504", "{}", slow.stdout);
+    let head = slow.stdout.to_ascii_lowercase();
+    assert!(
+        head.contains("strict-transport-security: max-age=31536000"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    for _ in 0..3 {
+        let gone = curl("a.test", port, "/gone", &ca_file, &["-D", "-"]);
+        let code = code_version(&gone).0;
+        assert!(code == "502" || code == "503", "{}", gone.stdout);
+        assert!(
+            gone.stdout
+                .to_ascii_lowercase()
+                .contains("strict-transport-security:"),
+            "{}",
+            gone.stdout
+        );
+    }
 }

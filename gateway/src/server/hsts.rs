@@ -15,6 +15,7 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::TlsInfo;
+use crate::error::{BoxError, Decorated};
 
 /// Adds `Strict-Transport-Security: value` to responses of requests that
 /// came over TLS.
@@ -53,13 +54,14 @@ pub struct Hsts<S> {
 impl<S, B, RB> Service<Request<B>> for Hsts<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
 {
     type Response = Response<RB>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -86,17 +88,29 @@ pin_project_lite::pin_project! {
 impl<F, RB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
 {
-    type Output = Result<Response<RB>, E>;
+    type Output = Result<Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut r = ready!(this.inner.poll(cx));
-        if let (Ok(resp), Some(v)) = (r.as_mut(), this.value.take()) {
-            // The gateway's policy wins over an upstream's own header.
-            resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, v);
-        }
-        Poll::Ready(r)
+        let r = ready!(this.inner.poll(cx));
+        Poll::Ready(match (r, this.value.take()) {
+            (Ok(mut resp), Some(v)) => {
+                // The gateway's policy wins over an upstream's own header.
+                resp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, v);
+                Ok(resp)
+            }
+            (Ok(resp), None) => Ok(resp),
+            // The gateway's own error answers (401, 429, 503, the route
+            // timeout's 504...) are sent over the same TLS connection: they
+            // carry the header too, as error::render adds a Decorated's.
+            (Err(e), Some(v)) => Err(Box::new(Decorated {
+                headers: vec![(STRICT_TRANSPORT_SECURITY, v)],
+                source: e.into(),
+            })),
+            (Err(e), None) => Err(e.into()),
+        })
     }
 }
 

@@ -659,14 +659,25 @@ impl Edge {
             Ok(r) => r,
             Err(mut e) => {
                 // The route's timeout passed while the gateway was waiting
-                // for the client's body: the client was too slow.
-                if e.is::<tower::timeout::error::Elapsed>()
+                // for the client's body: the client was too slow. Layers
+                // outside the timeout (CORS, header rules, HSTS) may have
+                // wrapped it: their headers stay on the 408.
+                if error::chain_has::<tower::timeout::error::Elapsed>(e.as_ref())
                     && self
                         .upload
                         .as_ref()
                         .is_some_and(UploadState::waiting_on_client)
                 {
-                    e = Box::new(RequestBodyError::new(RequestBodyKind::TimedOut));
+                    let headers = error::decorations(e.as_ref());
+                    let slow: BoxError = Box::new(RequestBodyError::new(RequestBodyKind::TimedOut));
+                    e = if headers.is_empty() {
+                        slow
+                    } else {
+                        Box::new(error::Decorated {
+                            headers,
+                            source: slow,
+                        })
+                    };
                 }
                 let c = error::classify(e.as_ref());
                 let route = self.record.as_ref().map_or("", |r| r.route_name());

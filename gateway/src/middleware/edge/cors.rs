@@ -301,17 +301,13 @@ where
     }
 }
 
-/// Wraps `e` so its rendered response gets `headers`; the route timeout's
-/// `Elapsed` is left as is, because the edge reads it at the top of the
-/// chain to tell a slow client's upload (408) from a slow upstream (504):
-/// that answer goes out without the route's decorations.
+/// Wraps `e` so its rendered response gets `headers` (the route timeout's
+/// too: the edge finds its `Elapsed` anywhere in the chain and keeps these
+/// decorations when it turns a slow upload's timeout into a 408).
 pub(super) fn decorate_error(
     e: BoxError,
     headers: impl FnOnce() -> Vec<(HeaderName, HeaderValue)>,
 ) -> BoxError {
-    if e.is::<tower::timeout::error::Elapsed>() {
-        return e;
-    }
     let headers = headers();
     if headers.is_empty() {
         return e;
@@ -550,10 +546,11 @@ mod tests {
     }
 
     #[test]
-    fn the_route_timeout_is_never_wrapped() {
+    fn the_route_timeout_is_decorated_too() {
         let e: BoxError = Box::new(tower::timeout::error::Elapsed::new());
         let e = decorate_error(e, || vec![(VARY, VARY_ORIGIN)]);
-        assert!(e.is::<tower::timeout::error::Elapsed>());
+        let d = e.downcast_ref::<Decorated>().unwrap();
+        assert!(d.source.is::<tower::timeout::error::Elapsed>());
         let e: BoxError = "x".into();
         assert!(decorate_error(e, Vec::new)
             .downcast_ref::<Decorated>()
