@@ -54,6 +54,12 @@ pub enum ProxyError {
     ConnectionWriteTimeout,
     /// §2.3.11: the endpoint's `max_connections` were all busy.
     ConnectionLimitReached,
+    /// §2.3.12: the upstream's TLS handshake failed on the protocol.
+    TlsProtocolError,
+    /// §2.3.13: the upstream's certificate failed verification.
+    TlsCertificateError,
+    /// §2.3.14: the upstream sent a TLS alert during the handshake.
+    TlsAlertReceived,
     /// §2.3.15: a 4xx the gateway generates because the request itself is
     /// wrong (400, 405, 408, 413), as the origin would have.
     HttpRequestError,
@@ -87,6 +93,9 @@ impl ProxyError {
             Self::ConnectionTimeout => "connection_timeout",
             Self::ConnectionWriteTimeout => "connection_write_timeout",
             Self::ConnectionLimitReached => "connection_limit_reached",
+            Self::TlsProtocolError => "tls_protocol_error",
+            Self::TlsCertificateError => "tls_certificate_error",
+            Self::TlsAlertReceived => "tls_alert_received",
             Self::HttpRequestError => "http_request_error",
             Self::HttpRequestDenied => "http_request_denied",
             Self::HttpResponseIncomplete => "http_response_incomplete",
@@ -109,6 +118,25 @@ pub struct Tagged {
     /// The actual error.
     #[source]
     pub source: crate::error::BoxError,
+}
+
+/// The TLS type of a failed handshake with an `https://` upstream, from the
+/// rustls error inside the connect error.
+fn tls_error(io: &std::io::Error) -> Option<ProxyError> {
+    let hs = io
+        .get_ref()?
+        .downcast_ref::<crate::upstream::tls::TlsHandshakeError>()?;
+    Some(
+        match hs
+            .source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(_)) => ProxyError::TlsCertificateError,
+            Some(rustls::Error::AlertReceived(_)) => ProxyError::TlsAlertReceived,
+            _ => ProxyError::TlsProtocolError,
+        },
+    )
 }
 
 /// The Proxy-Status type of `err`, from the first error in its cause chain
@@ -162,7 +190,9 @@ pub fn error_type(err: &(dyn StdError + 'static)) -> ProxyError {
                 {
                     ProxyError::DestinationIpUnroutable
                 }
-                UpstreamError::Connect(_) => ProxyError::ConnectionRefused,
+                UpstreamError::Connect(io) => {
+                    tls_error(io).unwrap_or(ProxyError::ConnectionRefused)
+                }
                 UpstreamError::ConnectTimeout => ProxyError::ConnectionTimeout,
                 UpstreamError::Io(io) if io.kind() == ErrorKind::UnexpectedEof => {
                     ProxyError::HttpResponseIncomplete

@@ -261,6 +261,9 @@ async fn an_untrusted_certificate_is_a_502_and_no_request_byte_is_sent() {
         let got = send(&c, post(gw.proxy_addr, "/x", "secret")).await;
         assert_eq!(got.status(), 502, "{tls}");
         assert_eq!(got.json()["error"], "upstream refused the connection");
+        // RFC 9209: the certificate is the reason, not a refused connection.
+        let ps = got.header("proxy-status");
+        assert!(ps.ends_with("error=tls_certificate_error"), "{ps}");
     }
     assert!(rogue.requests().is_empty(), "the request never left");
     assert!(rogue.tls().sni.is_empty());
