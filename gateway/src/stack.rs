@@ -15,11 +15,14 @@
 //!    record and (when sampled) the SERVER span started; the span's context
 //!    rides in the request extensions to the proxy.
 //!
+//!    1a. `hsts` (per route, `hsts`): `Strict-Transport-Security` on every
+//!    answer sent over TLS (the gateway's errors too), never over plaintext.
+//!
 //!    1b. `response headers` (per route, `response_headers`): the route's
 //!    response rules (remove, set, add; `{request_id}`, `{client_ip}`,
 //!    `{route}`, `{claim.NAME}`), outermost so they run last on the way out,
 //!    on every answer: preflights, cache hits, upstream responses and the
-//!    gateway's own errors (set/add only), the route timeout's answer aside.
+//!    gateway's own errors (set/add only), the route timeout's included.
 //!
 //!    1c. `cors` (per route, `cors`): a preflight is answered here from the
 //!    policy, before auth and limits (preflights carry no credentials), and
@@ -37,6 +40,12 @@
 //!    can use a value a rule set from a claim).
 //! 4. `rate limit` (per route): GCRA policies, local or Redis (429); after
 //!    auth, before anything that costs the upstream.
+//!
+//!    4b. `proxy status` (routes with `proxy_status = true`): RFC 9209
+//!    `Proxy-Status` with `next-hop` and `received-status` on proxied
+//!    responses; outside the cache, so a stored response never keeps one
+//!    and a hit carries none (the gateway's own errors get theirs from
+//!    `error::render` on every route).
 //! 5. `cache` (per route): GET/HEAD served from memory (X-Cache,
 //!    Cache-Status), misses coalesced; after auth and limits so both always
 //!    apply, before retry so a hit costs no attempt.
