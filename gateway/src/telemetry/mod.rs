@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod native;
+pub mod otlp;
 pub mod process;
 pub mod protobuf;
 pub mod slo;

@@ -28,7 +28,6 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
@@ -73,7 +72,7 @@ pub struct ExportCounters {
 /// Why the exporter could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the OTLP trace exporter: {0}")]
-pub struct ExporterError(String);
+pub struct ExporterError(pub(crate) String);
 
 impl Tracing {
     /// The tracer for `cfg`, or `None` when tracing is off. Spawns the batch
@@ -85,14 +84,8 @@ impl Tracing {
         if !cfg.enabled {
             return Ok(None);
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(ExportClient::new(cfg)?)
-            .with_headers(cfg.headers.clone().into_iter().collect())
-            .with_endpoint(cfg.endpoint.clone())
-            .with_timeout(cfg.export_timeout)
-            .build()
-            .map_err(|e| ExporterError(e.to_string()))?;
+        // Encodes straight from the span data (see `super::otlp`).
+        let exporter = super::otlp::OtlpExporter::new(cfg, ExportClient::new(cfg)?)?;
         let exporter = CountingExporter {
             inner: exporter,
             counters: counters.clone(),
@@ -194,7 +187,7 @@ impl Tracing {
             "network.protocol.version",
             protocol_version(req.version),
         ));
-        attrs.push(KeyValue::new("client.address", req.client_ip.to_string()));
+        attrs.push(KeyValue::new("client.address", ip_string(req.client_ip)));
         if let Some((host, port)) = req.host.map(split_host) {
             attrs.push(KeyValue::new("server.address", host.to_owned()));
             if let Some(port) = port {
@@ -211,7 +204,10 @@ impl Tracing {
         if let Ok(id) = req.request_id.to_str() {
             attrs.push(KeyValue::new("gateway.request_id", id.to_owned()));
         }
-        let name = format!("{method} {}", req.route);
+        let mut name = String::with_capacity(method.len() + 1 + req.route.len());
+        name.push_str(method);
+        name.push(' ');
+        name.push_str(req.route);
         let span = self
             .tracer
             .span_builder(name)
@@ -265,7 +261,9 @@ pub struct ServerSpan {
 impl ServerSpan {
     /// Its trace id in hex (the exemplar label).
     pub fn trace_id_hex(&self) -> Box<str> {
-        format!("{:032x}", self.span.span_context().trace_id()).into_boxed_str()
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, &self.span.span_context().trace_id().to_bytes());
+        s.into_boxed_str()
     }
 
     /// What the upstream attempts hang under (a request extension).
@@ -486,8 +484,45 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
 
 /// `00-{trace}-{span}-01`.
 fn traceparent(trace: TraceId, span: SpanId) -> HeaderValue {
-    let s = format!("00-{trace:032x}-{span:016x}-01");
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    push_hex(&mut s, &trace.to_bytes());
+    s.push('-');
+    push_hex(&mut s, &span.to_bytes());
+    s.push_str("-01");
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// An address as text; IPv4 without the formatter (every traced request).
+fn ip_string(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let mut s = String::with_capacity(15);
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    s.push(char::from(b'0' + o / 10 % 10));
+                }
+                s.push(char::from(b'0' + o % 10));
+            }
+            s
+        }
+        v6 => v6.to_string(),
+    }
+}
+
+/// Appends `bytes` in lower-case hex (ids: no formatter on the request path).
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
 }
 
 /// Semantic-convention method name (`_OTHER` for unknown methods).
@@ -655,6 +690,29 @@ impl HttpClient for ExportClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_is_written_in_lower_case_hex() {
+        let t = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0736ae").unwrap();
+        let s = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        assert_eq!(
+            traceparent(t, s).to_str().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01"
+        );
+        let mut h = String::new();
+        push_hex(&mut h, &[0x00, 0x0f, 0xa0, 0xff]);
+        assert_eq!(h, "000fa0ff");
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.99.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let a: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_string(a), a.to_string());
+        }
+    }
 
     #[test]
     fn traceparent_parses_ids_and_flag() {
