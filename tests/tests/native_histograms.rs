@@ -9,48 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::time::Duration;
 
-use bytes::Bytes;
 use e2e::harness::{client, find_tool, get, poll_until, simple, GatewayProcess, TestClient};
 use e2e::mock::{MockOptions, MockUpstream};
-use http::Request;
-use http_body_util::Full;
-use serde_json::Value;
+use e2e::prometheus::Prometheus;
 
 /// One schema-3 bucket: the native estimate's worst-case relative error.
 const BUCKET_FACTOR: f64 = 1.090_507_732_665_257_7;
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Prometheus {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_prometheus(
     bin: &Path,
@@ -58,47 +23,19 @@ fn start_prometheus(
     admin: std::net::SocketAddr,
     native: bool,
 ) -> Prometheus {
-    let port = free_port();
-    std::fs::create_dir_all(dir).unwrap();
-    let file = dir.join("prometheus.yml");
-    std::fs::write(
-        &file,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{admin}']\n"
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg(format!("--config.file={}", file.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    if native {
-        cmd.arg("--enable-feature=native-histograms");
-    }
-    Prometheus {
-        child: cmd.spawn().expect("prometheus starts"),
-        addr: format!("127.0.0.1:{port}"),
-    }
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{admin}']\n"
+    );
+    let extra: &[&str] = if native {
+        &["--enable-feature=native-histograms"]
+    } else {
+        &[]
+    };
+    Prometheus::start(bin, dir, &config, extra)
 }
 
-async fn query(c: &TestClient, prom: &str, expr: &str) -> Option<f64> {
-    let url = format!("http://{prom}/api/v1/query?query={}", urlencode(expr));
-    let req = Request::get(url).body(Full::new(Bytes::new())).ok()?;
-    let got = tokio::time::timeout(Duration::from_secs(5), c.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let body = http_body_util::BodyExt::collect(got.into_body())
-        .await
-        .ok()?
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&body).ok()?;
+async fn query(c: &TestClient, prom: &Prometheus, expr: &str) -> Option<f64> {
+    let v = prom.query(c, expr).await?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
@@ -149,18 +86,18 @@ async fn native_quantiles_agree_with_classic_buckets_and_the_slo_engine() {
     // Both have scraped the final counts (bounded: Prometheus starts in a
     // few seconds even on a loaded machine).
     poll_until("native Prometheus has every request", || async {
-        (query(&c, &native.addr, &format!("histogram_count({sel})")).await == Some(n)).then_some(())
+        (query(&c, &native, &format!("histogram_count({sel})")).await == Some(n)).then_some(())
     })
     .await;
     poll_until("classic Prometheus has every request", || async {
         let count = r#"gateway_request_duration_seconds_count{route="all",status_class="2xx"}"#;
-        (query(&c, &classic.addr, count).await == Some(n)).then_some(())
+        (query(&c, &classic, count).await == Some(n)).then_some(())
     })
     .await;
     // The native Prometheus took the protobuf exposition: the series is one
     // native histogram, not classic _bucket series.
     assert_eq!(
-        query(&c, &native.addr, &format!("count({bucket_sel})")).await,
+        query(&c, &native, &format!("count({bucket_sel})")).await,
         None
     );
 
@@ -183,12 +120,12 @@ async fn native_quantiles_agree_with_classic_buckets_and_the_slo_engine() {
         b
     };
     for (q, key) in [(0.5, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms")] {
-        let nat = query(&c, &native.addr, &format!("histogram_quantile({q}, {sel})"))
+        let nat = query(&c, &native, &format!("histogram_quantile({q}, {sel})"))
             .await
             .unwrap();
         let cls = query(
             &c,
-            &classic.addr,
+            &classic,
             &format!("histogram_quantile({q}, {bucket_sel})"),
         )
         .await

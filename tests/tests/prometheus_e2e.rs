@@ -17,18 +17,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use e2e::harness::{bin, client, find_tool, GatewayProcess, TestClient};
+use e2e::harness::{bin, client, find_tool, free_port, GatewayProcess, TestClient};
 use e2e::mock::{MockOptions, MockUpstream};
+use e2e::prometheus::{get_json, urlencode, Prometheus};
 use gateway::monitoring::{self, dashboards, rules, Options};
-use http::Request;
-use http_body_util::Full;
 use serde_json::Value;
 
 /// Queries that return nothing until the middleware they watch has
 /// traffic: this test has no JWT, rate limit, cache, retries, circuit
-/// breaker, Redis, reloads, nor request bodies.
-const EMPTY_WITHOUT_FEATURE: [&str; 10] = [
+/// breaker, Redis, reloads, request bodies, nor TLS listener.
+const EMPTY_WITHOUT_FEATURE: [&str; 12] = [
+    "gateway_tls_certificate_expiry_seconds",
+    "gateway_tls_handshake_failures_total",
     "gateway_route_inflight",
     "gateway_circuit_state",
     "gateway_ratelimit_decisions_total",
@@ -40,50 +40,6 @@ const EMPTY_WITHOUT_FEATURE: [&str; 10] = [
     "gateway_config_reloads_total",
     "gateway_request_size_bytes",
 ];
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Prometheus {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn get_json(c: &TestClient, url: &str) -> Option<Value> {
-    let req = Request::get(url).body(Full::new(Bytes::new())).ok()?;
-    let got = tokio::time::timeout(Duration::from_secs(5), c.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let body = http_body_util::BodyExt::collect(got.into_body())
-        .await
-        .ok()?
-        .to_bytes();
-    serde_json::from_slice(&body).ok()
-}
 
 async fn query(c: &TestClient, prom: &str, expr: &str) -> Value {
     let url = format!("http://{prom}/api/v1/query?query={}", urlencode(expr));
@@ -145,29 +101,11 @@ fn start_prometheus(
     admin: std::net::SocketAddr,
     loadgen: &str,
 ) -> Prometheus {
-    let port = free_port();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}/*.yml\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{admin}']\n  - job_name: loadgen\n    static_configs:\n      - targets: ['{loadgen}']\n",
         rules = dir.join("rules").display()
     );
-    let file = dir.join("prometheus.yml");
-    std::fs::write(&file, config).unwrap();
-    let child = std::process::Command::new(bin)
-        .arg(format!("--config.file={}", file.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    Prometheus {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-    }
+    Prometheus::start(bin, dir, &config, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

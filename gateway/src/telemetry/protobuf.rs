@@ -332,21 +332,13 @@ pub fn encode(
                     });
                 }
             }
-            "gauge" => {
+            // An OpenMetrics info family is a gauge of 1 named `NAME_info`
+            // in this exposition.
+            "gauge" | "info" => {
                 mf.r#type = Some(GAUGE);
-                for s in f.samples {
-                    mf.metric.push(Metric {
-                        label: pairs(s.labels),
-                        gauge: Some(Gauge {
-                            value: Some(s.value),
-                        }),
-                        ..Default::default()
-                    });
+                if f.kind == "info" {
+                    mf.name = Some(format!("{}_info", f.name));
                 }
-            }
-            "info" => {
-                mf.r#type = Some(GAUGE);
-                mf.name = Some(format!("{}_info", f.name));
                 for s in f.samples {
                     mf.metric.push(Metric {
                         label: pairs(s.labels),
