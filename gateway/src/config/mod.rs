@@ -7,9 +7,9 @@
 //! is turned into a running [`crate::runtime::Runtime`]. `gateway check`,
 //! start-up and SIGHUP reload all go through [`load`].
 
+mod compression;
 pub mod concurrency;
 pub mod edge;
-mod compression;
 mod middleware;
 mod size;
 pub mod telemetry;
@@ -23,13 +23,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use compression::{Algorithm, CompressionLevel, RouteCompressionConfig};
 pub use middleware::{
     AuthKeyConfig, AuthMode, AuthProviderConfig, CacheConfig, CacheRedisConfig,
     CircuitBreakerConfig, JwksConfig, OnRedisError, RateLimitConfig, RateLimitKey,
     RateLimitPolicyConfig, RateLimitStore, RedisConfig, RetryConfig, RouteAuthConfig,
     RouteCacheConfig,
 };
-pub use compression::{Algorithm, CompressionLevel, RouteCompressionConfig};
 pub use size::ByteSize;
 pub use telemetry::{AccessLogConfig, LatencyObjective, SloConfig, TelemetryConfig, TracingConfig};
 pub use validate::{ConfigError, ConfigErrors};
