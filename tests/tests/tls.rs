@@ -82,6 +82,13 @@ fn write_pair(dir: &Path, tag: &str, cert: &str, key: &KeyPair) -> (PathBuf, Pat
     (c, k)
 }
 
+/// `a.test`'s certificate, issued by `ca` for 90 days and written into
+/// `dir` with its key.
+fn a_test_pair(ca: &Ca, dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = ca.issue("a.test", &["a.test"], false, 90);
+    write_pair(dir, "server", &cert, &key)
+}
+
 fn pair_line(c: &Path, k: &Path) -> String {
     format!(
         "{{ cert_file = \"{}\", key_file = \"{}\" }}",
@@ -292,8 +299,7 @@ async fn client_certificates_are_required_when_configured() {
     let dir = temp_dir("tls-mtls");
     let ca = Ca::new("test ca");
     let ca_file = ca.write(&dir);
-    let (sc, sk) = ca.issue("a.test", &["a.test"], false, 90);
-    let (s_c, s_k) = write_pair(&dir, "server", &sc, &sk);
+    let (s_c, s_k) = a_test_pair(&ca, &dir);
     let (cc, ck) = ca.issue("client one", &[], true, 90);
     let (c_c, c_k) = write_pair(&dir, "client", &cc, &ck);
     let rogue = Ca::new("rogue ca");
@@ -358,8 +364,7 @@ async fn min_version_decides_whether_a_tls12_client_gets_in() {
     let dir = temp_dir("tls-versions");
     let ca = Ca::new("test ca");
     let ca_file = ca.write(&dir);
-    let (sc, sk) = ca.issue("a.test", &["a.test"], false, 90);
-    let (s_c, s_k) = write_pair(&dir, "server", &sc, &sk);
+    let (s_c, s_k) = a_test_pair(&ca, &dir);
 
     let tls12 = format!("certificates = [{}]\n", pair_line(&s_c, &s_k));
     let gw = spawn(&dir, &config_text(up.addr(), &tls12));
@@ -649,8 +654,7 @@ async fn h2load_over_tls_has_no_failed_request() {
     let up = MockUpstream::start(MockOptions::default()).await.unwrap();
     let dir = temp_dir("tls-h2load");
     let ca = Ca::new("test ca");
-    let (sc, sk) = ca.issue("a.test", &["a.test"], false, 90);
-    let (s_c, s_k) = write_pair(&dir, "server", &sc, &sk);
+    let (s_c, s_k) = a_test_pair(&ca, &dir);
     let tls = format!("certificates = [{}]\n", pair_line(&s_c, &s_k));
     let gw = spawn(&dir, &config_text(up.addr(), &tls));
     let o = run(Command::new(h2load)
@@ -674,8 +678,7 @@ async fn the_redirect_listener_answers_308_to_https() {
     let up = MockUpstream::start(MockOptions::default()).await.unwrap();
     let dir = temp_dir("tls-redirect");
     let ca = Ca::new("test ca");
-    let (sc, sk) = ca.issue("a.test", &["a.test"], false, 90);
-    let (s_c, s_k) = write_pair(&dir, "server", &sc, &sk);
+    let (s_c, s_k) = a_test_pair(&ca, &dir);
     let rport = free_port();
     let tls = format!(
         "certificates = [{}]\nredirect_listen = \"127.0.0.1:{rport}\"\n",
@@ -825,8 +828,7 @@ async fn the_gateways_own_error_answers_carry_hsts_and_cors_too() {
     let dir = temp_dir("tls-errors");
     let ca = Ca::new("test ca");
     let ca_file = ca.write(&dir);
-    let (cert, key) = ca.issue("a.test", &["a.test"], false, 90);
-    let (c, k) = write_pair(&dir, "a", &cert, &key);
+    let (c, k) = a_test_pair(&ca, &dir);
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          [server.tls]\ncertificates = [{}]\n\
