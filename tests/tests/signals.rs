@@ -2,7 +2,7 @@
 //! gateway and `mock-upstream`, every field parsed as an RFC 9651
 //! Structured Field with `sfv` (no regexes): RFC 9209 `Proxy-Status` on
 //! the gateway's own errors and, on routes with `proxy_status = true`, on
-//! proxied responses; draft-ietf-httpapi-ratelimit-headers-11 `RateLimit`
+//! proxied responses; draft-ietf-httpapi-ratelimit-headers-10 `RateLimit`
 //! and `RateLimit-Policy`; `Retry-After`; RFC 9211 `Cache-Status`. And the
 //! labelled counters a fresh gateway's `/metrics` shows at 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

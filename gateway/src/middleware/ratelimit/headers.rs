@@ -1,16 +1,20 @@
-//! The rate-limit response headers: `RateLimit-Policy` and `RateLimit` of
-//! draft-ietf-httpapi-ratelimit-headers-11 (RFC 9651 Lists of Items whose
-//! value is the policy name as a String), and the de facto
+//! The rate-limit response headers: `RateLimit-Policy` and `RateLimit` as
+//! draft-ietf-httpapi-ratelimit-headers-10 defines them (RFC 9651 Lists of
+//! Items whose value is the policy name as a String), and the de facto
 //! `X-RateLimit-*` fields, unchanged.
 //!
-//! Against the earlier drafts this follows -11 (whose fields and
-//! parameters are those of -10): `w` is a non-zero Integer; `t` is the
-//! seconds "until additional quota ... is made available" (for GCRA, the
-//! next unit back, or the next admission once refused), not until the
-//! quota is fully restored, which `X-RateLimit-Reset` keeps reporting;
-//! `t` is left out when the whole quota is available (nothing more to make
-//! available); a refusal's `t` is its `Retry-After`, which "SHOULD NOT
-//! reference a point in time earlier than the reset parameter".
+//! Checked against the -10 text (the editors' source at the tag
+//! `draft-ietf-httpapi-ratelimit-headers-10`): `w` "MUST be a non-negative,
+//! non-zero, Integer"; `t` is the seconds "until additional quota ... is
+//! made available" (for GCRA, the next unit back, or the next admission
+//! once refused), not until the quota is fully restored, which
+//! `X-RateLimit-Reset` keeps reporting; `t` is left out when the whole
+//! quota is available (nothing more to make available); a refusal's `t` is
+//! its `Retry-After`, which "SHOULD NOT reference a point in time earlier
+//! than the reset parameter". Not checked against -11 (2026-05-23) or -12
+//! (2026-11-20): their text could not be obtained, so whether they keep
+//! these parameters (the editors' open PR #166 proposed renaming `r` and
+//! `t`) is unknown.
 
 use http::{HeaderName, HeaderValue};
 
@@ -23,9 +27,9 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset` (seconds until the quota is fully restored).
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// draft-ietf-httpapi-ratelimit-headers-11 `RateLimit-Policy`.
+/// draft-ietf-httpapi-ratelimit-headers-10 `RateLimit-Policy`.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// draft-ietf-httpapi-ratelimit-headers-11 `RateLimit`.
+/// draft-ietf-httpapi-ratelimit-headers-10 `RateLimit`.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Whole seconds, rounded up.

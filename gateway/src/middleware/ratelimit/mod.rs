@@ -12,7 +12,8 @@
 //! Every response of a limited route carries `X-RateLimit-Limit`,
 //! `-Remaining`, `-Reset` (of the most constrained policy) and the
 //! draft-ietf-httpapi-ratelimit-headers-10 fields `RateLimit-Policy` and
-//! `RateLimit`, one member per policy. A refused request never reaches the
+//! `RateLimit`, one member per policy (not checked against -11 or -12,
+//! whose text could not be obtained). A refused request never reaches the
 //! inner service; it fails with [`RateLimited`] (429 with `Retry-After`).
 //!
 //! When Redis fails or is slower than its timeout, the policy's `on_error`
