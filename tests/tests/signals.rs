@@ -161,6 +161,76 @@ async fn a_429_carries_ratelimit_policy_retry_after_and_proxy_status() {
     assert_eq!(m.hits("/headers"), 2);
 }
 
+/// Two policies, the first with quota left and the second exhausted: the
+/// refused request is charged to neither (the first still reports `r=1`),
+/// `Retry-After` is no earlier than the `t` of any member that refuses it
+/// or is at `r=0`, and a retry at `Retry-After` is admitted. Real time:
+/// "per-client" = 2 per 60 s before "burst" = 1 per 2 s, so the test
+/// sleeps about 2 s.
+#[tokio::test]
+async fn a_429_of_two_policies_names_a_retry_after_every_policy_admits() {
+    harness::init_logs();
+    let m = mock().await;
+    let gw = start_gateway(gateway_config(&format!(
+        r#"
+        [upstreams.mock]
+        endpoints = ["{}"]
+        [[routes]]
+        name = "limited"
+        prefix = "/"
+        upstream = "mock"
+        rate_limits = [
+            {{ name = "per-client", key = "client_ip", limit = 2, window = "60s" }},
+            {{ name = "burst", key = "route", limit = 1, window = "2s" }},
+        ]
+        "#,
+        m.addr()
+    )))
+    .await;
+    let c = client();
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(&c, gw.proxy_addr, "/headers").await.status(), 200);
+    let refused = get(&c, gw.proxy_addr, "/headers").await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the second request came {:?} after the first: over the 2 s of \"burst\"?",
+        started.elapsed()
+    );
+    let policy = list(&refused, "ratelimit-policy");
+    assert_eq!(policy.len(), 2, "{policy:?}");
+    let rl = list(&refused, "ratelimit");
+    let names: Vec<&str> = rl.iter().map(|m| string(&m.bare_item)).collect();
+    assert_eq!(names, ["per-client", "burst"]);
+    let retry = retry_after(&refused);
+    for m in rl.iter().filter(|m| int(m, "r") == 0) {
+        let t = int(m, "t");
+        assert!(
+            t >= 1 && retry >= t,
+            "Retry-After {retry} earlier than t={t} of {:?} in {rl:?}",
+            m.bare_item
+        );
+    }
+    // Not charged for the refused request: one of two still available.
+    assert_eq!(int(&rl[0], "r"), 1, "{rl:?}");
+    assert_eq!(int(&rl[1], "r"), 0, "{rl:?}");
+    assert!(
+        (1..=2).contains(&retry),
+        "Retry-After {retry}: \"burst\" frees a unit within 2 s"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(retry.unsigned_abs())).await;
+    let again = get(&c, gw.proxy_addr, "/headers").await;
+    assert_eq!(
+        again.status(),
+        200,
+        "a retry after Retry-After {retry} was refused: RateLimit {:?}",
+        again.header("ratelimit")
+    );
+    let rl = list(&again, "ratelimit");
+    assert_eq!(int(&rl[0], "r"), 0, "{rl:?}");
+    assert_eq!(m.hits("/headers"), 2);
+}
+
 #[tokio::test]
 async fn the_gateways_503_and_the_upstreams_503_are_told_apart() {
     harness::init_logs();

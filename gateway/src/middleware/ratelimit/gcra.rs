@@ -53,8 +53,20 @@ impl Gcra {
         }
     }
 
+    /// Whether a request at `now` would pass, without charging it: the
+    /// outcome describes the state as it is (an admitting outcome's
+    /// `remaining` is how many requests pass from now on, at least 1).
+    /// What a request refused by another policy reports for this one.
+    pub fn peek(&self, tat: u64, now: u64) -> Outcome {
+        let tat = tat.max(now);
+        let ahead = tat - now;
+        self.outcome(ahead + self.interval_us <= self.window_us, ahead)
+    }
+
     /// The outcome from `allowed` and `ahead` = stored TAT − now (what the
-    /// Redis script returns), so both stores report identically.
+    /// Redis script returns), so both stores report identically. When
+    /// allowed, `ahead` is after the charge for a charged request, before
+    /// it for a [`Self::peek`].
     pub fn outcome(&self, allowed: bool, ahead: u64) -> Outcome {
         if allowed {
             let free = self.window_us.saturating_sub(ahead);
@@ -105,6 +117,48 @@ mod tests {
         // After a whole window the burst is back.
         let (o, _) = g.decide(tat, now + 1_100_000);
         assert_eq!(o.remaining, 9);
+    }
+
+    #[test]
+    fn peek_tells_what_decide_would_do_and_charges_nothing() {
+        let g = Gcra::new(2, Duration::from_secs(10));
+        // Fresh: both units available, nothing to wait for.
+        let o = g.peek(0, 1_000);
+        assert!(o.allowed);
+        assert_eq!((o.remaining, o.reset_us), (2, 0));
+        let (_, tat) = g.decide(0, 1_000);
+        // One used 0.5 s ago: one left, the used one back in 4.5 s.
+        let o = g.peek(tat, 501_000);
+        assert!(o.allowed);
+        assert_eq!((o.remaining, o.reset_us), (1, 4_500_000));
+        let (_, tat) = g.decide(tat, 501_000);
+        // Both used: refused until 4.5 s from now, exactly as decide says.
+        let o = g.peek(tat, 501_000);
+        assert_eq!(o, g.decide(tat, 501_000).0);
+        assert!(!o.allowed);
+        assert_eq!(o.reset_us, 4_500_000);
+    }
+
+    proptest::proptest! {
+        /// `peek` agrees with `decide` on whether a request passes, and a
+        /// passing peek's `remaining` is one more than the charged one's.
+        #[test]
+        fn peek_agrees_with_decide(
+            limit in 1u32..50,
+            window_ms in 1u64..60_000,
+            tat in 0u64..(1 << 36),
+            now in 0u64..(1 << 36),
+        ) {
+            let g = Gcra::new(limit, Duration::from_millis(window_ms));
+            let p = g.peek(tat, now);
+            let (d, _) = g.decide(tat, now);
+            proptest::prop_assert_eq!(p.allowed, d.allowed);
+            if d.allowed {
+                proptest::prop_assert_eq!(p.remaining, d.remaining + 1);
+            } else {
+                proptest::prop_assert_eq!(p, d);
+            }
+        }
     }
 
     proptest::proptest! {

@@ -10,8 +10,12 @@
 //! once refused), not until the quota is fully restored, which
 //! `X-RateLimit-Reset` keeps reporting; `t` is left out when the whole
 //! quota is available (nothing more to make available); a refusal's `t` is
-//! its `Retry-After`, which "SHOULD NOT reference a point in time earlier
-//! than the reset parameter". Not checked against -11 (2026-05-23) or -12
+//! the earliest time its `Retry-After` may name, which "SHOULD NOT
+//! reference a point in time earlier than the reset parameter": with
+//! several policies, `Retry-After` is the latest `t` of the members that
+//! refuse the request or are at `r=0` ([`retry_after`]), and a refused
+//! request is charged to no policy, so its members report the quota as it
+//! is. Not checked against -11 (2026-05-23) or -12
 //! (2026-11-20): their text could not be obtained, so whether they keep
 //! these parameters (the editors' open PR #166 proposed renaming `r` and
 //! `t`) is unknown.
@@ -93,15 +97,37 @@ pub fn render(
             out.push((RATELIMIT, v));
         }
     }
+    // Ties go to the latest reset: the most constrained policy.
     if let Some((_, g, o)) = applied
         .iter()
-        .min_by_key(|(_, _, o)| (o.allowed, o.remaining))
+        .min_by_key(|(_, _, o)| (o.allowed, o.remaining, std::cmp::Reverse(o.reset_us)))
     {
         out.push((X_RATELIMIT_LIMIT, HeaderValue::from(g.limit)));
         out.push((X_RATELIMIT_REMAINING, HeaderValue::from(o.remaining)));
         out.push((X_RATELIMIT_RESET, HeaderValue::from(ceil_secs(o.reset_us))));
     }
     out
+}
+
+/// For a refused request (some policy does not admit it), the policy
+/// that refused it and its `Retry-After` in whole seconds (at least 1):
+/// the latest `t` among the members that refuse it or are at `r=0`, so a
+/// retry at `Retry-After` is not refused by any of them ("SHOULD NOT
+/// reference a point in time earlier than the reset parameter"). `None`
+/// when every policy admits it. When several refuse, the policy named is
+/// the one that admits last.
+pub fn retry_after<'a>(applied: &[(&'a str, Gcra, Outcome)]) -> Option<(&'a str, u64)> {
+    let (refuser, ..) = applied
+        .iter()
+        .filter(|(_, _, o)| !o.allowed)
+        .max_by_key(|(_, _, o)| o.reset_us)?;
+    let latest = applied
+        .iter()
+        .filter(|(_, _, o)| !o.allowed || o.remaining == 0)
+        .filter_map(|(_, g, o)| additional_quota_us(g, o))
+        .max()
+        .unwrap_or(0);
+    Some((refuser, ceil_secs(latest).max(1)))
 }
 
 #[cfg(test)]

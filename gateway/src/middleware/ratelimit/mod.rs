@@ -4,10 +4,22 @@
 //! client IP, JWT subject, a header such as an API key, or the route). The
 //! arithmetic is one pure [`Gcra`] used both by the in-process store (a
 //! bounded, sharded map) and, as a Lua script run with one `EVALSHA` round
-//! trip per decision, by Redis (keys expire with the bucket, so Redis memory
-//! does not grow without bound). Because each decision is one atomic
-//! compare-and-store (a mutex-guarded map entry here, a script there),
-//! concurrent requests cannot over-admit: the limit is exact.
+//! trip per request for all its Redis policies, by Redis (keys expire with
+//! the bucket, so Redis memory does not grow without bound). Because each
+//! decision is atomic (the request's in-process shards locked together,
+//! one script there), concurrent requests cannot over-admit: the limit is
+//! exact.
+//!
+//! A request is charged to all of its policies or to none: every policy is
+//! decided, and it is charged only when all admit it. A refusal reports
+//! every policy's state, and its `Retry-After` is the latest `t` of the
+//! members that refuse it or are at `r=0`, so a retry then is admitted
+//! (unless other requests took the quota meanwhile). With both kinds of
+//! store on one route, the in-process policies are charged first and
+//! refunded when the Redis ones refuse (or Redis fails and `fail_closed`
+//! or the `local` fallback refuses); the refund is skipped when another
+//! request charged the same key meanwhile (never under-counting), so in
+//! that race alone a refused request may still hold an in-process unit.
 //!
 //! Every response of a limited route carries `X-RateLimit-Limit`,
 //! `-Remaining`, `-Reset` (of the most constrained policy) and the

@@ -14,7 +14,7 @@ use super::gcra::{Gcra, Outcome};
 use super::headers::{self, ceil_secs};
 use super::key::KeySource;
 use super::redis::RedisLimiter;
-use super::store::{bounded_key, LocalStore, MAX_KEY_BYTES};
+use super::store::{bounded_key, with_locked, LocalStore, MAX_KEY_BYTES};
 use crate::body::Body;
 use crate::config::{OnRedisError, RateLimitPolicyConfig, RateLimitStore};
 use crate::error::{BoxError, WithHeaders};
@@ -69,99 +69,230 @@ impl Policy {
             redis: redis.filter(|_| cfg.store == RateLimitStore::Redis),
         }
     }
-
-    fn decide_local(&self, key: &str) -> Outcome {
-        self.local.decide(&self.gcra, key, self.local.now_us())
-    }
 }
 
 /// Every policy of one route, built at config load.
+///
+/// A request is charged to all of its policies or to none: every policy
+/// is decided first, and only when all of them admit it is it charged to
+/// each. The in-process policies are decided under one critical section
+/// (the shard of each policy's key, locked in the order of the stores'
+/// addresses, the same for every request); the Redis policies in one
+/// script call. A refusal reports every policy's state, uncharged, and a
+/// `Retry-After` when all of them would admit a request again.
 #[derive(Debug)]
 pub struct RoutePolicies {
     route: Arc<str>,
     policies: Vec<Policy>,
+    /// Indices of the policies by increasing store address: the order
+    /// their shards are locked in.
+    lock_order: Box<[usize]>,
     policy_header: HeaderValue,
-    any_redis: bool,
+    /// The shared limiter of the Redis policies (one per config).
+    redis: Option<Arc<RedisLimiter>>,
+}
+
+/// One policy's part in one request's decision.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Its outcome; `None` when it was not decided (Redis failed and the
+    /// policy fails open).
+    outcome: Option<Outcome>,
+    /// The TAT before and after an in-process charge, for a refund.
+    charged: Option<(u64, u64)>,
 }
 
 impl RoutePolicies {
-    /// The policies of route `route`.
-    pub fn new(route: &str, policies: Vec<Policy>) -> Self {
+    /// The policies of route `route`. Each policy must have its own
+    /// in-process store (the config gives one per route and policy name);
+    /// a store passed for two policies is replaced by a fresh one for the
+    /// second, since one request locks each policy's store once.
+    pub fn new(route: &str, mut policies: Vec<Policy>) -> Self {
+        for i in 1..policies.len() {
+            let shared = policies.iter().take(i).any(|q| {
+                policies
+                    .get(i)
+                    .is_some_and(|p| Arc::ptr_eq(&p.local, &q.local))
+            });
+            if let Some(p) = policies.get_mut(i).filter(|_| shared) {
+                p.local = Arc::new(LocalStore::new(p.local.max_keys()));
+            }
+        }
         let desc: Vec<(&str, u32, u64)> = policies
             .iter()
             .map(|p| (&*p.name, p.gcra.limit, ceil_secs(p.gcra.window_us)))
             .collect();
         let policy_header =
             headers::policy_value(&desc).unwrap_or_else(|| HeaderValue::from_static(""));
+        let mut lock_order: Vec<usize> = (0..policies.len()).collect();
+        lock_order.sort_by_key(|&i| policies.get(i).map(|p| Arc::as_ptr(&p.local) as usize));
         Self {
             route: Arc::from(route),
-            any_redis: policies.iter().any(|p| p.redis.is_some()),
+            redis: policies.iter().find_map(|p| p.redis.clone()),
+            lock_order: lock_order.into_boxed_slice(),
             policies,
             policy_header,
         }
     }
 
-    /// Decides every policy in order; stops at the first refusal (later
-    /// policies are not charged for a refused request).
-    fn decide_local(&self, keys: &[String]) -> Decision {
-        let mut applied = Vec::with_capacity(self.policies.len());
-        for (p, k) in self.policies.iter().zip(keys) {
-            let o = p.decide_local(k);
-            applied.push((p, o));
-            if !o.allowed {
-                break;
+    /// Decides, under one critical section, every policy `pick` selects on
+    /// its in-process store, writing each outcome to its slot. With
+    /// `commit`, when every one of them admits the request it is charged
+    /// to each (the charges are recorded in the slots); otherwise nothing
+    /// is stored. Returns whether every selected policy admits it.
+    fn decide_in_process(
+        &self,
+        keys: &[String],
+        slots: &mut [Slot],
+        pick: fn(&Policy) -> bool,
+        commit: bool,
+    ) -> bool {
+        let policies = &self.policies;
+        let mut items = self.lock_order.iter().filter_map(|&i| {
+            let p = policies.get(i).filter(|p| pick(p))?;
+            Some((i, &*p.local, keys.get(i)?.as_str()))
+        });
+        with_locked(&mut items, &mut (), &mut |held| {
+            let picked = || {
+                policies
+                    .iter()
+                    .zip(keys)
+                    .enumerate()
+                    .filter(|(_, (p, _))| pick(p))
+            };
+            // Look first: a refusal anywhere charges nothing.
+            let mut all = true;
+            for (i, (p, k)) in picked() {
+                let now = p.local.now_us();
+                let seen = held.decide(i, &p.gcra, k, now, false);
+                let o = seen.map_or_else(|| p.gcra.peek(0, now), |(o, _)| o);
+                all &= o.allowed;
+                if let Some(slot) = slots.get_mut(i) {
+                    slot.outcome = Some(o);
+                }
             }
-        }
-        self.finish(&applied, false)
-    }
-
-    /// Like [`Self::decide_local`], asking Redis for Redis policies; when
-    /// Redis fails, the policy's `on_error` decides and the decision is
-    /// marked as `limiter_failed`.
-    async fn decide(&self, keys: Vec<String>) -> Result<Decision, LimiterUnavailable> {
-        let mut applied = Vec::with_capacity(self.policies.len());
-        let mut failed = false;
-        for (p, k) in self.policies.iter().zip(&keys) {
-            let o = match &p.redis {
-                None => Some(p.decide_local(k)),
-                Some(r) => {
-                    // Bounded: a long header key must not become a long
-                    // Redis key (Redis memory is bounded by bytes too).
-                    let bounded = bounded_key(k, MAX_KEY_BYTES);
-                    let full = format!("{}{}:{}:{}", r.prefix, self.route, p.name, bounded);
-                    match r.decide(&p.gcra, &full).await {
-                        Some(o) => Some(o),
-                        None => {
-                            failed = true;
-                            match r.on_error {
-                                OnRedisError::FailOpen => None,
-                                OnRedisError::FailClosed => return Err(LimiterUnavailable),
-                                OnRedisError::Local => Some(p.decide_local(k)),
-                            }
+            if all && commit {
+                // The shards are still held and a later `now` only admits
+                // more: every charge below admits, as the look did.
+                for (i, (p, k)) in picked() {
+                    let now = p.local.now_us();
+                    if let Some((o, charged)) = held.decide(i, &p.gcra, k, now, true) {
+                        if let Some(slot) = slots.get_mut(i) {
+                            *slot = Slot {
+                                outcome: Some(o),
+                                charged,
+                            };
                         }
                     }
                 }
-            };
-            if let Some(o) = o {
-                applied.push((p, o));
-                if !o.allowed {
-                    break;
+            }
+            all
+        })
+    }
+
+    /// Takes back the in-process charges recorded in `slots`; their
+    /// outcomes become the uncharged ones (a charge put the TAT one
+    /// interval further ahead).
+    fn refund(&self, keys: &[String], slots: &mut [Slot]) {
+        for ((p, k), slot) in self.policies.iter().zip(keys).zip(slots) {
+            if let Some((before, after)) = slot.charged.take() {
+                p.local.refund(k, before, after);
+                slot.outcome = slot.outcome.map(|o| {
+                    p.gcra
+                        .outcome(true, o.reset_us.saturating_sub(p.gcra.interval_us))
+                });
+            }
+        }
+    }
+
+    /// Every policy on its in-process store, charged all or none.
+    fn decide_local(&self, keys: &[String]) -> Decision {
+        let mut slots = vec![Slot::default(); self.policies.len()];
+        self.decide_in_process(keys, &mut slots, |_| true, true);
+        self.finish(&slots, false)
+    }
+
+    /// Like [`Self::decide_local`], asking Redis for the Redis policies in
+    /// one script call. The in-process policies are charged first (when
+    /// they all admit the request) and refunded when Redis refuses it, so
+    /// that while Redis answers no other request can take a unit this one
+    /// holds; Redis charges its policies only when the in-process ones
+    /// admitted the request and all of its own do. When Redis fails, the
+    /// limiter's `on_error` decides and the decision is marked as
+    /// `limiter_failed`: `local` decides the Redis policies on their
+    /// in-process stores (charged only when they all admit the request,
+    /// the other policies refunded when they do not).
+    async fn decide(&self, keys: Vec<String>) -> Result<Decision, LimiterUnavailable> {
+        let mut slots = vec![Slot::default(); self.policies.len()];
+        let local_ok = self.decide_in_process(&keys, &mut slots, |p| p.redis.is_none(), true);
+        let Some(redis) = &self.redis else {
+            return Ok(self.finish(&slots, false));
+        };
+        let asks: Vec<(Gcra, String)> = self
+            .policies
+            .iter()
+            .zip(&keys)
+            .filter(|(p, _)| p.redis.is_some())
+            .map(|(p, k)| {
+                // Bounded: a long header key must not become a long Redis
+                // key (Redis memory is bounded by bytes too); `keys` are.
+                let full = format!("{}{}:{}:{}", redis.prefix, self.route, p.name, k);
+                (p.gcra, full)
+            })
+            .collect();
+        let mut failed = false;
+        match redis.decide(&asks, local_ok).await {
+            Some(d) => {
+                let mut outcomes = d.outcomes.into_iter();
+                for (p, slot) in self.policies.iter().zip(slots.iter_mut()) {
+                    if p.redis.is_some() {
+                        slot.outcome = outcomes.next();
+                    }
+                }
+                if local_ok && !d.charged {
+                    self.refund(&keys, &mut slots);
+                }
+            }
+            None => {
+                failed = true;
+                match redis.on_error {
+                    OnRedisError::FailOpen => {}
+                    OnRedisError::FailClosed => {
+                        self.refund(&keys, &mut slots);
+                        return Err(LimiterUnavailable);
+                    }
+                    OnRedisError::Local => {
+                        // Charged only when the in-process policies were
+                        // (`local_ok`) and these all admit it; when they
+                        // refuse, the in-process charges are taken back.
+                        let fallback_ok = self.decide_in_process(
+                            &keys,
+                            &mut slots,
+                            |p| p.redis.is_some(),
+                            local_ok,
+                        );
+                        if local_ok && !fallback_ok {
+                            self.refund(&keys, &mut slots);
+                        }
+                    }
                 }
             }
         }
-        Ok(self.finish(&applied, failed))
+        Ok(self.finish(&slots, failed))
     }
 
-    fn finish(&self, applied: &[(&Policy, Outcome)], limiter_failed: bool) -> Decision {
-        let view: Vec<(&str, Gcra, Outcome)> = applied
+    fn finish(&self, slots: &[Slot], limiter_failed: bool) -> Decision {
+        let view: Vec<(&str, Gcra, Outcome)> = self
+            .policies
             .iter()
-            .map(|(p, o)| (&*p.name, p.gcra, *o))
+            .zip(slots)
+            .filter_map(|(p, s)| Some((&*p.name, p.gcra, s.outcome?)))
             .collect();
         let headers = headers::render(&self.policy_header, &view);
-        match applied.iter().find(|(_, o)| !o.allowed) {
-            Some((p, o)) => Decision::Refused(RateLimited {
-                policy: p.name.to_string(),
-                retry_after: ceil_secs(o.reset_us).max(1),
+        match headers::retry_after(&view) {
+            Some((policy, retry_after)) => Decision::Refused(RateLimited {
+                policy: policy.to_owned(),
+                retry_after,
                 headers,
                 limiter_failed,
             }),
@@ -172,8 +303,23 @@ impl RoutePolicies {
         }
     }
 
+    /// The key of each policy for `req`, bounded as the stores keep them.
     fn keys<B>(&self, req: &Request<B>) -> Vec<String> {
-        self.policies.iter().map(|p| p.key.key(req)).collect()
+        self.policies
+            .iter()
+            .map(|p| {
+                let k = p.key.key(req);
+                if k.len() > MAX_KEY_BYTES {
+                    bounded_key(&k, MAX_KEY_BYTES).into_owned()
+                } else {
+                    k
+                }
+            })
+            .collect()
+    }
+
+    fn any_redis(&self) -> bool {
+        self.redis.is_some()
     }
 }
 
@@ -291,7 +437,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let keys = self.policies.keys(&req);
-        if !self.policies.any_redis {
+        if !self.policies.any_redis() {
             return match self.policies.decide_local(&keys) {
                 Decision::Allowed { headers, .. } => ResponseFuture::Inner {
                     fut: self.inner.call(req),

@@ -192,3 +192,243 @@ async fn a_failed_shared_decision_is_marked_whatever_the_fallback_decides() {
     assert_eq!(resp.status(), 429);
     assert!(resp.extensions().get::<LimiterFailed>().is_none());
 }
+
+/// The `t` of every member of a `RateLimit` value with `r=0`, and of the
+/// member named `refuser`, in whole seconds (parsed by hand: names here
+/// are plain).
+fn zero_member_ts(ratelimit: &str, refuser: &str) -> Vec<(String, u64)> {
+    ratelimit
+        .split(", ")
+        .filter_map(|m| {
+            let mut parts = m.split(';');
+            let name = parts.next()?.trim_matches('"').to_owned();
+            let (mut r, mut t) = (None, 0);
+            for p in parts {
+                match p.split_once('=') {
+                    Some(("r", v)) => r = v.parse::<u64>().ok(),
+                    Some(("t", v)) => t = v.parse().unwrap(),
+                    _ => {}
+                }
+            }
+            (r == Some(0) || name == refuser).then_some((name, t))
+        })
+        .collect()
+}
+
+/// The review's case: A = 2 per 10 s listed before B = 1 per 1 s, requests
+/// at 0 s and 0.5 s. The refusal's `Retry-After` is no earlier than any
+/// `t` of a member at `r=0`, and a retry at `Retry-After` is admitted.
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_no_earlier_than_any_exhausted_policy_and_a_retry_then_passes() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let layer = RateLimitLayer::new(RoutePolicies::new(
+        "r",
+        vec![
+            policy("A", RateLimitKey::Route, 2, Duration::from_secs(10)),
+            policy("B", RateLimitKey::Route, 1, Duration::from_secs(1)),
+        ],
+    ));
+    let mut s = layer.layer(stub(hits.clone()));
+    call(&mut s, "10.0.0.1").await.unwrap();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    let rl = limited
+        .headers
+        .iter()
+        .find(|(k, _)| k == "ratelimit")
+        .map(|(_, v)| v.to_str().unwrap().to_owned())
+        .unwrap();
+    let zero = zero_member_ts(&rl, &limited.policy);
+    assert!(!zero.is_empty(), "{rl}");
+    for (name, t) in &zero {
+        assert!(
+            limited.retry_after >= *t,
+            "Retry-After {} earlier than {name}'s t={t} in {rl}",
+            limited.retry_after
+        );
+    }
+    tokio::time::advance(Duration::from_secs(limited.retry_after)).await;
+    let resp = call(&mut s, "10.0.0.1").await;
+    assert!(
+        resp.is_ok(),
+        "a retry after Retry-After {} (RateLimit {rl}) was refused: {:?}",
+        limited.retry_after,
+        resp.err()
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// A request refused by one policy is charged to none: A = 3 per 60 s
+/// listed before B = 1 per 1 s; two requests B refuses leave A's quota
+/// whole, so once B has a unit again A still has two.
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_is_charged_to_no_policy() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let layer = RateLimitLayer::new(RoutePolicies::new(
+        "r",
+        vec![
+            policy("A", RateLimitKey::ClientIp, 3, Duration::from_secs(60)),
+            policy("B", RateLimitKey::Route, 1, Duration::from_secs(1)),
+        ],
+    ));
+    let mut s = layer.layer(stub(hits.clone()));
+    let resp = call(&mut s, "10.0.0.1").await.unwrap();
+    assert!(resp.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"A\";r=2;"));
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let err = call(&mut s, "10.0.0.1").await.unwrap_err();
+        let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+        assert_eq!(limited.policy, "B");
+    }
+    tokio::time::advance(Duration::from_millis(800)).await;
+    let resp = call(&mut s, "10.0.0.1").await.unwrap();
+    assert!(
+        resp.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"A\";r=1;"),
+        "{:?}",
+        resp.headers()["ratelimit"]
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// Every policy is decided, not only up to the first refusal: when a
+/// later policy would refuse longer, `Retry-After` waits for it too.
+#[tokio::test(start_paused = true)]
+async fn retry_after_waits_for_a_later_policy_that_refuses_longer() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let layer = RateLimitLayer::new(RoutePolicies::new(
+        "r",
+        vec![
+            policy("short", RateLimitKey::Route, 1, Duration::from_secs(1)),
+            policy("long", RateLimitKey::Route, 1, Duration::from_secs(10)),
+        ],
+    ));
+    let mut s = layer.layer(stub(hits.clone()));
+    call(&mut s, "10.0.0.1").await.unwrap();
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    assert_eq!(limited.policy, "long");
+    assert_eq!(limited.retry_after, 10);
+    let rl = limited
+        .headers
+        .iter()
+        .find(|(k, _)| k == "ratelimit")
+        .map(|(_, v)| v.to_str().unwrap())
+        .unwrap();
+    assert_eq!(rl, "\"short\";r=0;t=1, \"long\";r=0;t=10");
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(call(&mut s, "10.0.0.1").await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    call(&mut s, "10.0.0.1").await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// Two policies given one store get one each (a request locks each
+/// policy's store once; sharing one would deadlock).
+#[tokio::test(start_paused = true)]
+async fn policies_given_one_store_do_not_deadlock() {
+    let store = Arc::new(LocalStore::new(100));
+    let cfg = |name: &str, limit| RateLimitPolicyConfig {
+        name: name.into(),
+        key: RateLimitKey::Route,
+        limit,
+        window: Duration::from_secs(60),
+        store: RateLimitStore::Local,
+    };
+    let layer = RateLimitLayer::new(RoutePolicies::new(
+        "r",
+        vec![
+            Policy::new(&cfg("a", 2), store.clone(), None),
+            Policy::new(&cfg("b", 1), store, None),
+        ],
+    ));
+    let mut s = layer.layer(stub(Arc::new(AtomicUsize::new(0))));
+    let resp = tokio::time::timeout(Duration::from_secs(1), call(&mut s, "10.0.0.1"))
+        .await
+        .expect("no deadlock")
+        .unwrap();
+    assert_eq!(
+        resp.headers()["ratelimit"],
+        "\"a\";r=1;t=30, \"b\";r=0;t=60"
+    );
+    let err = call(&mut s, "10.0.0.1").await.unwrap_err();
+    assert_eq!(err.downcast_ref::<RateLimited>().unwrap().policy, "b");
+}
+
+/// An in-process policy charged while Redis decides is refunded when the
+/// request is refused after all: by the `local` fallback of a Redis policy,
+/// or by `fail_closed`.
+#[tokio::test]
+async fn in_process_charges_are_taken_back_when_the_redis_side_refuses() {
+    let shared = |limit| RateLimitPolicyConfig {
+        name: "shared".into(),
+        key: RateLimitKey::Route,
+        limit,
+        window: Duration::from_secs(60),
+        store: RateLimitStore::Redis,
+    };
+    let own = RateLimitPolicyConfig {
+        name: "own".into(),
+        key: RateLimitKey::ClientIp,
+        limit: 3,
+        window: Duration::from_secs(60),
+        store: RateLimitStore::Local,
+    };
+    // local fallback: "shared" (1 per 60 s, on its in-process store)
+    // refuses the second request; "own" keeps two of three.
+    let redis = dead_redis(OnRedisError::Local);
+    let routes = RoutePolicies::new(
+        "r",
+        vec![
+            Policy::new(&own, Arc::new(LocalStore::new(100)), Some(redis.clone())),
+            Policy::new(&shared(1), Arc::new(LocalStore::new(100)), Some(redis)),
+        ],
+    );
+    let mut s = RateLimitLayer::new(routes).layer(stub(Arc::new(AtomicUsize::new(0))));
+    let resp = call(&mut s, "10.0.0.1").await.unwrap();
+    assert!(resp.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"own\";r=2;"));
+    for _ in 0..3 {
+        let err = call(&mut s, "10.0.0.1").await.unwrap_err();
+        let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+        assert_eq!(limited.policy, "shared");
+        let rl = limited
+            .headers
+            .iter()
+            .find(|(k, _)| k == "ratelimit")
+            .map(|(_, v)| v.to_str().unwrap())
+            .unwrap();
+        // Real time (the dead Redis is real): t may be a second less.
+        assert!(
+            rl.starts_with("\"own\";r=2;t=") && rl.contains(", \"shared\";r=0;t="),
+            "{rl}"
+        );
+    }
+    // fail_closed: 503s charge nothing in process.
+    let own_store = Arc::new(LocalStore::new(100));
+    let redis = dead_redis(OnRedisError::FailClosed);
+    let routes = RoutePolicies::new(
+        "r",
+        vec![
+            Policy::new(&own, own_store.clone(), Some(redis.clone())),
+            Policy::new(&shared(5), Arc::new(LocalStore::new(100)), Some(redis)),
+        ],
+    );
+    let mut s = RateLimitLayer::new(routes).layer(stub(Arc::new(AtomicUsize::new(0))));
+    for _ in 0..4 {
+        let err = call(&mut s, "10.0.0.1").await.unwrap_err();
+        assert!(err.is::<LimiterUnavailable>(), "{err}");
+    }
+    let g = Gcra::new(3, Duration::from_secs(60));
+    let now = own_store.now_us();
+    let mut held = own_store.lock("ip:10.0.0.1");
+    assert_eq!(held.decide(&g, "ip:10.0.0.1", now, false).0.remaining, 3);
+}
