@@ -8,8 +8,9 @@
 //! keeps lazily resolved handles to its own series so the hot path does one
 //! labelled lookup (the request counter) and otherwise touches handles.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -19,6 +20,8 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use super::atomic_hist::AtomicHistogram;
 
 /// Methods are folded to these (and `OTHER`) to bound cardinality.
 const METHODS: [&str; 8] = [
@@ -148,7 +151,14 @@ pub struct ResultLabels {
     pub result: Fixed,
 }
 
-type DurationHistogram = HistogramWithExemplars<TraceLabel>;
+/// The request-path histograms are [`AtomicHistogram`]s (no lock per
+/// observation); the upstream one stays prometheus-client's, which the
+/// proxy holds.
+type DurationHistogram = AtomicHistogram;
+
+const DURATION: &str = "gateway_request_duration_seconds";
+const DURATION_HELP: &str =
+    "Time from request head received to the last response byte, by route, method and status class";
 
 /// Every metric family of the gateway.
 #[derive(Debug)]
@@ -158,9 +168,12 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<DurationLabels, DurationHistogram, Latency>,
     upstream_duration: Family<UpstreamLabels, Histogram, Latency>,
-    overhead: Family<RouteLabels, Histogram, Overhead>,
-    request_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    response_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// The duration series created so far, for their exemplars (see
+    /// [`Metrics::encode_families`]).
+    duration_series: Mutex<HashMap<DurationLabels, DurationHistogram>>,
+    overhead: Family<RouteLabels, AtomicHistogram, Overhead>,
+    request_size: Family<RouteLabels, AtomicHistogram, fn() -> AtomicHistogram>,
+    response_size: Family<RouteLabels, AtomicHistogram, fn() -> AtomicHistogram>,
     inflight: Gauge,
     /// Native request-duration histograms, when `telemetry.native_histograms`.
     native: Option<super::native::NativeFamily>,
@@ -202,6 +215,12 @@ impl MetricConstructor<Histogram> for Latency {
 
 impl MetricConstructor<DurationHistogram> for Latency {
     fn new_metric(&self) -> DurationHistogram {
+        AtomicHistogram::with_exemplars(self.0.iter().copied())
+    }
+}
+
+impl MetricConstructor<HistogramWithExemplars<TraceLabel>> for Latency {
+    fn new_metric(&self) -> HistogramWithExemplars<TraceLabel> {
         HistogramWithExemplars::new(self.0.iter().copied())
     }
 }
@@ -211,17 +230,17 @@ impl MetricConstructor<DurationHistogram> for Latency {
 #[derive(Debug, Clone)]
 pub struct Overhead(Arc<[f64]>);
 
-impl MetricConstructor<Histogram> for Overhead {
-    fn new_metric(&self) -> Histogram {
+impl MetricConstructor<AtomicHistogram> for Overhead {
+    fn new_metric(&self) -> AtomicHistogram {
         let mut v: Vec<f64> = vec![0.00005, 0.0001, 0.00025, 0.0005];
         v.extend(self.0.iter().copied().filter(|x| *x > 0.0005));
-        Histogram::new(v)
+        AtomicHistogram::new(v)
     }
 }
 
-fn size_histogram() -> Histogram {
+fn size_histogram() -> AtomicHistogram {
     // 64 B to 64 MiB.
-    Histogram::new(exponential_buckets(64.0, 4.0, 11))
+    AtomicHistogram::new(exponential_buckets(64.0, 4.0, 11))
 }
 
 impl Metrics {
@@ -235,6 +254,7 @@ impl Metrics {
         let m = Self {
             requests: Family::default(),
             duration,
+            duration_series: Mutex::default(),
             upstream_duration,
             overhead,
             request_size: Family::new_with_constructor(size_histogram),
@@ -260,11 +280,7 @@ impl Metrics {
             "Requests answered, by route, method and status code",
             m.requests.clone(),
         );
-        registry.register(
-            "gateway_request_duration_seconds",
-            "Time from request head received to the last response byte, by route, method and status class",
-            m.duration.clone(),
-        );
+        registry.register(DURATION, DURATION_HELP, m.duration.clone());
         registry.register(
             "gateway_upstream_request_duration_seconds",
             "Time from sending a request upstream to its response head, by upstream",
@@ -435,16 +451,20 @@ impl Metrics {
             self.requests.get_or_create(&labels()).inc();
         }
         let h = rm.duration[m][c].get_or_init(|| {
-            self.duration.get_or_create_owned(&DurationLabels {
+            let labels = DurationLabels {
                 route: rm.route.clone(),
                 method: Fixed(METHODS[m]),
                 status_class: Fixed(CLASSES[c]),
-            })
+            };
+            let h = self.duration.get_or_create_owned(&labels);
+            self.duration_series
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(labels)
+                .or_insert_with(|| h.clone());
+            h
         });
-        let exemplar = r.trace_id.map(|t| TraceLabel {
-            trace_id: t.to_owned(),
-        });
-        h.observe(r.total.as_secs_f64(), exemplar, None);
+        h.observe_with_exemplar(r.total.as_secs_f64(), r.trace_id);
         if let Some(native) = &self.native {
             rm.native[m][c]
                 .get_or_init(|| {
@@ -564,9 +584,82 @@ impl Metrics {
     pub fn encode_families(&self, out: &mut String) {
         let mut s = String::new();
         if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_ok() {
+            let s = self.add_exemplars(s);
             out.push_str(s.trim_end().trim_end_matches("# EOF").trim_end());
             out.push('\n');
         }
+    }
+
+    /// Appends the duration buckets' exemplars to their lines of `text`.
+    ///
+    /// prometheus-client prints exemplars only from its own types (their
+    /// `Exemplar` cannot be built outside the crate), so they are rendered
+    /// by prometheus-client itself: each series' exemplars are observed
+    /// into a scratch `HistogramWithExemplars` family with the same name,
+    /// labels and bounds, encoded, and each exemplar suffix
+    /// (` # {trace_id="…"} value`) is moved onto the bucket line with the
+    /// same name and labels, so the text is the one the registry printed
+    /// when the duration histograms were `HistogramWithExemplars`. At
+    /// scrape time only, a few lines per series.
+    fn add_exemplars(&self, text: String) -> String {
+        let scratch: Family<DurationLabels, HistogramWithExemplars<TraceLabel>, Latency> =
+            Family::new_with_constructor(Latency(self.buckets.clone()));
+        let mut any = false;
+        for (labels, h) in self
+            .duration_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            for (_, e) in h.exemplars() {
+                let trace_id = e.trace_id;
+                any = true;
+                scratch
+                    .get_or_create(labels)
+                    .observe(e.value, Some(TraceLabel { trace_id }), None);
+            }
+        }
+        if !any {
+            return text;
+        }
+        let mut registry = Registry::default();
+        registry.register(DURATION, DURATION_HELP, scratch);
+        let mut rendered = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut rendered, &registry).is_err() {
+            return text;
+        }
+        // `{name}_bucket{labels,le="…"} {count} # {trace_id="…"} {value}`:
+        // keyed by what precedes the count. Route names are letters,
+        // digits, `-` and `_`, so the first ` # {` that follows
+        // `} {digits}` ends the count.
+        let bucket = format!("{DURATION}_bucket{{");
+        let mut suffixes: HashMap<&str, &str> = HashMap::new();
+        for line in rendered.lines().filter(|l| l.starts_with(&bucket)) {
+            let mut from = 0;
+            while let Some(i) = line[from..].find(" # {").map(|i| i + from) {
+                if let Some((key, count)) = line[..i].rsplit_once(' ') {
+                    if key.ends_with('}')
+                        && !count.is_empty()
+                        && count.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        suffixes.insert(key, &line[i..]);
+                        break;
+                    }
+                }
+                from = i + 1;
+            }
+        }
+        let mut out = String::with_capacity(text.len() + rendered.len());
+        for line in text.lines() {
+            out.push_str(line);
+            if line.starts_with(&bucket) {
+                if let Some(suffix) = line.rsplit_once(' ').and_then(|(key, _)| suffixes.get(key)) {
+                    out.push_str(suffix);
+                }
+            }
+            out.push('\n');
+        }
+        out
     }
 }
 
@@ -595,9 +688,9 @@ pub struct RouteMetrics {
 
 #[derive(Debug)]
 struct PerRoute {
-    overhead: Histogram,
-    request_size: Histogram,
-    response_size: Histogram,
+    overhead: AtomicHistogram,
+    request_size: AtomicHistogram,
+    response_size: AtomicHistogram,
 }
 
 /// What is known about a request once its response is complete.
@@ -774,5 +867,172 @@ mod tests {
             "no exemplars in the 0.0.4 text format"
         );
         assert!(!prom.contains("# EOF"));
+    }
+
+    /// A few requests of one route (one series per family, so the order of
+    /// the lines is fixed).
+    fn golden_scrape() -> String {
+        let m = Metrics::new(&[0.005, 0.1, 0.35, 1.0]);
+        let rm = m.route(&Arc::from("users"));
+        let req = |total_us: u64, up_us: Option<u64>, bytes_in, bytes_out, trace_id| Finished {
+            method: &Method::GET,
+            status: 200,
+            total: std::time::Duration::from_micros(total_us),
+            head: std::time::Duration::from_micros(total_us / 2),
+            upstream_head: up_us.map(std::time::Duration::from_micros),
+            bytes_in,
+            bytes_out,
+            trace_id,
+        };
+        let a = "4bf92f3577b34da6a3ce929d0e0736ae";
+        let b = "0af7651916cd43dd8448eb211c80319c";
+        m.record(&rm, &req(350_000, Some(100_000), Some(64), 70_000, Some(a)));
+        m.record(&rm, &req(4_200, Some(4_000), None, 0, None));
+        m.record(&rm, &req(5_000, None, Some(65), 64, Some(b)));
+        m.record(&rm, &req(1_500_000, Some(1_000), Some(0), 1 << 30, Some(a)));
+        m.record(&rm, &req(120_000, Some(59_990), None, 4096, Some(a)));
+        m.record(&rm, &req(300_000, Some(1), None, 4097, Some(b)));
+        m.record(&rm, &req(100_000, Some(1), None, 1, None));
+        let mut s = String::new();
+        m.encode_families(&mut s);
+        s
+    }
+
+    /// The families `record` feeds, as prometheus-client's `Histogram` and
+    /// `HistogramWithExemplars` encoded them for `golden_scrape` (captured
+    /// from the implementation before `AtomicHistogram`, ae8fe31).
+    const GOLDEN: &str = r#"# HELP gateway_requests Requests answered, by route, method and status code.
+# TYPE gateway_requests counter
+gateway_requests_total{route="users",method="GET",status="200"} 7
+# HELP gateway_request_duration_seconds Time from request head received to the last response byte, by route, method and status class.
+# TYPE gateway_request_duration_seconds histogram
+gateway_request_duration_seconds_sum{route="users",method="GET",status_class="2xx"} 2.3792
+gateway_request_duration_seconds_count{route="users",method="GET",status_class="2xx"} 7
+gateway_request_duration_seconds_bucket{le="0.005",route="users",method="GET",status_class="2xx"} 2 # {trace_id="0af7651916cd43dd8448eb211c80319c"} 0.005
+gateway_request_duration_seconds_bucket{le="0.1",route="users",method="GET",status_class="2xx"} 3
+gateway_request_duration_seconds_bucket{le="0.35",route="users",method="GET",status_class="2xx"} 6 # {trace_id="0af7651916cd43dd8448eb211c80319c"} 0.3
+gateway_request_duration_seconds_bucket{le="1.0",route="users",method="GET",status_class="2xx"} 6
+gateway_request_duration_seconds_bucket{le="+Inf",route="users",method="GET",status_class="2xx"} 7 # {trace_id="4bf92f3577b34da6a3ce929d0e0736ae"} 1.5
+# HELP gateway_overhead_duration_seconds Time the gateway itself added to a request (its head-to-head time minus the upstream's, same clock).
+# TYPE gateway_overhead_duration_seconds histogram
+gateway_overhead_duration_seconds_sum{route="users"} 1.026508
+gateway_overhead_duration_seconds_count{route="users"} 7
+gateway_overhead_duration_seconds_bucket{le="0.00005",route="users"} 2
+gateway_overhead_duration_seconds_bucket{le="0.0001",route="users"} 2
+gateway_overhead_duration_seconds_bucket{le="0.00025",route="users"} 2
+gateway_overhead_duration_seconds_bucket{le="0.0005",route="users"} 2
+gateway_overhead_duration_seconds_bucket{le="0.005",route="users"} 3
+gateway_overhead_duration_seconds_bucket{le="0.1",route="users"} 5
+gateway_overhead_duration_seconds_bucket{le="0.35",route="users"} 6
+gateway_overhead_duration_seconds_bucket{le="1.0",route="users"} 7
+gateway_overhead_duration_seconds_bucket{le="+Inf",route="users"} 7
+# HELP gateway_request_size_bytes Request body sizes (when declared), by route.
+# TYPE gateway_request_size_bytes histogram
+gateway_request_size_bytes_sum{route="users"} 129.0
+gateway_request_size_bytes_count{route="users"} 3
+gateway_request_size_bytes_bucket{le="64.0",route="users"} 2
+gateway_request_size_bytes_bucket{le="256.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="1024.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="4096.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="16384.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="65536.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="262144.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="1048576.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="4194304.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="16777216.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="67108864.0",route="users"} 3
+gateway_request_size_bytes_bucket{le="+Inf",route="users"} 3
+# HELP gateway_response_size_bytes Response body bytes sent, by route.
+# TYPE gateway_response_size_bytes histogram
+gateway_response_size_bytes_sum{route="users"} 1073820082.0
+gateway_response_size_bytes_count{route="users"} 7
+gateway_response_size_bytes_bucket{le="64.0",route="users"} 3
+gateway_response_size_bytes_bucket{le="256.0",route="users"} 3
+gateway_response_size_bytes_bucket{le="1024.0",route="users"} 3
+gateway_response_size_bytes_bucket{le="4096.0",route="users"} 4
+gateway_response_size_bytes_bucket{le="16384.0",route="users"} 5
+gateway_response_size_bytes_bucket{le="65536.0",route="users"} 5
+gateway_response_size_bytes_bucket{le="262144.0",route="users"} 6
+gateway_response_size_bytes_bucket{le="1048576.0",route="users"} 6
+gateway_response_size_bytes_bucket{le="4194304.0",route="users"} 6
+gateway_response_size_bytes_bucket{le="16777216.0",route="users"} 6
+gateway_response_size_bytes_bucket{le="67108864.0",route="users"} 6
+gateway_response_size_bytes_bucket{le="+Inf",route="users"} 7
+"#;
+
+    #[test]
+    fn scrape_is_byte_identical_to_prometheus_client_histograms() {
+        let text = golden_scrape();
+        let end = text
+            .find("# HELP gateway_inflight_requests")
+            .unwrap_or(text.len());
+        assert_eq!(&text[..end], GOLDEN, "{text}");
+    }
+
+    /// Several duration series with exemplars, against prometheus-client's
+    /// `HistogramWithExemplars` fed the same observations (the series'
+    /// order is a hash map's, so lines are compared sorted).
+    #[test]
+    fn exemplars_match_histogram_with_exemplars_across_series() {
+        let bounds = [0.005, 0.1, 0.35, 1.0];
+        let m = Metrics::new(&bounds);
+        let reference: Family<DurationLabels, HistogramWithExemplars<TraceLabel>, Latency> =
+            Family::new_with_constructor(Latency(Arc::from(&bounds[..])));
+        let routes = [Arc::<str>::from("users"), Arc::from("orders")];
+        let rms: Vec<_> = routes.iter().map(|r| m.route(r)).collect();
+        let methods = [
+            Method::GET,
+            Method::POST,
+            Method::from_bytes(b"PURGE").unwrap(),
+        ];
+        for i in 0..200u64 {
+            let (ri, mi) = ((i % 2) as usize, (i % 3) as usize);
+            let status = [200, 404, 503, 302][(i % 4) as usize];
+            let total = std::time::Duration::from_micros(i * i * 37 % 1_500_000);
+            let trace = format!("{i:032x}");
+            let trace_id = (i % 3 != 1).then_some(trace.as_str());
+            let f = Finished {
+                method: &methods[mi],
+                status,
+                total,
+                head: total,
+                upstream_head: None,
+                bytes_in: None,
+                bytes_out: 0,
+                trace_id,
+            };
+            m.record(&rms[ri], &f);
+            reference
+                .get_or_create(&DurationLabels {
+                    route: routes[ri].clone(),
+                    method: Fixed(METHODS[method_index(&methods[mi])]),
+                    status_class: Fixed(CLASSES[class_index(status)]),
+                })
+                .observe(
+                    total.as_secs_f64(),
+                    trace_id.map(|t| TraceLabel {
+                        trace_id: t.to_owned(),
+                    }),
+                    None,
+                );
+        }
+        let mut registry = Registry::default();
+        registry.register(DURATION, DURATION_HELP, reference);
+        let mut want = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut want, &registry).unwrap();
+        let family = |t: &str| {
+            let mut v: Vec<String> = t
+                .lines()
+                .filter(|l| l.contains("gateway_request_duration_seconds"))
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        let got = family(&scrape(&m));
+        assert_eq!(got, family(&want));
+        assert!(got.iter().filter(|l| l.contains(" # {trace_id=")).count() > 20);
+        // i mod 12 picks the route, method and status: 12 series.
+        assert_eq!(got.iter().filter(|l| l.contains("_count{")).count(), 12);
     }
 }

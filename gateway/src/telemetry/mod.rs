@@ -8,6 +8,7 @@
 //! the SLO observation. Recording happens in [`TimedBody`]'s `Drop`: no
 //! allocation, no lock held across an await.
 
+mod atomic_hist;
 pub mod metrics;
 pub mod native;
 pub mod otlp;
