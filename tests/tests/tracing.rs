@@ -361,7 +361,18 @@ async fn unsampled_requests_export_nothing_and_forward_the_client_traceparent_un
         .unwrap()
         .to_owned();
     assert!(seen.starts_with(&format!("00-{trace}-")) && seen != sampled);
-    trace_spans(&rx, &trace, 2).await;
+    let spans = trace_spans(&rx, &trace, 2).await;
+    // Both spans carry the client's trace state and W3C flags (sampled,
+    // has-is-remote); only the server span's parent is remote.
+    for s in &spans {
+        assert_eq!(s.span.trace_state, "vendor=1", "{s:#?}");
+        let remote = s.kind() == SpanKind::Server;
+        assert_eq!(
+            s.span.flags,
+            0x101 | if remote { 0x200 } else { 0 },
+            "{s:#?}"
+        );
+    }
     // Give any stray span a few more export rounds to show up.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let traces: BTreeSet<String> = rx.spans().iter().map(Received::trace_id).collect();

@@ -371,6 +371,11 @@ impl Metrics {
             "OTLP export requests that failed (collector down, timeout, refusal)",
             m.trace.errors.clone(),
         );
+        registry.register(
+            "gateway_trace_spans_dropped",
+            "Sampled spans dropped because the export queue was full (collector slow or down)",
+            m.trace.dropped.clone(),
+        );
         m.compression.register(&mut registry);
         Self { registry, ..m }
     }

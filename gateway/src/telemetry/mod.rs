@@ -15,6 +15,7 @@ pub mod otlp;
 pub mod process;
 pub mod protobuf;
 pub mod slo;
+pub mod span;
 pub mod trace;
 
 use std::pin::Pin;
@@ -296,7 +297,7 @@ impl Record {
                 &sampled,
                 &trace::ServerRequest {
                     method: req.method(),
-                    path: req.uri().path(),
+                    uri: req.uri(),
                     version: req.version(),
                     host,
                     headers,
@@ -354,7 +355,7 @@ impl Record {
         self.upstream = upstream;
         self.decisions = Decisions::of(ext, self.route.layers);
         if let Some(span) = self.span.as_mut() {
-            span.head(status, self.upstream.as_ref().map(|u| &*u.upstream));
+            span.head(status, self.upstream.as_ref().map(|u| &u.upstream));
             let d = self.decisions;
             let auth = d.jwt.or(self.route.layers.auth.then_some("passed"));
             for (name, key, value) in [

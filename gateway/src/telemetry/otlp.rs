@@ -1,48 +1,45 @@
-//! The OTLP/HTTP trace exporter: ended spans encoded straight from the
-//! SDK's [`SpanData`] into an `ExportTraceServiceRequest` (protobuf) and
-//! POSTed to the collector with [`ExportClient`].
+//! The OTLP/HTTP trace exporter: batches of [`SpanRecord`]s encoded into
+//! an `ExportTraceServiceRequest` (protobuf) and POSTed to the collector
+//! with [`ExportClient`].
 //!
-//! It replaces `opentelemetry-otlp`'s exporter for its encoding cost: that
-//! one converts every span into the generated prost structs (a `String` per
-//! attribute key and value, a `Vec` per id) and prost then measures every
-//! nested message again at each level; with every request traced that was
-//! about 28,000 instructions per request on the export thread, on a 2-core
-//! machine taken from the proxy. Here each span is written once into one
-//! buffer (a nested message's length is inserted in front of it when it is
-//! done); the resource and the instrumentation scope are encoded once.
+//! Each span is written once into one buffer (a nested message's length is
+//! inserted in front of it when it is done; attributes, under 128 bytes,
+//! never move); the resource and the instrumentation scope are written once
+//! per batch. No generated message structs: `opentelemetry-otlp` converted
+//! every span into prost structs (a `String` per attribute key and value)
+//! and prost then measured every nested message again at each level.
 //!
 //! The wire format and the HTTP exchange are those of `opentelemetry-otlp`
-//! 0.33 (`http-proto`): the same messages and fields (proto3: zero scalars
-//! left out, oneof values always written, `status` always present), `POST`
-//! with `content-type: application/x-protobuf`, the configured headers plus
-//! its `User-Agent`, and its recommended retry policy: up to 3 retries of a
-//! network failure or a 429/502/503/504 answer, backing off 100 ms doubling
-//! to 1.6 s (plus up to 100 ms jitter; a 429/503 `Retry-After` in seconds
-//! raises the delay, at most 30 s), never past the export timeout. Any other
-//! non-2xx answer fails the export at once.
+//! 0.33 (`http-proto`), which this replaced: the same messages and fields
+//! (proto3: zero scalars left out, oneof values always written, `status`
+//! always present), `POST` with `content-type: application/x-protobuf`, the
+//! configured headers, and its recommended retry policy: up to 3 retries of
+//! a network failure or a 429/502/503/504 answer, backing off 100 ms
+//! doubling to 1.6 s (plus up to 100 ms jitter; a 429/503 `Retry-After` in
+//! seconds raises the delay, at most 30 s), never past the export timeout.
+//! Any other non-2xx answer fails the export at once. The decoding side is
+//! checked with `opentelemetry-proto`'s generated types in the end-to-end
+//! tests (`tests/src/otlp.rs`).
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
-use opentelemetry::trace::{SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, Value};
-use opentelemetry_http::{Bytes, HttpClient};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
 
+use super::span::{AttrValue, SpanName, SpanRecord, SpanStatus};
 use super::trace::{ExportClient, ExporterError};
 use crate::config::TracingConfig;
 
-/// `opentelemetry-otlp`'s `User-Agent` (the version it was at).
-const USER_AGENT: &str = "OTel-OTLP-Exporter-Rust/0.33.1";
+/// The exporter's `User-Agent`.
+const USER_AGENT: &str = concat!("gateway-otlp/", env!("CARGO_PKG_VERSION"));
 const MAX_RETRIES: u32 = 3;
 const INITIAL_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_millis(1600);
 const MAX_JITTER_MS: u64 = 100;
 const MAX_THROTTLE: Duration = Duration::from_secs(30);
+/// The instrumentation scope.
+const SCOPE_NAME: &str = "gateway";
 
 /// Exports spans with OTLP/HTTP protobuf.
 #[derive(Debug)]
@@ -51,9 +48,8 @@ pub struct OtlpExporter {
     endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
-    /// The encoded `Resource` message (its fields), set by the SDK.
+    /// The encoded `Resource` message (its fields).
     resource: Vec<u8>,
-    resource_schema: String,
     shut_down: AtomicBool,
 }
 
@@ -84,20 +80,62 @@ impl OtlpExporter {
             headers.retain(|(n, _)| *n != name);
             headers.push((name, value));
         }
+        let env = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
         Ok(Self {
             client,
             endpoint,
             headers,
             timeout: cfg.export_timeout,
-            resource: Vec::new(),
-            resource_schema: String::new(),
+            resource: resource(&cfg.service_name, &env),
             shut_down: AtomicBool::new(false),
         })
     }
 
     /// The request body for `batch`.
-    pub fn encode(&self, batch: &[SpanData]) -> Vec<u8> {
-        encode_request(&self.resource, &self.resource_schema, batch)
+    pub fn encode(&self, batch: &[SpanRecord]) -> Vec<u8> {
+        encode_request(&self.resource, batch)
+    }
+
+    /// Encodes and sends `batch`, retrying as `opentelemetry-otlp` does.
+    pub async fn export(&self, batch: &[SpanRecord]) -> Result<(), String> {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err("exporter already shut down".to_owned());
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let body = Bytes::from(self.encode(batch));
+        let start = tokio::time::Instant::now();
+        let mut attempt = 0;
+        let mut delay = INITIAL_DELAY;
+        let mut cap = MAX_DELAY;
+        loop {
+            let (retryable, server_delay, message) = match self.send_once(&body).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !retryable || attempt >= MAX_RETRIES || start.elapsed() >= self.timeout {
+                return Err(message);
+            }
+            attempt += 1;
+            if let Some(d) = server_delay {
+                let d = d.min(MAX_THROTTLE);
+                if d > cap {
+                    cap = MAX_THROTTLE;
+                }
+                if !d.is_zero() {
+                    delay = delay.max(d);
+                }
+            }
+            let jitter = Duration::from_millis(fastrand::u64(0..=MAX_JITTER_MS));
+            let sleep = delay.saturating_add(jitter).min(cap);
+            if sleep >= self.timeout.saturating_sub(start.elapsed()) {
+                return Err(message);
+            }
+            // The export thread has nothing else to do meanwhile.
+            std::thread::sleep(sleep);
+            delay = delay.saturating_mul(2).min(cap);
+        }
     }
 
     /// One POST; `Err((retryable, server delay, message))`.
@@ -140,70 +178,46 @@ impl OtlpExporter {
             format!("HTTP export failed with status code: {code}"),
         ))
     }
+
+    /// Refuses later exports.
+    pub fn shut_down(&self) {
+        self.shut_down.store(true, Ordering::Relaxed);
+    }
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if self.shut_down.load(Ordering::Relaxed) {
-            return Err(OTelSdkError::InternalFailure(
-                "Exporter already shutdown".to_owned(),
-            ));
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let body = Bytes::from(self.encode(&batch));
-        drop(batch);
-        let start = tokio::time::Instant::now();
-        let mut attempt = 0;
-        let mut delay = INITIAL_DELAY;
-        let mut cap = MAX_DELAY;
-        loop {
-            let (retryable, server_delay, message) = match self.send_once(&body).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            let fail = || Err(OTelSdkError::InternalFailure(message.clone()));
-            if !retryable || attempt >= MAX_RETRIES || start.elapsed() >= self.timeout {
-                return fail();
-            }
-            attempt += 1;
-            if let Some(d) = server_delay {
-                let d = d.min(MAX_THROTTLE);
-                if d > cap {
-                    cap = MAX_THROTTLE;
-                }
-                if !d.is_zero() {
-                    delay = delay.max(d);
-                }
-            }
-            let jitter = Duration::from_millis(fastrand::u64(0..=MAX_JITTER_MS));
-            let sleep = delay.saturating_add(jitter).min(cap);
-            if sleep >= self.timeout.saturating_sub(start.elapsed()) {
-                return fail();
-            }
-            // The SDK's batch thread has no runtime: a plain sleep, as
-            // `opentelemetry-otlp` does there.
-            std::thread::sleep(sleep);
-            delay = delay.saturating_mul(2).min(cap);
-        }
+/// The `Resource`'s attributes: `OTEL_RESOURCE_ATTRIBUTES` (`key=value`
+/// pairs, percent-encoded, as the SDKs read it), the `telemetry.sdk.*`
+/// facts, and `service.name` from the config over all of them.
+fn resource(service_name: &str, env: &str) -> Vec<u8> {
+    let mut attrs: Vec<(String, String)> = env
+        .split_terminator(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            let k = k.trim();
+            let v = String::from_utf8(percent_decode(v.trim())?).ok()?;
+            (!k.is_empty()).then(|| (k.to_owned(), v))
+        })
+        .collect();
+    for (k, v) in [
+        ("telemetry.sdk.name", SCOPE_NAME),
+        ("telemetry.sdk.language", "rust"),
+        ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ("service.name", service_name),
+    ] {
+        attrs.retain(|(key, _)| key != k);
+        attrs.push((k.to_owned(), v.to_owned()));
     }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        if self.shut_down.swap(true, Ordering::Relaxed) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        Ok(())
+    let mut out = Vec::new();
+    for (k, v) in &attrs {
+        message(&mut out, 1, |b| {
+            string(b, 1, k);
+            message(b, 2, |b| {
+                tag(b, 1, 2);
+                len_bytes(b, v.as_bytes());
+            });
+        });
     }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        let mut out = Vec::new();
-        for (k, v) in resource.iter() {
-            message(&mut out, 1, |b| key_value(b, k.as_str(), v));
-        }
-        self.resource = out;
-        self.resource_schema = resource.schema_url().unwrap_or_default().to_owned();
-    }
+    out
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas,
@@ -238,159 +252,98 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
-/// scope_spans: one per distinct scope, in order of appearance,
-/// schema_url }] }`.
-pub fn encode_request(resource: &[u8], resource_schema: &str, batch: &[SpanData]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + batch.len() * 512);
+/// scope_spans: [ScopeSpans { scope, spans }] }] }`.
+pub fn encode_request(resource: &[u8], batch: &[SpanRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + batch.len() * 400);
     if batch.is_empty() {
         return out;
     }
-    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
-    for s in batch {
-        if !scopes.contains(&&s.instrumentation_scope) {
-            scopes.push(&s.instrumentation_scope);
-        }
-    }
     message(&mut out, 1, |b| {
         message(b, 1, |b| b.extend_from_slice(resource));
-        for scope in &scopes {
-            message(b, 2, |b| {
-                message(b, 1, |b| {
-                    string(b, 1, scope.name());
-                    string(b, 2, scope.version().unwrap_or_default());
-                    for kv in scope.attributes() {
-                        message(b, 3, |b| key_value(b, kv.key.as_str(), &kv.value));
-                    }
-                });
-                for s in batch.iter().filter(|s| s.instrumentation_scope == **scope) {
-                    message(b, 2, |b| span(b, s));
-                }
-                string(b, 3, scope.schema_url().unwrap_or_default());
+        message(b, 2, |b| {
+            message(b, 1, |b| {
+                string(b, 1, SCOPE_NAME);
+                string(b, 2, env!("CARGO_PKG_VERSION"));
             });
-        }
-        string(b, 3, resource_schema);
+            for s in batch {
+                message(b, 2, |b| span(b, s));
+            }
+        });
     });
     out
 }
 
 /// `opentelemetry.proto.trace.v1.Span`.
-fn span(b: &mut Vec<u8>, s: &SpanData) {
-    let ctx = &s.span_context;
-    bytes(b, 1, &ctx.trace_id().to_bytes());
-    bytes(b, 2, &ctx.span_id().to_bytes());
-    let state = ctx.trace_state().header();
-    string(b, 3, &state);
-    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes(b, 4, &s.parent_span_id.to_bytes());
+fn span(b: &mut Vec<u8>, s: &SpanRecord) {
+    bytes(b, 1, &s.trace_id);
+    bytes(b, 2, &s.span_id);
+    string(b, 3, s.trace_state.as_deref().unwrap_or_default());
+    if s.parent_span_id != [0; 8] {
+        bytes(b, 4, &s.parent_span_id);
     }
-    string(b, 5, &s.name);
-    let kind: u64 = match s.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    uint(b, 6, kind);
-    fixed64(b, 7, nanos(s.start_time));
-    fixed64(b, 8, nanos(s.end_time));
-    for kv in &s.attributes {
-        message(b, 9, |b| key_value(b, kv.key.as_str(), &kv.value));
+    match &s.name {
+        SpanName::Static(n) => string(b, 5, n),
+        SpanName::MethodRoute(method, route) => {
+            tag(b, 5, 2);
+            varint(b, (method.len() + 1 + route.len()) as u64);
+            b.extend_from_slice(method.as_bytes());
+            b.push(b' ');
+            b.extend_from_slice(route.as_bytes());
+        }
     }
-    uint(b, 10, u64::from(s.dropped_attributes_count));
-    for e in s.events.iter() {
+    uint(b, 6, s.kind as u64);
+    fixed64(b, 7, s.start);
+    fixed64(b, 8, s.end);
+    for (k, v) in &s.attrs {
+        message(b, 9, |b| key_value(b, k, v));
+    }
+    for e in &s.events {
         message(b, 11, |b| {
-            fixed64(b, 1, nanos(e.timestamp));
-            string(b, 2, &e.name);
-            for kv in &e.attributes {
-                message(b, 3, |b| key_value(b, kv.key.as_str(), &kv.value));
-            }
-            uint(b, 4, u64::from(e.dropped_attributes_count));
+            fixed64(b, 1, e.time);
+            string(b, 2, e.name);
+            message(b, 3, |b| key_value(b, e.key, &AttrValue::Static(e.value)));
         });
     }
-    uint(b, 12, u64::from(s.events.dropped_count));
-    for l in s.links.iter() {
-        message(b, 13, |b| {
-            let c = &l.span_context;
-            bytes(b, 1, &c.trace_id().to_bytes());
-            bytes(b, 2, &c.span_id().to_bytes());
-            string(b, 3, &c.trace_state().header());
-            for kv in &l.attributes {
-                message(b, 4, |b| key_value(b, kv.key.as_str(), &kv.value));
-            }
-            uint(b, 5, u64::from(l.dropped_attributes_count));
-            fixed32(b, 6, flags(c.is_remote(), c.trace_flags().to_u8()));
-        });
-    }
-    uint(b, 14, u64::from(s.links.dropped_count));
     message(b, 15, |b| {
-        let (code, msg): (u64, &str) = match &s.status {
-            Status::Unset => (0, ""),
-            Status::Ok => (1, ""),
-            Status::Error { description } => (2, description),
-        };
-        string(b, 2, msg);
-        uint(b, 3, code);
+        if let SpanStatus::Error(msg) = &s.status {
+            string(b, 2, msg);
+            uint(b, 3, 2);
+        }
     });
-    fixed32(
-        b,
-        16,
-        flags(s.parent_span_is_remote, ctx.trace_flags().to_u8()),
-    );
+    // `SpanFlags`: sampled, "has is-remote" (0x100), "is remote" (0x200).
+    fixed32(b, 16, 0x101 | if s.parent_remote { 0x200 } else { 0 });
 }
 
-/// `SpanFlags`: the W3C flags, "has is-remote" (0x100), "is remote" (0x200).
-fn flags(remote: bool, trace_flags: u8) -> u32 {
-    u32::from(trace_flags) | 0x100 | if remote { 0x200 } else { 0 }
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-}
-
-/// `KeyValue { key, value: AnyValue }`.
-fn key_value(b: &mut Vec<u8>, key: &str, value: &Value) {
+/// `KeyValue { key, value: AnyValue }` (the oneof is written even when
+/// zero).
+fn key_value(b: &mut Vec<u8>, key: &str, value: &AttrValue) {
     string(b, 1, key);
-    message(b, 2, |b| any_value(b, value));
-}
-
-/// `AnyValue` (the oneof is written even when zero).
-fn any_value(b: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::String(s) => {
-            tag(b, 1, 2);
-            len_bytes(b, s.as_str().as_bytes());
-        }
-        Value::Bool(x) => {
-            tag(b, 2, 0);
-            varint(b, u64::from(*x));
-        }
-        Value::I64(x) => {
+    message(b, 2, |b| match value {
+        AttrValue::Int(x) => {
             tag(b, 3, 0);
             varint(b, *x as u64);
         }
-        Value::F64(x) => {
-            tag(b, 4, 1);
-            b.extend_from_slice(&x.to_le_bytes());
-        }
-        Value::Array(a) => message(b, 5, |b| {
-            let mut each = |v: Value| message(b, 1, |b| any_value(b, &v));
-            match a {
-                Array::Bool(xs) => xs.iter().for_each(|x| each(Value::Bool(*x))),
-                Array::I64(xs) => xs.iter().for_each(|x| each(Value::I64(*x))),
-                Array::F64(xs) => xs.iter().for_each(|x| each(Value::F64(*x))),
-                Array::String(xs) => xs.iter().for_each(|x| each(Value::String(x.clone()))),
-                // A newer array type: written as its text.
-                other => each(Value::String(other.to_string().into())),
-            }
-        }),
-        // A newer value type: written as its text.
-        other => {
-            let s: Cow<'_, str> = other.as_str();
+        AttrValue::Ip(ip) => {
+            let mut buf = [0u8; 64];
+            let text = ip_text(*ip, &mut buf);
             tag(b, 1, 2);
-            len_bytes(b, s.as_bytes());
+            len_bytes(b, text.as_bytes());
         }
-    }
+        other => {
+            let text = other.text().unwrap_or_default();
+            tag(b, 1, 2);
+            len_bytes(b, text.as_bytes());
+        }
+    });
+}
+
+/// An address as text, without allocating.
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write as _;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cur, "{ip}");
+    let n = usize::try_from(cur.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
 fn tag(b: &mut Vec<u8>, field: u32, wire: u8) {
@@ -500,7 +453,7 @@ mod tests {
         string(&mut b, 5, "");
         uint(&mut b, 6, 0);
         assert!(b.is_empty());
-        assert!(encode_request(&[], "", &[]).is_empty());
+        assert!(encode_request(&[], &[]).is_empty());
     }
 
     #[test]

@@ -1,41 +1,35 @@
 //! OpenTelemetry traces: a SERVER span per request, a CLIENT span per
 //! upstream attempt, decision events, W3C trace context in and out, OTLP/HTTP
-//! export from a batch processor thread.
+//! export from a batch thread.
 //!
-//! Spans are made directly with the `opentelemetry` API, not through
-//! `tracing-opentelemetry`: the request path decides sampling itself before
-//! anything is built, so a request that is not sampled (or a gateway with
-//! tracing off) allocates no span data at all, and a client's `traceparent`
-//! then passes through to the upstream unchanged. Sampling is parent-based:
-//! a valid client `traceparent` decides (sampled or not), otherwise
-//! `sample_ratio` of requests start a trace.
+//! The request path decides sampling itself before anything is built, so a
+//! request that is not sampled (or a gateway with tracing off) allocates no
+//! span data at all, and a client's `traceparent` then passes through to the
+//! upstream unchanged. Sampling is parent-based: a valid client
+//! `traceparent` decides (sampled or not), otherwise `sample_ratio` of
+//! requests start a trace.
 //!
-//! Ended spans go to the SDK's batch processor, which exports from its own
-//! thread with [`ExportClient`]: the gateway's cold-path client
-//! ([`crate::client`], https or loopback http, bounded by the export
-//! timeout) run on a small current-thread runtime of its own. The request
-//! path only pushes into a bounded queue: with the collector down, spans are
-//! dropped and counted, requests do not wait.
+//! Spans are the gateway's own [`SpanRecord`]s (see [`super::span`] for
+//! why not the OpenTelemetry SDK's), following the HTTP semantic
+//! conventions. Ended spans go to a bounded queue whose thread exports them
+//! with [`ExportClient`]: the gateway's cold-path client ([`crate::client`],
+//! https or loopback http, bounded by the export timeout) run on a small
+//! current-thread runtime of its own. The request path only pushes into the
+//! queue: with the collector down, spans are dropped and counted, requests
+//! do not wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Version};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
-    SpanExporter,
-};
-use opentelemetry_sdk::Resource;
 use prometheus_client::metrics::counter::Counter;
 
+use super::span::{
+    new_span_id, new_trace_id, now_nanos, AttrValue, BatchSettings, Event, Kind, Pipeline,
+    SpanName, SpanRecord, SpanStatus,
+};
 use super::TRACEPARENT;
 use crate::client::{BackgroundRuntime, ClientSettings, ColdClient};
 use crate::config::TracingConfig;
@@ -43,16 +37,11 @@ use crate::config::TracingConfig;
 /// `tracestate` (W3C Trace Context).
 pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
-/// A recording span of the OpenTelemetry SDK.
-pub type SdkSpan = opentelemetry_sdk::trace::Span;
-
 /// The process's tracer: sampling, span creation, export.
 #[derive(Debug)]
 pub struct Tracing {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    pipeline: Arc<Pipeline>,
     ratio: f64,
-    ended: Counter,
     shutdown_timeout: Duration,
 }
 
@@ -67,6 +56,8 @@ pub struct ExportCounters {
     pub failed: Counter,
     /// Export requests that failed.
     pub errors: Counter,
+    /// Spans dropped because the export queue was full.
+    pub dropped: Counter,
 }
 
 /// Why the exporter could not be built.
@@ -75,8 +66,8 @@ pub struct ExportCounters {
 pub struct ExporterError(pub(crate) String);
 
 impl Tracing {
-    /// The tracer for `cfg`, or `None` when tracing is off. Spawns the batch
-    /// processor's thread.
+    /// The tracer for `cfg`, or `None` when tracing is off. Spawns the
+    /// export thread.
     pub fn start(
         cfg: &TracingConfig,
         counters: &ExportCounters,
@@ -84,51 +75,30 @@ impl Tracing {
         if !cfg.enabled {
             return Ok(None);
         }
-        // Encodes straight from the span data (see `super::otlp`).
         let exporter = super::otlp::OtlpExporter::new(cfg, ExportClient::new(cfg)?)?;
-        let exporter = CountingExporter {
-            inner: exporter,
-            counters: counters.clone(),
-        };
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(cfg.max_queue_size)
-            .with_max_export_batch_size(cfg.max_export_batch_size)
-            .with_scheduled_delay(cfg.scheduled_delay)
-            .build();
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch)
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            // The edge decides (parent-based ratio) before building a span.
-            .with_sampler(Sampler::AlwaysOn)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(cfg.service_name.clone())
-                    .build(),
-            )
-            .build();
-        let tracer = provider.tracer_with_scope(
-            InstrumentationScope::builder("gateway")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        );
+        let pipeline = Pipeline::start(
+            exporter,
+            BatchSettings {
+                max_queue_size: cfg.max_queue_size,
+                max_export_batch_size: cfg.max_export_batch_size,
+                scheduled_delay: cfg.scheduled_delay,
+            },
+            counters.clone(),
+        )
+        .map_err(|e| ExporterError(format!("cannot start the export thread: {e}")))?;
         tracing::info!(endpoint = %cfg.endpoint, ratio = cfg.sample_ratio, "exporting traces with OTLP/HTTP");
         Ok(Some(Arc::new(Self {
-            provider,
-            tracer,
+            pipeline,
             ratio: cfg.sample_ratio,
-            ended: counters.ended.clone(),
             shutdown_timeout: cfg.shutdown_timeout,
         })))
     }
 
-    /// Exports what is queued and stops the processor, waiting at most the
-    /// configured shutdown timeout (on a blocking thread: the SDK's
-    /// shutdown blocks).
+    /// Exports what is queued and stops the export thread, waiting at most
+    /// the configured shutdown timeout (on a blocking thread).
     pub async fn shutdown(self: Arc<Self>) {
         let bound = self.shutdown_timeout;
-        let task = tokio::task::spawn_blocking(move || self.provider.shutdown_with_timeout(bound));
+        let task = tokio::task::spawn_blocking(move || self.pipeline.shutdown(bound));
         match tokio::time::timeout(bound + Duration::from_millis(500), task).await {
             Ok(Ok(Ok(()))) => tracing::debug!("trace exporter flushed"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "trace exporter shutdown failed"),
@@ -153,73 +123,115 @@ impl Tracing {
 
     /// Starts the SERVER span of a sampled request.
     pub fn server_span(&self, sampled: &Sampled, req: &ServerRequest<'_>) -> ServerSpan {
-        let cx = match &sampled.parent {
-            Some(p) => {
-                let state = req
-                    .headers
+        let (trace_id, parent_span_id, trace_state) = match &sampled.parent {
+            Some(p) => (
+                p.trace_id.to_be_bytes(),
+                p.span_id.to_be_bytes(),
+                req.headers
                     .get(TRACESTATE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<TraceState>().ok())
-                    .unwrap_or_default();
-                Context::new().with_remote_span_context(SpanContext::new(
-                    p.trace_id,
-                    p.span_id,
-                    TraceFlags::SAMPLED,
-                    true,
-                    state,
-                ))
-            }
-            None => Context::new(),
+                    .and_then(normalize_tracestate),
+            ),
+            None => (new_trace_id(), [0; 8], None),
         };
         let method = method_name(req.method);
-        let mut attrs = Vec::with_capacity(12);
-        attrs.push(KeyValue::new("http.request.method", method));
+        let mut attrs = Vec::with_capacity(14);
+        attrs.push(("http.request.method", AttrValue::Static(method)));
         if method == "_OTHER" {
-            attrs.push(KeyValue::new(
+            attrs.push((
                 "http.request.method_original",
-                req.method.as_str().to_owned(),
+                AttrValue::Owned(req.method.as_str().into()),
             ));
         }
-        attrs.push(KeyValue::new("url.path", req.path.to_owned()));
-        attrs.push(KeyValue::new("url.scheme", "http"));
-        attrs.push(KeyValue::new("http.route", arc_value(req.route)));
-        attrs.push(KeyValue::new(
+        attrs.push(("url.path", AttrValue::Path(req.uri.clone())));
+        attrs.push(("url.scheme", AttrValue::Static("http")));
+        attrs.push(("http.route", AttrValue::Shared(req.route.clone())));
+        attrs.push((
             "network.protocol.version",
-            protocol_version(req.version),
+            AttrValue::Static(protocol_version(req.version)),
         ));
-        attrs.push(KeyValue::new("client.address", ip_string(req.client_ip)));
+        attrs.push(("client.address", AttrValue::Ip(req.client_ip)));
         if let Some((host, port)) = req.host.map(split_host) {
-            attrs.push(KeyValue::new("server.address", host.to_owned()));
+            attrs.push(("server.address", AttrValue::Owned(host.into())));
             if let Some(port) = port {
-                attrs.push(KeyValue::new("server.port", i64::from(port)));
+                attrs.push(("server.port", AttrValue::Int(i64::from(port))));
             }
         }
         if let Some(ua) = req
             .headers
             .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.to_str().is_ok())
         {
-            attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
+            attrs.push(("user_agent.original", AttrValue::Header(ua.clone())));
         }
-        if let Ok(id) = req.request_id.to_str() {
-            attrs.push(KeyValue::new("gateway.request_id", id.to_owned()));
+        if req.request_id.to_str().is_ok() {
+            attrs.push((
+                "gateway.request_id",
+                AttrValue::Header(req.request_id.clone()),
+            ));
         }
-        let mut name = String::with_capacity(method.len() + 1 + req.route.len());
-        name.push_str(method);
-        name.push(' ');
-        name.push_str(req.route);
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attrs)
-            .start_with_context(&self.tracer, &cx);
         ServerSpan {
-            span: Box::new(span),
-            tracer: self.tracer.clone(),
-            ended: self.ended.clone(),
+            span: SpanRecord {
+                trace_id,
+                span_id: new_span_id(),
+                parent_span_id,
+                parent_remote: sampled.parent.is_some(),
+                trace_state,
+                kind: Kind::Server,
+                name: SpanName::MethodRoute(method, req.route.clone()),
+                start: now_nanos(),
+                end: 0,
+                attrs,
+                events: Vec::new(),
+                status: SpanStatus::Unset,
+            },
+            pipeline: self.pipeline.clone(),
+            ended: false,
         }
     }
+}
+
+/// The `tracestate` kept on the trace's spans: its list members, checked as
+/// W3C Trace Context defines them (at most 32; `key=value`, key lower-case
+/// letters, digits and `_-*/` with an optional `@tenant`; value printable
+/// ASCII but `,` and `=`, at most 256 characters) and joined with `,`;
+/// `None` when it is empty or any member is invalid (then the spans carry
+/// none; the header is still forwarded as it came).
+fn normalize_tracestate(v: &str) -> Option<Arc<str>> {
+    let valid_key = |k: &str| {
+        let b = k.as_bytes();
+        !b.is_empty()
+            && b.len() <= 256
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().filter(|&&c| c == b'@').count() <= 1
+            && b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/@".contains(&c))
+    };
+    let valid_value = |v: &str| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 256
+            && b[b.len() - 1] != b' '
+            && b.iter()
+                .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+    };
+    let mut out = String::with_capacity(v.len());
+    let mut n = 0;
+    for member in v.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let (k, val) = member.split_once('=')?;
+        if !valid_key(k) || !valid_value(val) {
+            return None;
+        }
+        n += 1;
+        if n > 32 {
+            return None;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(member);
+    }
+    (!out.is_empty()).then(|| Arc::from(out))
 }
 
 /// A positive sampling decision.
@@ -233,8 +245,9 @@ pub struct Sampled {
 pub struct ServerRequest<'a> {
     /// Request method.
     pub method: &'a Method,
-    /// Path (no query: it may carry secrets).
-    pub path: &'a str,
+    /// Request URI (its path is `url.path`; the query is never recorded: it
+    /// may carry secrets).
+    pub uri: &'a http::Uri,
     /// HTTP version.
     pub version: Version,
     /// `Host` (or the URI's authority).
@@ -250,79 +263,95 @@ pub struct ServerRequest<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// The SERVER span of a sampled request, ended with its response body.
+/// The SERVER span of a sampled request, ended with its response body (or
+/// when dropped).
 #[derive(Debug)]
 pub struct ServerSpan {
-    span: Box<SdkSpan>,
-    tracer: SdkTracer,
-    ended: Counter,
+    span: SpanRecord,
+    pipeline: Arc<Pipeline>,
+    ended: bool,
 }
 
 impl ServerSpan {
     /// Its trace id in hex (the exemplar label).
     pub fn trace_id_hex(&self) -> Box<str> {
         let mut s = String::with_capacity(32);
-        push_hex(&mut s, &self.span.span_context().trace_id().to_bytes());
+        push_hex(&mut s, &self.span.trace_id);
         s.into_boxed_str()
     }
 
     /// What the upstream attempts hang under (a request extension).
     pub fn parent(&self) -> SpanParent {
-        let sc = self.span.span_context();
         SpanParent(Arc::new(ParentInner {
-            tracer: self.tracer.clone(),
-            context: SpanContext::new(
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags(),
-                false,
-                sc.trace_state().clone(),
-            ),
-            ended: self.ended.clone(),
+            pipeline: self.pipeline.clone(),
+            trace_id: self.span.trace_id,
+            span_id: self.span.span_id,
+            trace_state: self.span.trace_state.clone(),
         }))
     }
 
     /// The response head: status and upstream.
-    pub fn head(&mut self, status: u16, upstream: Option<&str>) {
+    pub fn head(&mut self, status: u16, upstream: Option<&Arc<str>>) {
         let s = &mut self.span;
-        s.set_attribute(KeyValue::new(
+        s.set(
             "http.response.status_code",
-            i64::from(status),
-        ));
+            AttrValue::Int(i64::from(status)),
+        );
         if let Some(u) = upstream {
-            s.set_attribute(KeyValue::new("gateway.upstream", u.to_owned()));
+            s.set("gateway.upstream", AttrValue::Shared(u.clone()));
         }
         if status >= 500 {
-            s.set_attribute(KeyValue::new("error.type", status.to_string()));
-            s.set_status(Status::error(""));
+            s.set("error.type", AttrValue::Owned(status.to_string().into()));
+            s.status = SpanStatus::Error("".into());
         }
     }
 
     /// A middleware decision, as an event `name` with one attribute.
     pub fn event(&mut self, name: &'static str, key: &'static str, value: &'static str) {
-        self.span.add_event(name, vec![KeyValue::new(key, value)]);
+        self.span.events.push(Event {
+            name,
+            time: now_nanos(),
+            key,
+            value,
+        });
     }
 
     /// The response body failed after the head (`kind` is `error.type`).
     pub fn body_failed(&mut self, kind: &'static str) {
-        self.span.set_attribute(KeyValue::new("error.type", kind));
-        self.span.set_status(Status::error("response body failed"));
+        self.span.set("error.type", AttrValue::Static(kind));
+        self.span.status = SpanStatus::Error("response body failed".into());
     }
 
     /// Ends the span when the response body is done.
     pub fn end(&mut self, bytes_out: u64) {
-        self.span.set_attribute(KeyValue::new(
+        self.span.set(
             "http.response.body.size",
-            i64::try_from(bytes_out).unwrap_or(i64::MAX),
-        ));
-        self.span.end();
+            AttrValue::Int(i64::try_from(bytes_out).unwrap_or(i64::MAX)),
+        );
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        self.span.end = now_nanos();
+        let span = SpanRecord {
+            attrs: std::mem::take(&mut self.span.attrs),
+            events: std::mem::take(&mut self.span.events),
+            trace_state: self.span.trace_state.take(),
+            status: std::mem::take(&mut self.span.status),
+            name: std::mem::replace(&mut self.span.name, SpanName::Static("")),
+            ..self.span
+        };
+        self.pipeline.push(span);
     }
 }
 
 impl Drop for ServerSpan {
     fn drop(&mut self) {
-        // The SDK ends a span that is dropped unended; count it either way.
-        self.ended.inc();
+        // Dropped unended (the request was cancelled): ended now.
+        self.finish();
     }
 }
 
@@ -333,17 +362,18 @@ pub struct SpanParent(Arc<ParentInner>);
 
 #[derive(Debug)]
 struct ParentInner {
-    tracer: SdkTracer,
-    context: SpanContext,
-    ended: Counter,
+    pipeline: Arc<Pipeline>,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    trace_state: Option<Arc<str>>,
 }
 
 /// One upstream attempt of a sampled request. Dropped without an outcome
 /// (the request was cancelled), it ends with `error.type = "cancelled"`.
 #[derive(Debug)]
 pub struct AttemptSpan {
-    span: SdkSpan,
-    ended: Counter,
+    span: SpanRecord,
+    pipeline: Arc<Pipeline>,
     done: bool,
 }
 
@@ -358,34 +388,40 @@ impl SpanParent {
         resend_count: usize,
     ) -> (AttemptSpan, HeaderValue) {
         let p = &self.0;
-        let cx = Context::new().with_remote_span_context(p.context.clone());
         let name = method_name(method);
-        let mut attrs = Vec::with_capacity(7);
-        attrs.push(KeyValue::new("http.request.method", name));
-        attrs.push(KeyValue::new("server.address", authority.host().to_owned()));
+        let mut attrs = Vec::with_capacity(9);
+        attrs.push(("http.request.method", AttrValue::Static(name)));
+        attrs.push(("server.address", AttrValue::Owned(authority.host().into())));
         if let Some(port) = authority.port_u16() {
-            attrs.push(KeyValue::new("server.port", i64::from(port)));
+            attrs.push(("server.port", AttrValue::Int(i64::from(port))));
         }
-        attrs.push(KeyValue::new("network.protocol.version", "1.1"));
-        attrs.push(KeyValue::new("gateway.upstream", arc_value(upstream)));
+        attrs.push(("network.protocol.version", AttrValue::Static("1.1")));
+        attrs.push(("gateway.upstream", AttrValue::Shared(upstream.clone())));
         if resend_count > 0 {
-            attrs.push(KeyValue::new(
+            attrs.push((
                 "http.request.resend_count",
-                i64::try_from(resend_count).unwrap_or(i64::MAX),
+                AttrValue::Int(i64::try_from(resend_count).unwrap_or(i64::MAX)),
             ));
         }
-        let span = p
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Client)
-            .with_attributes(attrs)
-            .start_with_context(&p.tracer, &cx);
-        let sc = span.span_context();
-        let header = traceparent(sc.trace_id(), sc.span_id());
+        let span_id = new_span_id();
+        let header = traceparent(&p.trace_id, &span_id);
         (
             AttemptSpan {
-                span,
-                ended: p.ended.clone(),
+                span: SpanRecord {
+                    trace_id: p.trace_id,
+                    span_id,
+                    parent_span_id: p.span_id,
+                    parent_remote: false,
+                    trace_state: p.trace_state.clone(),
+                    kind: Kind::Client,
+                    name: SpanName::Static(name),
+                    start: now_nanos(),
+                    end: 0,
+                    attrs,
+                    events: Vec::new(),
+                    status: SpanStatus::Unset,
+                },
+                pipeline: p.pipeline.clone(),
                 done: false,
             },
             header,
@@ -396,40 +432,49 @@ impl SpanParent {
 impl AttemptSpan {
     /// The attempt got a response head.
     pub fn status(mut self, status: u16) {
-        self.span.set_attribute(KeyValue::new(
+        self.span.set(
             "http.response.status_code",
-            i64::from(status),
-        ));
+            AttrValue::Int(i64::from(status)),
+        );
         if status >= 500 {
             self.span
-                .set_attribute(KeyValue::new("error.type", status.to_string()));
-            self.span.set_status(Status::error(""));
+                .set("error.type", AttrValue::Owned(status.to_string().into()));
+            self.span.status = SpanStatus::Error("".into());
         }
         self.end();
     }
 
     /// The attempt failed without a response (`kind` is `error.type`).
     pub fn failed(mut self, kind: &'static str, description: String) {
-        self.span.set_attribute(KeyValue::new("error.type", kind));
-        self.span.set_status(Status::error(description));
+        self.span.set("error.type", AttrValue::Static(kind));
+        self.span.status = SpanStatus::Error(description.into());
         self.end();
     }
 
     fn end(&mut self) {
-        self.done = true;
-        self.span.end();
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.span.end = now_nanos();
+        let span = SpanRecord {
+            attrs: std::mem::take(&mut self.span.attrs),
+            events: std::mem::take(&mut self.span.events),
+            trace_state: self.span.trace_state.take(),
+            status: std::mem::take(&mut self.span.status),
+            name: std::mem::replace(&mut self.span.name, SpanName::Static("")),
+            ..self.span
+        };
+        self.pipeline.push(span);
     }
 }
 
 impl Drop for AttemptSpan {
     fn drop(&mut self) {
         if !self.done {
-            self.span
-                .set_attribute(KeyValue::new("error.type", "cancelled"));
-            self.span.set_status(Status::error("request cancelled"));
-            self.span.end();
+            self.span.set("error.type", AttrValue::Static("cancelled"));
+            self.span.status = SpanStatus::Error("request cancelled".into());
+            self.end();
         }
-        self.ended.inc();
     }
 }
 
@@ -437,9 +482,9 @@ impl Drop for AttemptSpan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Traceparent {
     /// Trace id.
-    pub trace_id: TraceId,
+    pub trace_id: u128,
     /// The caller's span id.
-    pub span_id: SpanId,
+    pub span_id: u64,
     /// The sampled flag.
     pub sampled: bool,
 }
@@ -476,44 +521,21 @@ pub(crate) fn traceparent_fields(headers: &HeaderMap) -> Option<(&str, &str, u8)
 pub fn parse_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
     let (trace, parent, flags) = traceparent_fields(headers)?;
     Some(Traceparent {
-        trace_id: TraceId::from(u128::from_str_radix(trace, 16).ok()?),
-        span_id: SpanId::from(u64::from_str_radix(parent, 16).ok()?),
+        trace_id: u128::from_str_radix(trace, 16).ok()?,
+        span_id: u64::from_str_radix(parent, 16).ok()?,
         sampled: flags & 1 == 1,
     })
 }
 
 /// `00-{trace}-{span}-01`.
-fn traceparent(trace: TraceId, span: SpanId) -> HeaderValue {
+fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> HeaderValue {
     let mut s = String::with_capacity(55);
     s.push_str("00-");
-    push_hex(&mut s, &trace.to_bytes());
+    push_hex(&mut s, trace);
     s.push('-');
-    push_hex(&mut s, &span.to_bytes());
+    push_hex(&mut s, span);
     s.push_str("-01");
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// An address as text; IPv4 without the formatter (every traced request).
-fn ip_string(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(a) => {
-            let mut s = String::with_capacity(15);
-            for (i, o) in a.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if o >= 100 {
-                    s.push(char::from(b'0' + o / 100));
-                }
-                if o >= 10 {
-                    s.push(char::from(b'0' + o / 10 % 10));
-                }
-                s.push(char::from(b'0' + o % 10));
-            }
-            s
-        }
-        v6 => v6.to_string(),
-    }
 }
 
 /// Appends `bytes` in lower-case hex (ids: no formatter on the request path).
@@ -551,10 +573,6 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
-fn arc_value(s: &Arc<str>) -> Value {
-    Value::String(StringValue::from(s.clone()))
-}
-
 /// `host[:port]` (IPv6 literals in brackets).
 fn split_host(h: &str) -> (&str, Option<u16>) {
     if let Some(rest) = h.strip_prefix('[') {
@@ -568,46 +586,8 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Counts exported and failed spans around the OTLP exporter.
-#[derive(Debug)]
-struct CountingExporter<E> {
-    inner: E,
-    counters: ExportCounters,
-}
-
-impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        let r = self.inner.export(batch).await;
-        match &r {
-            Ok(()) => {
-                self.counters.exported.inc_by(n);
-            }
-            Err(e) => {
-                self.counters.failed.inc_by(n);
-                self.counters.errors.inc();
-                tracing::debug!(error = %e, spans = n, "trace export failed; spans dropped");
-            }
-        }
-        r
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
 /// The exporter's HTTP client: the cold-path client ([`ColdClient`]) run on
-/// a [`BackgroundRuntime`] of its own, since the SDK's batch processor
-/// exports from its own thread with a plain executor (no tokio there). Its
+/// a [`BackgroundRuntime`] of its own, awaited from the export thread. Its
 /// own runtime, not the gateway's: an export never waits for a busy or
 /// stopping request runtime, and dropping the tracer inside the gateway's
 /// runtime cannot deadlock the final flush. Every export is bounded by the
@@ -662,9 +642,12 @@ impl ExportClient {
     }
 }
 
-#[async_trait::async_trait]
-impl HttpClient for ExportClient {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+impl ExportClient {
+    /// Sends one export request and reads the answer.
+    pub async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, crate::error::BoxError> {
         let uri = request.uri().clone();
         let client = self.client.clone();
         let sent = self
@@ -693,25 +676,15 @@ mod tests {
 
     #[test]
     fn traceparent_is_written_in_lower_case_hex() {
-        let t = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0736ae").unwrap();
-        let s = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        let t = 0x4bf92f3577b34da6a3ce929d0e0736ae_u128.to_be_bytes();
+        let s = 0x00f067aa0ba902b7_u64.to_be_bytes();
         assert_eq!(
-            traceparent(t, s).to_str().unwrap(),
+            traceparent(&t, &s).to_str().unwrap(),
             "00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01"
         );
         let mut h = String::new();
         push_hex(&mut h, &[0x00, 0x0f, 0xa0, 0xff]);
         assert_eq!(h, "000fa0ff");
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.200.99.255",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let a: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_string(a), a.to_string());
-        }
     }
 
     #[test]
@@ -743,6 +716,33 @@ mod tests {
             HeaderValue::from_static("01-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01-xy"),
         );
         assert!(parse_traceparent(&h).unwrap().sampled);
+    }
+
+    #[test]
+    fn tracestate_is_kept_only_when_every_member_is_valid() {
+        let n = |v: &str| normalize_tracestate(v).map(|s| s.to_string());
+        assert_eq!(n("vendor=1"), Some("vendor=1".into()));
+        assert_eq!(
+            n(" a=1 ,, t@sys=x y , b_-*/=z"),
+            Some("a=1,t@sys=x y,b_-*/=z".into())
+        );
+        for bad in [
+            "",
+            " , ",
+            "A=1",
+            "a",
+            "a=",
+            "a=1,b",
+            "a=x=y",
+            "a=1 2 ,é=1",
+            "a@b@c=1",
+        ] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+        assert_eq!(n(&format!("a={}", "v".repeat(257))), None);
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(n(&many.join(",")), None);
+        assert!(n(&many[..32].join(",")).is_some());
     }
 
     #[test]
