@@ -185,10 +185,14 @@ print(f"gateway/nginx p99: {med('gateway',3)/med('nginx',3):.2f}x (lower is bett
 print(f"gateway/nginx CPU per request: {med('gateway',5)/med('nginx',5):.2f}x (lower is better)")
 # Paired by round (the two ran back to back): the steadier comparison on a
 # machine whose speed drifts between rounds.
-def paired(i):
-    rs = sorted(float(a[i]) / float(b[i]) for a, b in zip(by["gateway"], by["nginx"]))
+def paired(i, x="gateway", y="nginx"):
+    rs = sorted(float(a[i]) / float(b[i]) for a, b in zip(by[x], by[y]))
     return f"median {statistics.median(rs):.3f}x, range {rs[0]:.3f}-{rs[-1]:.3f}x"
 print(f"gateway/nginx per round: throughput {paired(1)}; p99 {paired(3)}; CPU per request {paired(5)}")
+# The telemetry and tracing rows run in the same round as the plain
+# gateway: their per-round ratios cancel the machine's drift between rounds.
+print(f"telemetry on/off per round: throughput {paired(1, 'gateway', 'gw-notel')}; CPU per request {paired(5, 'gateway', 'gw-notel')}")
+print(f"tracing 1.0/gateway per round: throughput {paired(1, 'gw-trace', 'gateway')}; CPU per request {paired(5, 'gw-trace', 'gateway')}")
 print(f"telemetry on/off throughput: {g/med('gw-notel',1):.3f}x   CPU per request: {med('gateway',5)/med('gw-notel',5):.3f}x")
 print(f"tracing at ratio 1.0/gateway throughput: {med('gw-trace',1)/g:.3f}x   CPU per request: {med('gw-trace',5)/med('gateway',5):.3f}x")
 print(f"tracing at ratio 0.01/gateway throughput: {med('gw-trace1',1)/g:.3f}x   CPU per request: {med('gw-trace1',5)/med('gateway',5):.3f}x")

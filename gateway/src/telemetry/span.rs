@@ -20,8 +20,8 @@
 //! `scheduled_delay` has passed, and on shutdown exports what is queued.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -177,6 +177,11 @@ pub struct Pipeline {
     counters: ExportCounters,
     /// A full queue was logged (once per run of drops).
     dropping: AtomicBool,
+    /// Spans in the queue; the thread is woken when it reaches a batch.
+    queued: Arc<AtomicUsize>,
+    max_batch: usize,
+    /// The export thread, to wake (`unpark`) and join.
+    waker: std::thread::Thread,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -208,23 +213,35 @@ impl Pipeline {
         counters: ExportCounters,
     ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = mpsc::sync_channel(settings.max_queue_size.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
         let thread_counters = counters.clone();
+        let thread_queued = queued.clone();
         let thread = std::thread::Builder::new()
             .name("gateway-otlp".into())
-            .spawn(move || export_loop(&exporter, &rx, settings, &thread_counters))?;
+            .spawn(move || {
+                export_loop(&exporter, &rx, settings, &thread_counters, &thread_queued);
+            })?;
         Ok(Arc::new(Self {
             tx,
             counters,
             dropping: AtomicBool::new(false),
+            queued,
+            max_batch: settings.max_export_batch_size.max(1),
+            waker: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
         }))
     }
 
     /// Queues an ended span, or drops it (counted) when the queue is full.
+    /// The export thread is not woken per span (a wake is a system call
+    /// and a context switch): only when a batch is ready, else its timer.
     pub fn push(&self, span: SpanRecord) {
         self.counters.ended.inc();
         match self.tx.try_send(Msg::Span(span)) {
             Ok(()) => {
+                if self.queued.fetch_add(1, Ordering::Relaxed) + 1 == self.max_batch {
+                    self.waker.unpark();
+                }
                 if self.dropping.load(Ordering::Relaxed) {
                     self.dropping.store(false, Ordering::Relaxed);
                 }
@@ -256,10 +273,12 @@ impl Pipeline {
                         return Err("the export queue stayed full");
                     }
                     msg = m;
+                    self.waker.unpark();
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }
+        self.waker.unpark();
         match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(()) => {
                 if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
@@ -277,6 +296,7 @@ fn export_loop(
     rx: &mpsc::Receiver<Msg>,
     settings: BatchSettings,
     counters: &ExportCounters,
+    queued: &AtomicUsize,
 ) {
     // A bare current-thread runtime to await the exporter: its HTTP client
     // runs on a runtime of its own (`super::trace::ExportClient`).
@@ -305,36 +325,41 @@ fn export_loop(
     };
     let mut deadline = Instant::now() + settings.scheduled_delay;
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Span(s)) => {
-                batch.push(s);
-                if batch.len() >= max_batch {
-                    export(&mut batch);
-                    deadline = Instant::now() + settings.scheduled_delay;
+        let now = Instant::now();
+        if now < deadline && queued.load(Ordering::Relaxed) < max_batch {
+            // Woken early by `push` (a batch is ready) or `shutdown`.
+            std::thread::park_timeout(deadline - now);
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Span(s)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    batch.push(s);
+                    if batch.len() >= max_batch {
+                        export(&mut batch);
+                    }
                 }
-            }
-            Ok(Msg::Shutdown(done)) => {
-                while let Ok(m) = rx.try_recv() {
-                    if let Msg::Span(s) = m {
+                Ok(Msg::Shutdown(done)) => {
+                    while let Ok(Msg::Span(s)) = rx.try_recv() {
                         batch.push(s);
                         if batch.len() >= max_batch {
                             export(&mut batch);
                         }
                     }
+                    export(&mut batch);
+                    let _ = done.send(());
+                    return;
                 }
-                export(&mut batch);
-                let _ = done.send(());
-                return;
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    export(&mut batch);
+                    return;
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {
-                export(&mut batch);
-                deadline = Instant::now() + settings.scheduled_delay;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut batch);
-                return;
-            }
+        }
+        if Instant::now() >= deadline {
+            export(&mut batch);
+            deadline = Instant::now() + settings.scheduled_delay;
         }
     }
 }
