@@ -138,6 +138,19 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
+    /// Ends the span now and moves it out (`self` is left empty).
+    pub fn take_ended(&mut self) -> SpanRecord {
+        self.end = now_nanos();
+        SpanRecord {
+            attrs: std::mem::take(&mut self.attrs),
+            events: std::mem::take(&mut self.events),
+            trace_state: self.trace_state.take(),
+            status: std::mem::take(&mut self.status),
+            name: std::mem::replace(&mut self.name, SpanName::Static("")),
+            ..*self
+        }
+    }
+
     /// Sets `key` (replacing an earlier value, as an SDK span does).
     pub fn set(&mut self, key: &'static str, value: AttrValue) {
         match self.attrs.iter_mut().find(|(k, _)| *k == key) {
@@ -429,20 +442,7 @@ mod tests {
             assert_ne!(new_trace_id(), [0; 16]);
             assert_ne!(new_span_id(), [0; 8]);
         }
-        let mut s = SpanRecord {
-            trace_id: new_trace_id(),
-            span_id: new_span_id(),
-            parent_span_id: [0; 8],
-            parent_remote: false,
-            trace_state: None,
-            kind: Kind::Server,
-            name: SpanName::Static("GET"),
-            start: 1,
-            end: 2,
-            attrs: Vec::new(),
-            events: Vec::new(),
-            status: SpanStatus::Unset,
-        };
+        let mut s = span();
         s.set("error.type", AttrValue::Static("a"));
         s.set("http.response.status_code", AttrValue::Int(200));
         s.set("error.type", AttrValue::Static("b"));
@@ -452,5 +452,8 @@ mod tests {
         assert_eq!(AttrValue::Ip(ip).text().as_deref(), Some("10.0.0.1"));
         let uri: Uri = "/a/b?secret=1".parse().unwrap();
         assert_eq!(AttrValue::Path(uri).text().as_deref(), Some("/a/b"));
+        let ended = s.take_ended();
+        assert!(ended.end >= ended.start && ended.attrs.len() == 2);
+        assert!(s.attrs.is_empty());
     }
 }

@@ -335,16 +335,7 @@ impl ServerSpan {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        self.span.end = now_nanos();
-        let span = SpanRecord {
-            attrs: std::mem::take(&mut self.span.attrs),
-            events: std::mem::take(&mut self.span.events),
-            trace_state: self.span.trace_state.take(),
-            status: std::mem::take(&mut self.span.status),
-            name: std::mem::replace(&mut self.span.name, SpanName::Static("")),
-            ..self.span
-        };
-        self.pipeline.push(span);
+        self.pipeline.push(self.span.take_ended());
     }
 }
 
@@ -455,16 +446,7 @@ impl AttemptSpan {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.span.end = now_nanos();
-        let span = SpanRecord {
-            attrs: std::mem::take(&mut self.span.attrs),
-            events: std::mem::take(&mut self.span.events),
-            trace_state: self.span.trace_state.take(),
-            status: std::mem::take(&mut self.span.status),
-            name: std::mem::replace(&mut self.span.name, SpanName::Static("")),
-            ..self.span
-        };
-        self.pipeline.push(span);
+        self.pipeline.push(self.span.take_ended());
     }
 }
 
