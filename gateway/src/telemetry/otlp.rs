@@ -1,13 +1,15 @@
-//! The OTLP/HTTP trace exporter: batches of [`SpanRecord`]s encoded into
-//! an `ExportTraceServiceRequest` (protobuf) and POSTed to the collector
-//! with [`ExportClient`].
+//! The OTLP/HTTP trace exporter: a batch of spans, already encoded by the
+//! request path ([`super::span::SpanBuf`]), becomes an
+//! `ExportTraceServiceRequest` (protobuf) POSTed to the collector with
+//! [`ExportClient`].
 //!
-//! Each span is written once into one buffer (a nested message's length is
-//! inserted in front of it when it is done; attributes, under 128 bytes,
-//! never move); the resource and the instrumentation scope are written once
-//! per batch. No generated message structs: `opentelemetry-otlp` converted
-//! every span into prost structs (a `String` per attribute key and value)
-//! and prost then measured every nested message again at each level.
+//! The request's head (the resource, written once at start, and the
+//! instrumentation scope) goes into room the batch keeps in front of its
+//! spans, so the spans are never copied or re-encoded. No generated message
+//! structs: `opentelemetry-otlp` converted every span into prost structs (a
+//! `String` per attribute key and value) and prost then measured every
+//! nested message again at each level. This module holds the protobuf
+//! primitives the span writer uses.
 //!
 //! The wire format and the HTTP exchange are those of `opentelemetry-otlp`
 //! 0.33 (`http-proto`), which this replaced: the same messages and fields
@@ -27,7 +29,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 
-use super::span::{AttrValue, SpanName, SpanRecord, SpanStatus};
 use super::trace::{ExportClient, ExporterError};
 use crate::config::TracingConfig;
 
@@ -48,8 +49,10 @@ pub struct OtlpExporter {
     endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
-    /// The encoded `Resource` message (its fields).
+    /// `ResourceSpans.resource` (field 1, tag and length included).
     resource: Vec<u8>,
+    /// `ScopeSpans.scope` (field 1, tag and length included).
+    scope: Vec<u8>,
     shut_down: AtomicBool,
 }
 
@@ -86,25 +89,53 @@ impl OtlpExporter {
             endpoint,
             headers,
             timeout: cfg.export_timeout,
-            resource: resource(&cfg.service_name, &env),
+            resource: {
+                let mut b = Vec::new();
+                let fields = resource(&cfg.service_name, &env);
+                message(&mut b, 1, |b| b.extend_from_slice(&fields));
+                b
+            },
+            scope: {
+                let mut b = Vec::new();
+                message(&mut b, 1, |b| {
+                    string(b, 1, SCOPE_NAME);
+                    string(b, 2, env!("CARGO_PKG_VERSION"));
+                });
+                b
+            },
             shut_down: AtomicBool::new(false),
         })
     }
 
-    /// The request body for `batch`.
-    pub fn encode(&self, batch: &[SpanRecord]) -> Vec<u8> {
-        encode_request(&self.resource, batch)
+    /// The bytes a batch keeps free in front of its spans for
+    /// [`Self::body`] to write the request's head into.
+    pub fn head_room(&self) -> usize {
+        self.resource.len() + self.scope.len() + HEAD_SLACK
     }
 
-    /// Encodes and sends `batch`, retrying as `opentelemetry-otlp` does.
-    pub async fn export(&self, batch: &[SpanRecord]) -> Result<(), String> {
+    /// The request body for a batch: `buf` holds [`Self::head_room`] free
+    /// bytes, then the spans as encoded `ScopeSpans.spans` fields. The head
+    /// is written right in front of the spans: the spans are not copied.
+    pub fn body(&self, mut buf: Vec<u8>) -> Bytes {
+        let room = self.head_room();
+        let Some(spans_len) = buf.len().checked_sub(room) else {
+            return Bytes::new();
+        };
+        let head = request_head(&self.resource, &self.scope, spans_len);
+        let start = room - head.len();
+        buf[start..room].copy_from_slice(&head);
+        Bytes::from(buf).slice(start..)
+    }
+
+    /// Sends an export request `body` ([`Self::body`]), retrying as
+    /// `opentelemetry-otlp` does.
+    pub async fn export(&self, body: Bytes) -> Result<(), String> {
         if self.shut_down.load(Ordering::Relaxed) {
             return Err("exporter already shut down".to_owned());
         }
-        if batch.is_empty() {
+        if body.is_empty() {
             return Ok(());
         }
-        let body = Bytes::from(self.encode(batch));
         let start = tokio::time::Instant::now();
         let mut attempt = 0;
         let mut delay = INITIAL_DELAY;
@@ -251,106 +282,37 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
-/// scope_spans: [ScopeSpans { scope, spans }] }] }`.
-pub fn encode_request(resource: &[u8], batch: &[SpanRecord]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + batch.len() * 400);
-    if batch.is_empty() {
-        return out;
-    }
-    message(&mut out, 1, |b| {
-        message(b, 1, |b| b.extend_from_slice(resource));
-        message(b, 2, |b| {
-            message(b, 1, |b| {
-                string(b, 1, SCOPE_NAME);
-                string(b, 2, env!("CARGO_PKG_VERSION"));
-            });
-            for s in batch {
-                message(b, 2, |b| span(b, s));
-            }
-        });
-    });
-    out
+/// The bytes in front of a batch's spans: `ExportTraceServiceRequest {
+/// resource_spans: [ResourceSpans { resource, scope_spans: [ScopeSpans {
+/// scope, spans }] }] }` up to its first span, for `spans_len` bytes of
+/// encoded `spans` fields.
+fn request_head(resource: &[u8], scope: &[u8], spans_len: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(resource.len() + scope.len() + HEAD_SLACK);
+    let scope_spans = scope.len() + spans_len;
+    let resource_spans = resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
+    tag(&mut head, 1, 2);
+    varint(&mut head, resource_spans as u64);
+    head.extend_from_slice(resource);
+    tag(&mut head, 2, 2);
+    varint(&mut head, scope_spans as u64);
+    head.extend_from_slice(scope);
+    head
 }
 
-/// `opentelemetry.proto.trace.v1.Span`.
-fn span(b: &mut Vec<u8>, s: &SpanRecord) {
-    bytes(b, 1, &s.trace_id);
-    bytes(b, 2, &s.span_id);
-    string(b, 3, s.trace_state.as_deref().unwrap_or_default());
-    if s.parent_span_id != [0; 8] {
-        bytes(b, 4, &s.parent_span_id);
-    }
-    match &s.name {
-        SpanName::Static(n) => string(b, 5, n),
-        SpanName::MethodRoute(method, route) => {
-            tag(b, 5, 2);
-            varint(b, (method.len() + 1 + route.len()) as u64);
-            b.extend_from_slice(method.as_bytes());
-            b.push(b' ');
-            b.extend_from_slice(route.as_bytes());
-        }
-    }
-    uint(b, 6, s.kind as u64);
-    fixed64(b, 7, s.start);
-    fixed64(b, 8, s.end);
-    for (k, v) in &s.attrs {
-        message(b, 9, |b| key_value(b, k, v));
-    }
-    for e in &s.events {
-        message(b, 11, |b| {
-            fixed64(b, 1, e.time);
-            string(b, 2, e.name);
-            message(b, 3, |b| key_value(b, e.key, &AttrValue::Static(e.value)));
-        });
-    }
-    message(b, 15, |b| {
-        if let SpanStatus::Error(msg) = &s.status {
-            string(b, 2, msg);
-            uint(b, 3, 2);
-        }
-    });
-    // `SpanFlags`: sampled, "has is-remote" (0x100), "is remote" (0x200).
-    fixed32(b, 16, 0x101 | if s.parent_remote { 0x200 } else { 0 });
+/// Room for the tags and lengths around the resource and scope (three
+/// tags and lengths of at most 11 bytes each).
+const HEAD_SLACK: usize = 33;
+
+/// The encoded length of `v` as a varint.
+pub(super) fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// `KeyValue { key, value: AnyValue }` (the oneof is written even when
-/// zero).
-fn key_value(b: &mut Vec<u8>, key: &str, value: &AttrValue) {
-    string(b, 1, key);
-    message(b, 2, |b| match value {
-        AttrValue::Int(x) => {
-            tag(b, 3, 0);
-            varint(b, *x as u64);
-        }
-        AttrValue::Ip(ip) => {
-            let mut buf = [0u8; 64];
-            let text = ip_text(*ip, &mut buf);
-            tag(b, 1, 2);
-            len_bytes(b, text.as_bytes());
-        }
-        other => {
-            let text = other.text().unwrap_or_default();
-            tag(b, 1, 2);
-            len_bytes(b, text.as_bytes());
-        }
-    });
-}
-
-/// An address as text, without allocating.
-fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
-    use std::io::Write as _;
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{ip}");
-    let n = usize::try_from(cur.position()).unwrap_or(0);
-    std::str::from_utf8(&buf[..n]).unwrap_or_default()
-}
-
-fn tag(b: &mut Vec<u8>, field: u32, wire: u8) {
+pub(super) fn tag(b: &mut Vec<u8>, field: u32, wire: u8) {
     varint(b, (u64::from(field) << 3) | u64::from(wire));
 }
 
-fn varint(b: &mut Vec<u8>, mut v: u64) {
+pub(super) fn varint(b: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         b.push((v as u8) | 0x80);
         v >>= 7;
@@ -358,18 +320,18 @@ fn varint(b: &mut Vec<u8>, mut v: u64) {
     b.push(v as u8);
 }
 
-fn len_bytes(b: &mut Vec<u8>, data: &[u8]) {
+pub(super) fn len_bytes(b: &mut Vec<u8>, data: &[u8]) {
     varint(b, data.len() as u64);
     b.extend_from_slice(data);
 }
 
 /// A proto3 `string` field (left out when empty).
-fn string(b: &mut Vec<u8>, field: u32, s: &str) {
+pub(super) fn string(b: &mut Vec<u8>, field: u32, s: &str) {
     bytes(b, field, s.as_bytes());
 }
 
 /// A proto3 `bytes` field (left out when empty).
-fn bytes(b: &mut Vec<u8>, field: u32, data: &[u8]) {
+pub(super) fn bytes(b: &mut Vec<u8>, field: u32, data: &[u8]) {
     if !data.is_empty() {
         tag(b, field, 2);
         len_bytes(b, data);
@@ -377,21 +339,21 @@ fn bytes(b: &mut Vec<u8>, field: u32, data: &[u8]) {
 }
 
 /// A proto3 varint field (left out when 0).
-fn uint(b: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn uint(b: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         tag(b, field, 0);
         varint(b, v);
     }
 }
 
-fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         tag(b, field, 1);
         b.extend_from_slice(&v.to_le_bytes());
     }
 }
 
-fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
+pub(super) fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
     if v != 0 {
         tag(b, field, 5);
         b.extend_from_slice(&v.to_le_bytes());
@@ -402,7 +364,7 @@ fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
 /// written in place after a one-byte length, which is widened afterwards
 /// if the message is 128 bytes or more (the body moves once then; small
 /// messages, the attributes, never move).
-fn message(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn message(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     tag(b, field, 2);
     let start = b.len();
     b.push(0);
@@ -453,7 +415,6 @@ mod tests {
         string(&mut b, 5, "");
         uint(&mut b, 6, 0);
         assert!(b.is_empty());
-        assert!(encode_request(&[], &[]).is_empty());
     }
 
     #[test]

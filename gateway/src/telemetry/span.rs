@@ -1,35 +1,38 @@
-//! The gateway's own span pipeline: a finished span is one [`SpanRecord`]
-//! (ids, times, a few attributes whose keys are static), pushed into a
-//! bounded queue and exported in batches by one thread.
+//! The gateway's own span pipeline. A span is written as OTLP protobuf
+//! ([`SpanBuf`]) on the request path, field by field as its facts become
+//! known (protobuf fields may come in any order), from what the request
+//! holds: no attribute is cloned, counted or formatted into a `String`. An
+//! ended span's bytes are appended to its worker thread's batch; a full
+//! batch goes to the export thread as one message, which writes the
+//! request's head in front of it and POSTs it.
 //!
-//! It replaces the OpenTelemetry SDK's span objects and batch processor,
-//! which cost about 9,500 instructions per traced request on the request
-//! path (a `Vec<KeyValue>` of owned strings per span, a `Context`, the
-//! tracer provider's scope checks, `SpanData` conversions and drops) and
-//! 9,000 on the export thread (callgrind, one worker, every request traced:
-//! `tests/bench/instructions.sh`). Here a span's attribute values borrow
-//! what the request already holds: a route name or pool name is an
-//! `Arc<str>` clone, the request id and `User-Agent` are `HeaderValue`
-//! clones (reference counted), the path is the request URI's clone, the
-//! client address is formatted only when the batch is encoded.
+//! It replaced, in turn, the OpenTelemetry SDK (about 9,500 instructions per
+//! traced request on the request path and 9,000 on the export thread) and a
+//! queue of span structs whose attributes borrowed the request's `Arc`s and
+//! header values: those were released on the export thread, so every
+//! traced request moved reference counts and freed memory across cores, and
+//! a `perf` profile put the per-span queue, the attribute vectors and
+//! mimalloc's cross-thread frees at about 2 µs of CPU per request, with the
+//! export thread's copying and encoding another 2 µs.
 //!
-//! The queue is `max_queue_size` spans; when it is full (a slow or dead
-//! collector), spans are dropped and counted
+//! Bounds: text attribute values are cut at [`MAX_VALUE_LEN`] bytes (a
+//! character boundary), so a span is at most a few KiB. At most
+//! `max_queue_size` spans wait for export, plus less than one batch per
+//! worker thread being filled; beyond that spans are dropped and counted
 //! (`gateway_trace_spans_dropped_total`), requests never wait. The export
-//! thread sends a batch when it has `max_export_batch_size` spans or when
-//! `scheduled_delay` has passed, and on shutdown exports what is queued.
+//! thread sends a batch when one has `max_export_batch_size` spans, gathers
+//! the partial ones every `scheduled_delay`, and on shutdown exports all.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use http::{HeaderValue, Uri};
-
-use super::otlp::OtlpExporter;
+use super::otlp::{self, OtlpExporter};
 use super::trace::ExportCounters;
 
 /// `SpanKind` of OTLP (`opentelemetry.proto.trace.v1.Span.SpanKind`).
@@ -41,123 +44,204 @@ pub enum Kind {
     Client = 3,
 }
 
-/// An attribute value; text is borrowed from the request where it can be.
-#[derive(Debug, Clone)]
-pub enum AttrValue {
-    /// A constant.
-    Static(&'static str),
-    /// A shared name (route, pool).
-    Shared(Arc<str>),
-    /// Text built for the span.
-    Owned(Box<str>),
-    /// A header's value (checked to be visible ASCII when added).
-    Header(HeaderValue),
-    /// The path of a request URI.
-    Path(Uri),
-    /// An address, formatted when encoded.
-    Ip(IpAddr),
-    /// An integer.
-    Int(i64),
-}
+/// The longest text attribute value kept, in bytes (OpenTelemetry's
+/// attribute value length limit); longer values are cut at a character
+/// boundary.
+pub const MAX_VALUE_LEN: usize = 1024;
 
-impl AttrValue {
-    /// The value as text (`None` for an integer).
-    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
-        use std::borrow::Cow;
-        Some(match self {
-            Self::Static(s) => Cow::Borrowed(*s),
-            Self::Shared(s) => Cow::Borrowed(&**s),
-            Self::Owned(s) => Cow::Borrowed(&**s),
-            Self::Header(h) => String::from_utf8_lossy(h.as_bytes()),
-            Self::Path(u) => Cow::Borrowed(u.path()),
-            Self::Ip(ip) => Cow::Owned(ip.to_string()),
-            Self::Int(_) => return None,
-        })
-    }
-}
-
-/// A span's name: a constant, or `METHOD route` put together when encoded.
-#[derive(Debug, Clone)]
-pub enum SpanName {
-    /// A constant (a CLIENT span's method).
-    Static(&'static str),
-    /// `{method} {route}` (a SERVER span).
-    MethodRoute(&'static str, Arc<str>),
-}
-
-/// A span event with one attribute (the middleware decisions).
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// Event name.
-    pub name: &'static str,
-    /// When, in nanoseconds since the Unix epoch.
-    pub time: u64,
-    /// The attribute's key.
-    pub key: &'static str,
-    /// The attribute's value.
-    pub value: &'static str,
-}
-
-/// A span's status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum SpanStatus {
-    /// `STATUS_CODE_UNSET`.
-    #[default]
-    Unset,
-    /// `STATUS_CODE_ERROR` with its message.
-    Error(std::borrow::Cow<'static, str>),
-}
-
-/// One span, as exported.
-#[derive(Debug, Clone)]
-pub struct SpanRecord {
+/// The ids that place a span in its trace.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanIds<'a> {
     /// Trace id (never all zero).
-    pub trace_id: [u8; 16],
+    pub trace_id: &'a [u8; 16],
     /// Span id (never all zero).
-    pub span_id: [u8; 8],
-    /// The parent's span id; all zero for a root span.
-    pub parent_span_id: [u8; 8],
+    pub span_id: &'a [u8; 8],
+    /// The parent's span id; `None` for a root span.
+    pub parent: Option<&'a [u8; 8]>,
     /// The parent came from another process (a client's `traceparent`).
     pub parent_remote: bool,
-    /// The W3C `tracestate` in its header form, when the trace has one.
-    pub trace_state: Option<Arc<str>>,
-    /// Server or client.
-    pub kind: Kind,
-    /// Name.
-    pub name: SpanName,
-    /// Start, in nanoseconds since the Unix epoch.
-    pub start: u64,
-    /// End, in nanoseconds since the Unix epoch (0 until ended).
-    pub end: u64,
-    /// Attributes (keys are semantic-convention names).
-    pub attrs: Vec<(&'static str, AttrValue)>,
-    /// Events.
-    pub events: Vec<Event>,
-    /// Status.
-    pub status: SpanStatus,
+    /// The W3C `tracestate`, when the trace has one.
+    pub trace_state: Option<&'a str>,
 }
 
-impl SpanRecord {
-    /// Ends the span now and moves it out (`self` is left empty).
-    pub fn take_ended(&mut self) -> SpanRecord {
-        self.end = now_nanos();
-        SpanRecord {
-            attrs: std::mem::take(&mut self.attrs),
-            events: std::mem::take(&mut self.events),
-            trace_state: self.trace_state.take(),
-            status: std::mem::take(&mut self.status),
-            name: std::mem::replace(&mut self.name, SpanName::Static("")),
-            ..*self
+/// One span being written: its `opentelemetry.proto.trace.v1.Span` fields,
+/// encoded.
+#[derive(Debug)]
+pub struct SpanBuf(Vec<u8>);
+
+impl SpanBuf {
+    /// A span starting now.
+    pub fn start(kind: Kind, ids: SpanIds<'_>) -> Self {
+        let mut b = Vec::with_capacity(384);
+        otlp::bytes(&mut b, 1, ids.trace_id);
+        otlp::bytes(&mut b, 2, ids.span_id);
+        otlp::string(&mut b, 3, ids.trace_state.unwrap_or_default());
+        if let Some(parent) = ids.parent {
+            otlp::bytes(&mut b, 4, parent);
+        }
+        otlp::uint(&mut b, 6, kind as u64);
+        otlp::fixed64(&mut b, 7, now_nanos());
+        // `SpanFlags`: sampled, "has is-remote" (0x100), "is remote" (0x200).
+        otlp::fixed32(
+            &mut b,
+            16,
+            0x101 | if ids.parent_remote { 0x200 } else { 0 },
+        );
+        Self(b)
+    }
+
+    /// The span's name, the concatenation of `parts`.
+    pub fn name(&mut self, parts: &[&str]) {
+        let b = &mut self.0;
+        otlp::tag(b, 5, 2);
+        otlp::varint(b, parts.iter().map(|p| p.len()).sum::<usize>() as u64);
+        for p in parts {
+            b.extend_from_slice(p.as_bytes());
         }
     }
 
-    /// Sets `key` (replacing an earlier value, as an SDK span does).
-    pub fn set(&mut self, key: &'static str, value: AttrValue) {
-        match self.attrs.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.attrs.push((key, value)),
+    /// A text attribute (cut at [`MAX_VALUE_LEN`] bytes).
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        let value = truncate(value).as_bytes();
+        // `KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }`,
+        // lengths known up front: one reservation, nothing moves.
+        let any = 1 + otlp::varint_len(value.len() as u64) + value.len();
+        let kv = 1
+            + otlp::varint_len(key.len() as u64)
+            + key.len()
+            + 1
+            + otlp::varint_len(any as u64)
+            + any;
+        let b = &mut self.0;
+        b.reserve(1 + otlp::varint_len(kv as u64) + kv);
+        b.push(9 << 3 | 2);
+        otlp::varint(b, kv as u64);
+        b.push(1 << 3 | 2);
+        otlp::len_bytes(b, key.as_bytes());
+        b.push(2 << 3 | 2);
+        otlp::varint(b, any as u64);
+        b.push(1 << 3 | 2);
+        otlp::len_bytes(b, value);
+    }
+
+    /// A text attribute from bytes that may not be UTF-8 (a header value):
+    /// left out unless they are visible ASCII.
+    pub fn header(&mut self, key: &'static str, value: &http::HeaderValue) {
+        if let Ok(v) = value.to_str() {
+            self.str(key, v);
         }
     }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        // `KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }`.
+        let any = 1 + otlp::varint_len(value as u64);
+        let kv = 1 + otlp::varint_len(key.len() as u64) + key.len() + 1 + 1 + any;
+        let b = &mut self.0;
+        b.reserve(1 + otlp::varint_len(kv as u64) + kv);
+        b.push(9 << 3 | 2);
+        otlp::varint(b, kv as u64);
+        b.push(1 << 3 | 2);
+        otlp::len_bytes(b, key.as_bytes());
+        b.push(2 << 3 | 2);
+        b.push(any as u8);
+        b.push(3 << 3);
+        otlp::varint(b, value as u64);
+    }
+
+    /// An address attribute, formatted without allocating.
+    pub fn ip(&mut self, key: &'static str, ip: IpAddr) {
+        let mut buf = [0u8; 64];
+        let n = match ip {
+            IpAddr::V4(v4) => {
+                // Dotted decimal by hand: `fmt` costs about 1,000
+                // instructions per address.
+                let mut n = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    if octet >= 100 {
+                        buf[n] = b'0' + octet / 100;
+                        n += 1;
+                    }
+                    if octet >= 10 {
+                        buf[n] = b'0' + octet / 10 % 10;
+                        n += 1;
+                    }
+                    buf[n] = b'0' + octet % 10;
+                    n += 1;
+                }
+                n
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut cur = std::io::Cursor::new(&mut buf[..]);
+                let _ = write!(cur, "{v6}");
+                usize::try_from(cur.position()).unwrap_or(0)
+            }
+        };
+        self.str(key, std::str::from_utf8(&buf[..n]).unwrap_or_default());
+    }
+
+    /// A status code as text (`error.type` of a 5xx), without allocating.
+    pub fn status_text(&mut self, key: &'static str, status: u16) {
+        let mut buf = [0u8; 5];
+        let mut n = 0;
+        let mut v = status;
+        loop {
+            buf[4 - n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 || n == 5 {
+                break;
+            }
+        }
+        self.str(key, std::str::from_utf8(&buf[5 - n..]).unwrap_or_default());
+    }
+
+    /// An event now, with one attribute (the middleware decisions).
+    pub fn event(&mut self, name: &'static str, key: &'static str, value: &'static str) {
+        let time = now_nanos();
+        otlp::message(&mut self.0, 11, |b| {
+            otlp::fixed64(b, 1, time);
+            otlp::string(b, 2, name);
+            otlp::message(b, 3, |b| {
+                otlp::string(b, 1, key);
+                otlp::message(b, 2, |b| {
+                    otlp::tag(b, 1, 2);
+                    otlp::len_bytes(b, value.as_bytes());
+                });
+            });
+        });
+    }
+
+    /// Ends the span now: its end time and status (`Some(message)` for an
+    /// error), and its encoded bytes.
+    pub fn end(mut self, error: Option<&str>) -> Vec<u8> {
+        let b = &mut self.0;
+        otlp::fixed64(b, 8, now_nanos());
+        otlp::message(b, 15, |b| {
+            if let Some(message) = error {
+                otlp::string(b, 2, truncate(message));
+                otlp::uint(b, 3, 2);
+            }
+        });
+        self.0
+    }
+}
+
+/// `s` cut to at most [`MAX_VALUE_LEN`] bytes, at a character boundary.
+fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_VALUE_LEN {
+        return s;
+    }
+    let mut end = MAX_VALUE_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Now, in nanoseconds since the Unix epoch.
@@ -177,35 +261,32 @@ pub fn new_span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
 }
 
-enum Msg {
-    Span(SpanRecord),
-    /// Export everything queued, answer, stop.
-    Shutdown(mpsc::SyncSender<()>),
+/// Encoded spans (`ScopeSpans.spans` fields) after the exporter's head room.
+#[derive(Debug, Default)]
+struct Batch {
+    buf: Vec<u8>,
+    spans: usize,
 }
 
-/// The queue and its export thread.
-#[derive(Debug)]
-pub struct Pipeline {
-    tx: SyncSender<Msg>,
-    counters: ExportCounters,
-    /// A full queue was logged (once per run of drops).
-    dropping: AtomicBool,
-    /// Spans in the queue; the thread is woken when it reaches a batch.
-    queued: Arc<AtomicUsize>,
-    max_batch: usize,
-    /// The export thread, to wake (`unpark`) and join.
-    waker: std::thread::Thread,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+enum Msg {
+    Batch(Batch),
+    /// Export everything queued, answer, stop.
+    Shutdown(mpsc::SyncSender<()>),
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Span(_) => "Span",
+            Self::Batch(_) => "Batch",
             Self::Shutdown(_) => "Shutdown",
         })
     }
 }
+
+/// The batch a worker thread fills, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(Mutex<Batch>);
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +299,38 @@ pub struct BatchSettings {
     pub scheduled_delay: Duration,
 }
 
+/// The batches and their export thread.
+#[derive(Debug)]
+pub struct Pipeline {
+    tx: SyncSender<Msg>,
+    /// One batch being filled per thread (threads take slots in turn).
+    slots: Arc<[Slot]>,
+    counters: ExportCounters,
+    /// A full queue was logged (once per run of drops).
+    dropping: AtomicBool,
+    /// Spans in batches handed to the export thread and not yet exported.
+    pending: Arc<AtomicUsize>,
+    max_queue: usize,
+    max_batch: usize,
+    /// Bytes a batch keeps free for the request's head.
+    head_room: usize,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// This thread's slot number (threads are numbered as they first push).
+fn slot_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SLOT: Cell<usize> = const { Cell::new(usize::MAX) });
+    SLOT.with(|s| {
+        let mut v = s.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, Ordering::Relaxed);
+            s.set(v);
+        }
+        v
+    })
+}
+
 impl Pipeline {
     /// Starts the export thread.
     pub fn start(
@@ -225,48 +338,86 @@ impl Pipeline {
         settings: BatchSettings,
         counters: ExportCounters,
     ) -> std::io::Result<Arc<Self>> {
-        let (tx, rx) = mpsc::sync_channel(settings.max_queue_size.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let thread_counters = counters.clone();
-        let thread_queued = queued.clone();
+        let max_queue = settings.max_queue_size.max(1);
+        // Each message holds at least one span.
+        let (tx, rx) = mpsc::sync_channel(max_queue + 1);
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let slots: Arc<[Slot]> = (0..threads.clamp(1, 64) * 2)
+            .map(|_| Slot::default())
+            .collect();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let head_room = exporter.head_room();
+        let export = Exporter {
+            exporter,
+            counters: counters.clone(),
+            pending: pending.clone(),
+            slots: slots.clone(),
+        };
+        let delay = settings.scheduled_delay;
         let thread = std::thread::Builder::new()
             .name("gateway-otlp".into())
-            .spawn(move || {
-                export_loop(&exporter, &rx, settings, &thread_counters, &thread_queued);
-            })?;
+            .spawn(move || export.run(&rx, delay))?;
         Ok(Arc::new(Self {
             tx,
+            slots,
             counters,
             dropping: AtomicBool::new(false),
-            queued,
+            pending,
+            max_queue,
             max_batch: settings.max_export_batch_size.max(1),
-            waker: thread.thread().clone(),
+            head_room,
             thread: Mutex::new(Some(thread)),
         }))
     }
 
-    /// Queues an ended span, or drops it (counted) when the queue is full.
-    /// The export thread is not woken per span (a wake is a system call
-    /// and a context switch): only when a batch is ready, else its timer.
-    pub fn push(&self, span: SpanRecord) {
+    /// Appends an ended span to this thread's batch, or drops it (counted)
+    /// when the queue is full. A full batch goes to the export thread.
+    pub fn push(&self, span: &[u8]) {
         self.counters.ended.inc();
-        match self.tx.try_send(Msg::Span(span)) {
-            Ok(()) => {
-                if self.queued.fetch_add(1, Ordering::Relaxed) + 1 == self.max_batch {
-                    self.waker.unpark();
-                }
-                if self.dropping.load(Ordering::Relaxed) {
-                    self.dropping.store(false, Ordering::Relaxed);
-                }
+        let slot = &self.slots[slot_index() % self.slots.len()];
+        let full = {
+            let mut batch = slot.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.pending.load(Ordering::Relaxed) + batch.spans >= self.max_queue {
+                drop(batch);
+                self.dropped(1);
+                return;
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped.inc();
-                if !self.dropping.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "the span export queue is full (collector slow or down); spans are dropped"
-                    );
-                }
+            if batch.buf.is_empty() {
+                batch
+                    .buf
+                    .reserve(self.head_room + (span.len() + 3) * self.max_batch.min(1024));
+                batch.buf.resize(self.head_room, 0);
             }
+            otlp::tag(&mut batch.buf, 2, 2);
+            otlp::len_bytes(&mut batch.buf, span);
+            batch.spans += 1;
+            (batch.spans >= self.max_batch).then(|| std::mem::take(&mut *batch))
+        };
+        if let Some(batch) = full {
+            self.send(batch);
+        }
+        if self.dropping.load(Ordering::Relaxed) {
+            self.dropping.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn send(&self, batch: Batch) {
+        let n = batch.spans;
+        self.pending.fetch_add(n, Ordering::Relaxed);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Batch(batch))
+        {
+            self.pending.fetch_sub(n, Ordering::Relaxed);
+            self.dropped(n);
+        }
+    }
+
+    fn dropped(&self, n: usize) {
+        self.counters.dropped.inc_by(n as u64);
+        if !self.dropping.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the span export queue is full (collector slow or down); spans are dropped"
+            );
         }
     }
 
@@ -286,12 +437,10 @@ impl Pipeline {
                         return Err("the export queue stayed full");
                     }
                     msg = m;
-                    self.waker.unpark();
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }
-        self.waker.unpark();
         match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(()) => {
                 if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
@@ -304,75 +453,72 @@ impl Pipeline {
     }
 }
 
-fn export_loop(
-    exporter: &OtlpExporter,
-    rx: &mpsc::Receiver<Msg>,
-    settings: BatchSettings,
-    counters: &ExportCounters,
-    queued: &AtomicUsize,
-) {
-    // A bare current-thread runtime to await the exporter: its HTTP client
-    // runs on a runtime of its own (`super::trace::ExportClient`).
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
-        tracing::error!("cannot start the span export executor; traces are not exported");
-        return;
-    };
-    let max_batch = settings.max_export_batch_size.max(1);
-    let mut batch: Vec<SpanRecord> = Vec::with_capacity(max_batch);
-    let export = |batch: &mut Vec<SpanRecord>| {
-        if batch.is_empty() {
+/// The export thread's side.
+struct Exporter {
+    exporter: OtlpExporter,
+    counters: ExportCounters,
+    pending: Arc<AtomicUsize>,
+    slots: Arc<[Slot]>,
+}
+
+impl Exporter {
+    fn run(&self, rx: &mpsc::Receiver<Msg>, delay: Duration) {
+        // A bare current-thread runtime to await the exporter: its HTTP
+        // client runs on a runtime of its own (`super::trace::ExportClient`).
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+            tracing::error!("cannot start the span export executor; traces are not exported");
             return;
-        }
-        let n = batch.len() as u64;
-        match rt.block_on(exporter.export(batch)) {
-            Ok(()) => {
-                counters.exported.inc_by(n);
-            }
-            Err(e) => {
-                counters.failed.inc_by(n);
-                counters.errors.inc();
-                tracing::debug!(error = %e, spans = n, "trace export failed; spans dropped");
-            }
-        }
-        batch.clear();
-    };
-    let mut deadline = Instant::now() + settings.scheduled_delay;
-    loop {
-        let now = Instant::now();
-        if now < deadline && queued.load(Ordering::Relaxed) < max_batch {
-            // Woken early by `push` (a batch is ready) or `shutdown`.
-            std::thread::park_timeout(deadline - now);
-        }
+        };
+        let mut deadline = Instant::now() + delay;
         loop {
-            match rx.try_recv() {
-                Ok(Msg::Span(s)) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    batch.push(s);
-                    if batch.len() >= max_batch {
-                        export(&mut batch);
-                    }
-                }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Batch(b)) => self.export(&rt, b, true),
                 Ok(Msg::Shutdown(done)) => {
-                    while let Ok(Msg::Span(s)) = rx.try_recv() {
-                        batch.push(s);
-                        if batch.len() >= max_batch {
-                            export(&mut batch);
-                        }
+                    while let Ok(Msg::Batch(b)) = rx.try_recv() {
+                        self.export(&rt, b, true);
                     }
-                    export(&mut batch);
+                    self.gather(&rt);
                     let _ = done.send(());
                     return;
                 }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    export(&mut batch);
+                Err(RecvTimeoutError::Timeout) => {
+                    self.gather(&rt);
+                    deadline = Instant::now() + delay;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.gather(&rt);
                     return;
                 }
             }
         }
-        if Instant::now() >= deadline {
-            export(&mut batch);
-            deadline = Instant::now() + settings.scheduled_delay;
+    }
+
+    /// Exports the batches being filled.
+    fn gather(&self, rt: &tokio::runtime::Runtime) {
+        for slot in self.slots.iter() {
+            let batch = std::mem::take(&mut *slot.0.lock().unwrap_or_else(PoisonError::into_inner));
+            if batch.spans > 0 {
+                self.export(rt, batch, false);
+            }
+        }
+    }
+
+    /// `queued`: the batch came through the queue (counted in `pending`).
+    fn export(&self, rt: &tokio::runtime::Runtime, batch: Batch, queued: bool) {
+        let n = batch.spans as u64;
+        match rt.block_on(self.exporter.export(self.exporter.body(batch.buf))) {
+            Ok(()) => {
+                self.counters.exported.inc_by(n);
+            }
+            Err(e) => {
+                self.counters.failed.inc_by(n);
+                self.counters.errors.inc();
+                tracing::debug!(error = %e, spans = n, "trace export failed; spans dropped");
+            }
+        }
+        if queued {
+            self.pending.fetch_sub(batch.spans, Ordering::Relaxed);
         }
     }
 }
@@ -381,79 +527,255 @@ fn export_loop(
 mod tests {
     use super::*;
 
-    fn span() -> SpanRecord {
-        SpanRecord {
-            trace_id: new_trace_id(),
-            span_id: new_span_id(),
-            parent_span_id: [0; 8],
-            parent_remote: false,
-            trace_state: None,
-            kind: Kind::Server,
-            name: SpanName::Static("GET"),
-            start: 1,
-            end: 2,
-            attrs: Vec::new(),
-            events: Vec::new(),
-            status: SpanStatus::Unset,
-        }
-    }
-
-    /// A collector that accepts and never answers holds the export thread
-    /// in its first export: the queue (1 span) fills and the rest are
-    /// dropped and counted, without `push` ever waiting.
-    #[test]
-    fn a_full_queue_drops_and_counts_without_waiting() {
-        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fn exporter(endpoint: String) -> OtlpExporter {
         let cfg = crate::config::TracingConfig {
             enabled: true,
-            endpoint: format!("http://{}/v1/traces", hung.local_addr().unwrap()),
+            endpoint,
+            service_name: "svc".into(),
             export_timeout: Duration::from_millis(1500),
             ..Default::default()
         };
         let client = super::super::trace::ExportClient::new(&cfg).unwrap();
-        let exporter = OtlpExporter::new(&cfg, client).unwrap();
+        OtlpExporter::new(&cfg, client).unwrap()
+    }
+
+    fn span() -> Vec<u8> {
+        SpanBuf::start(
+            Kind::Server,
+            SpanIds {
+                trace_id: &new_trace_id(),
+                span_id: &new_span_id(),
+                parent: None,
+                parent_remote: false,
+                trace_state: None,
+            },
+        )
+        .end(None)
+    }
+
+    /// A collector that accepts and never answers holds the export thread
+    /// in its first export: the queue (2 spans, one of them exporting)
+    /// fills and the rest are dropped and counted, without `push` ever
+    /// waiting.
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let counters = ExportCounters::default();
         let p = Pipeline::start(
-            exporter,
+            exporter(format!("http://{}/v1/traces", hung.local_addr().unwrap())),
             BatchSettings {
-                max_queue_size: 1,
+                max_queue_size: 2,
                 max_export_batch_size: 1,
                 scheduled_delay: Duration::from_secs(3600),
             },
             counters.clone(),
         )
         .unwrap();
-        p.push(span());
+        p.push(&span());
         // The thread has taken the first span into its (hanging) export.
         let deadline = Instant::now() + Duration::from_secs(30);
         while hung.accept().is_err() && Instant::now() < deadline {}
         let started = Instant::now();
         for _ in 0..50 {
-            p.push(span());
+            p.push(&span());
         }
         assert!(started.elapsed() < Duration::from_secs(1), "push waited");
         assert_eq!(counters.ended.get(), 51);
         assert_eq!(counters.dropped.get(), 49, "one exporting, one queued");
     }
 
+    // The subset of the OTLP messages the test reads back, decoded by prost.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Request {
+        #[prost(message, repeated, tag = "1")]
+        resource_spans: Vec<ResourceSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        scope_spans: Vec<ScopeSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        attributes: Vec<KeyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ScopeSpans {
+        #[prost(message, optional, tag = "1")]
+        scope: Option<Scope>,
+        #[prost(message, repeated, tag = "2")]
+        spans: Vec<Span>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Scope {
+        #[prost(string, tag = "1")]
+        name: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Span {
+        #[prost(bytes = "vec", tag = "1")]
+        trace_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "4")]
+        parent_span_id: Vec<u8>,
+        #[prost(string, tag = "3")]
+        trace_state: String,
+        #[prost(string, tag = "5")]
+        name: String,
+        #[prost(int32, tag = "6")]
+        kind: i32,
+        #[prost(fixed64, tag = "7")]
+        start: u64,
+        #[prost(fixed64, tag = "8")]
+        end: u64,
+        #[prost(message, repeated, tag = "9")]
+        attributes: Vec<KeyValue>,
+        #[prost(message, repeated, tag = "11")]
+        events: Vec<Event>,
+        #[prost(message, optional, tag = "15")]
+        status: Option<Status>,
+        #[prost(fixed32, tag = "16")]
+        flags: u32,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct KeyValue {
+        #[prost(string, tag = "1")]
+        key: String,
+        #[prost(message, optional, tag = "2")]
+        value: Option<AnyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct AnyValue {
+        #[prost(string, optional, tag = "1")]
+        text: Option<String>,
+        #[prost(int64, optional, tag = "3")]
+        int: Option<i64>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Event {
+        #[prost(string, tag = "2")]
+        name: String,
+        #[prost(message, repeated, tag = "3")]
+        attributes: Vec<KeyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Status {
+        #[prost(string, tag = "2")]
+        message: String,
+        #[prost(int32, tag = "3")]
+        code: i32,
+    }
+
+    fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a AnyValue> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+    }
+
+    /// Spans written by `SpanBuf`, framed by the exporter's head, decode
+    /// as an `ExportTraceServiceRequest`, long values and many spans
+    /// (lengths of several varint bytes) included.
     #[test]
-    fn ids_are_never_zero_and_set_replaces() {
+    fn written_spans_decode_as_an_export_request() {
+        use prost::Message as _;
+        let e = exporter("http://127.0.0.1:9/v1/traces".into());
+        let long = format!("/{}é", "a".repeat(MAX_VALUE_LEN - 2));
+        let mut buf = vec![0; e.head_room()];
+        let n = 300;
+        for i in 0..n {
+            let mut s = SpanBuf::start(
+                Kind::Client,
+                SpanIds {
+                    trace_id: &[7; 16],
+                    span_id: &new_span_id(),
+                    parent: Some(&[9; 8]),
+                    parent_remote: true,
+                    trace_state: Some("k=v"),
+                },
+            );
+            s.name(&["GET", " ", "route"]);
+            s.str("url.path", &long);
+            s.int("http.response.status_code", -5 + i);
+            s.ip("client.address", "::1".parse().unwrap());
+            s.status_text("error.type", 503);
+            s.event("cache", "gateway.cache.result", "hit");
+            let bytes = s.end((i == 0).then_some("boom"));
+            otlp::tag(&mut buf, 2, 2);
+            otlp::len_bytes(&mut buf, &bytes);
+        }
+        let body = e.body(buf);
+        let req = Request::decode(body).unwrap();
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        let service = rs.resource.as_ref().unwrap().attributes.iter();
+        let service = service.clone().find(|kv| kv.key == "service.name").unwrap();
+        assert_eq!(service.value.as_ref().unwrap().text.as_deref(), Some("svc"));
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, "gateway");
+        assert_eq!(ss.spans.len(), n as usize);
+        let s = &ss.spans[1];
+        assert_eq!(s.name, "GET route");
+        assert_eq!((s.kind, s.flags), (3, 0x301));
+        assert_eq!(
+            (s.trace_id.as_slice(), s.parent_span_id.as_slice()),
+            (&[7; 16][..], &[9; 8][..])
+        );
+        assert_eq!(s.trace_state, "k=v");
+        assert!(s.start > 0 && s.end >= s.start);
+        let path = attr(s, "url.path").unwrap().text.as_deref().unwrap();
+        assert_eq!(path.len(), MAX_VALUE_LEN - 1, "cut before the 2-byte é");
+        assert_eq!(attr(s, "http.response.status_code").unwrap().int, Some(-4));
+        assert_eq!(
+            attr(s, "client.address").unwrap().text.as_deref(),
+            Some("::1")
+        );
+        assert_eq!(attr(s, "error.type").unwrap().text.as_deref(), Some("503"));
+        assert_eq!(s.events[0].name, "cache");
+        assert_eq!(
+            s.events[0].attributes[0]
+                .value
+                .as_ref()
+                .unwrap()
+                .text
+                .as_deref(),
+            Some("hit")
+        );
+        assert_eq!(s.status.as_ref().unwrap().code, 0);
+        let first = ss.spans[0].status.as_ref().unwrap();
+        assert_eq!((first.code, first.message.as_str()), (2, "boom"));
+    }
+
+    #[test]
+    fn ids_are_never_zero_and_addresses_and_status_codes_are_written_as_text() {
         for _ in 0..1000 {
             assert_ne!(new_trace_id(), [0; 16]);
             assert_ne!(new_span_id(), [0; 8]);
         }
-        let mut s = span();
-        s.set("error.type", AttrValue::Static("a"));
-        s.set("http.response.status_code", AttrValue::Int(200));
-        s.set("error.type", AttrValue::Static("b"));
-        assert_eq!(s.attrs.len(), 2);
-        assert_eq!(s.attrs[0].1.text().as_deref(), Some("b"));
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(AttrValue::Ip(ip).text().as_deref(), Some("10.0.0.1"));
-        let uri: Uri = "/a/b?secret=1".parse().unwrap();
-        assert_eq!(AttrValue::Path(uri).text().as_deref(), Some("/a/b"));
-        let ended = s.take_ended();
-        assert!(ended.end >= ended.start && ended.attrs.len() == 2);
-        assert!(s.attrs.is_empty());
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.100.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut a = SpanBuf(Vec::new());
+            a.ip("k", ip);
+            let mut b = SpanBuf(Vec::new());
+            b.str("k", &ip.to_string());
+            assert_eq!(a.0, b.0, "{ip}");
+        }
+        for code in [0u16, 7, 200, 503, 65535] {
+            let mut a = SpanBuf(Vec::new());
+            a.status_text("k", code);
+            let mut b = SpanBuf(Vec::new());
+            b.str("k", &code.to_string());
+            assert_eq!(a.0, b.0);
+        }
     }
 }

@@ -9,9 +9,10 @@
 //! `traceparent` decides (sampled or not), otherwise `sample_ratio` of
 //! requests start a trace.
 //!
-//! Spans are the gateway's own [`SpanRecord`]s (see [`super::span`] for
-//! why not the OpenTelemetry SDK's), following the HTTP semantic
-//! conventions. Ended spans go to a bounded queue whose thread exports them
+//! Spans are written by the gateway itself as OTLP protobuf ([`SpanBuf`];
+//! see [`super::span`] for why not with the OpenTelemetry SDK), following
+//! the HTTP semantic conventions. Ended spans go to bounded batches whose
+//! thread exports them
 //! with [`ExportClient`]: the gateway's cold-path client ([`crate::client`],
 //! https or loopback http, bounded by the export timeout) run on a small
 //! current-thread runtime of its own. The request path only pushes into the
@@ -26,10 +27,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Version};
 use prometheus_client::metrics::counter::Counter;
 
-use super::span::{
-    new_span_id, new_trace_id, now_nanos, AttrValue, BatchSettings, Event, Kind, Pipeline,
-    SpanName, SpanRecord, SpanStatus,
-};
+use super::span::{new_span_id, new_trace_id, BatchSettings, Kind, Pipeline, SpanBuf, SpanIds};
 use super::TRACEPARENT;
 use crate::client::{BackgroundRuntime, ClientSettings, ColdClient};
 use crate::config::TracingConfig;
@@ -123,70 +121,56 @@ impl Tracing {
 
     /// Starts the SERVER span of a sampled request.
     pub fn server_span(&self, sampled: &Sampled, req: &ServerRequest<'_>) -> ServerSpan {
-        let (trace_id, parent_span_id, trace_state) = match &sampled.parent {
+        let (trace_id, parent, trace_state) = match &sampled.parent {
             Some(p) => (
                 p.trace_id.to_be_bytes(),
-                p.span_id.to_be_bytes(),
+                Some(p.span_id.to_be_bytes()),
                 req.headers
                     .get(TRACESTATE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(normalize_tracestate),
             ),
-            None => (new_trace_id(), [0; 8], None),
+            None => (new_trace_id(), None, None),
         };
+        let span_id = new_span_id();
+        let mut span = SpanBuf::start(
+            Kind::Server,
+            SpanIds {
+                trace_id: &trace_id,
+                span_id: &span_id,
+                parent: parent.as_ref(),
+                parent_remote: parent.is_some(),
+                trace_state: trace_state.as_deref(),
+            },
+        );
         let method = method_name(req.method);
-        let mut attrs = Vec::with_capacity(14);
-        attrs.push(("http.request.method", AttrValue::Static(method)));
+        span.name(&[method, " ", req.route]);
+        span.str("http.request.method", method);
         if method == "_OTHER" {
-            attrs.push((
-                "http.request.method_original",
-                AttrValue::Owned(req.method.as_str().into()),
-            ));
+            span.str("http.request.method_original", req.method.as_str());
         }
-        attrs.push(("url.path", AttrValue::Path(req.uri.clone())));
-        attrs.push(("url.scheme", AttrValue::Static("http")));
-        attrs.push(("http.route", AttrValue::Shared(req.route.clone())));
-        attrs.push((
-            "network.protocol.version",
-            AttrValue::Static(protocol_version(req.version)),
-        ));
-        attrs.push(("client.address", AttrValue::Ip(req.client_ip)));
+        span.str("url.path", req.uri.path());
+        span.str("url.scheme", "http");
+        span.str("http.route", req.route);
+        span.str("network.protocol.version", protocol_version(req.version));
+        span.ip("client.address", req.client_ip);
         if let Some((host, port)) = req.host.map(split_host) {
-            attrs.push(("server.address", AttrValue::Owned(host.into())));
+            span.str("server.address", host);
             if let Some(port) = port {
-                attrs.push(("server.port", AttrValue::Int(i64::from(port))));
+                span.int("server.port", i64::from(port));
             }
         }
-        if let Some(ua) = req
-            .headers
-            .get(http::header::USER_AGENT)
-            .filter(|v| v.to_str().is_ok())
-        {
-            attrs.push(("user_agent.original", AttrValue::Header(ua.clone())));
+        if let Some(ua) = req.headers.get(http::header::USER_AGENT) {
+            span.header("user_agent.original", ua);
         }
-        if req.request_id.to_str().is_ok() {
-            attrs.push((
-                "gateway.request_id",
-                AttrValue::Header(req.request_id.clone()),
-            ));
-        }
+        span.header("gateway.request_id", req.request_id);
         ServerSpan {
-            span: SpanRecord {
-                trace_id,
-                span_id: new_span_id(),
-                parent_span_id,
-                parent_remote: sampled.parent.is_some(),
-                trace_state,
-                kind: Kind::Server,
-                name: SpanName::MethodRoute(method, req.route.clone()),
-                start: now_nanos(),
-                end: 0,
-                attrs,
-                events: Vec::new(),
-                status: SpanStatus::Unset,
-            },
+            span: Some(span),
+            trace_id,
+            span_id,
+            trace_state,
             pipeline: self.pipeline.clone(),
-            ended: false,
+            end: ServerEnd::default(),
         }
     }
 }
@@ -267,75 +251,97 @@ pub struct ServerRequest<'a> {
 /// when dropped).
 #[derive(Debug)]
 pub struct ServerSpan {
-    span: SpanRecord,
+    /// `None` once ended.
+    span: Option<SpanBuf>,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    trace_state: Option<Arc<str>>,
     pipeline: Arc<Pipeline>,
-    ended: bool,
+    end: ServerEnd,
+}
+
+/// What the response tells the SERVER span, written when it ends (the
+/// latest value of each wins).
+#[derive(Debug, Default)]
+struct ServerEnd {
+    status: u16,
+    upstream: Option<Arc<str>>,
+    /// `error.type` set by a body failure (a 5xx status is its own).
+    body_failed: Option<&'static str>,
+    bytes_out: Option<u64>,
 }
 
 impl ServerSpan {
     /// Its trace id in hex (the exemplar label).
     pub fn trace_id_hex(&self) -> Box<str> {
-        let mut s = String::with_capacity(32);
-        push_hex(&mut s, &self.span.trace_id);
-        s.into_boxed_str()
+        let mut s = [0u8; 32];
+        hex_into(&mut s, &self.trace_id);
+        std::str::from_utf8(&s).unwrap_or_default().into()
     }
 
     /// What the upstream attempts hang under (a request extension).
     pub fn parent(&self) -> SpanParent {
         SpanParent(Arc::new(ParentInner {
             pipeline: self.pipeline.clone(),
-            trace_id: self.span.trace_id,
-            span_id: self.span.span_id,
-            trace_state: self.span.trace_state.clone(),
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            trace_state: self.trace_state.clone(),
         }))
     }
 
     /// The response head: status and upstream.
     pub fn head(&mut self, status: u16, upstream: Option<&Arc<str>>) {
-        let s = &mut self.span;
-        s.set(
-            "http.response.status_code",
-            AttrValue::Int(i64::from(status)),
-        );
+        self.end.status = status;
         if let Some(u) = upstream {
-            s.set("gateway.upstream", AttrValue::Shared(u.clone()));
-        }
-        if status >= 500 {
-            s.set("error.type", AttrValue::Owned(status.to_string().into()));
-            s.status = SpanStatus::Error("".into());
+            self.end.upstream = Some(u.clone());
         }
     }
 
     /// A middleware decision, as an event `name` with one attribute.
     pub fn event(&mut self, name: &'static str, key: &'static str, value: &'static str) {
-        self.span.events.push(Event {
-            name,
-            time: now_nanos(),
-            key,
-            value,
-        });
+        if let Some(span) = &mut self.span {
+            span.event(name, key, value);
+        }
     }
 
     /// The response body failed after the head (`kind` is `error.type`).
     pub fn body_failed(&mut self, kind: &'static str) {
-        self.span.set("error.type", AttrValue::Static(kind));
-        self.span.status = SpanStatus::Error("response body failed".into());
+        self.end.body_failed = Some(kind);
     }
 
     /// Ends the span when the response body is done.
     pub fn end(&mut self, bytes_out: u64) {
-        self.span.set(
-            "http.response.body.size",
-            AttrValue::Int(i64::try_from(bytes_out).unwrap_or(i64::MAX)),
-        );
+        self.end.bytes_out = Some(bytes_out);
         self.finish();
     }
 
     fn finish(&mut self) {
-        if std::mem::replace(&mut self.ended, true) {
+        let Some(mut span) = self.span.take() else {
             return;
+        };
+        let end = &self.end;
+        if end.status != 0 {
+            span.int("http.response.status_code", i64::from(end.status));
         }
-        self.pipeline.push(self.span.take_ended());
+        if let Some(u) = &end.upstream {
+            span.str("gateway.upstream", u);
+        }
+        if let Some(n) = end.bytes_out {
+            span.int(
+                "http.response.body.size",
+                i64::try_from(n).unwrap_or(i64::MAX),
+            );
+        }
+        let error = if let Some(kind) = end.body_failed {
+            span.str("error.type", kind);
+            Some("response body failed")
+        } else if end.status >= 500 {
+            span.status_text("error.type", end.status);
+            Some("")
+        } else {
+            None
+        };
+        self.pipeline.push(&span.end(error));
     }
 }
 
@@ -363,9 +369,9 @@ struct ParentInner {
 /// (the request was cancelled), it ends with `error.type = "cancelled"`.
 #[derive(Debug)]
 pub struct AttemptSpan {
-    span: SpanRecord,
+    /// `None` once ended.
+    span: Option<SpanBuf>,
     pipeline: Arc<Pipeline>,
-    done: bool,
 }
 
 impl SpanParent {
@@ -379,41 +385,37 @@ impl SpanParent {
         resend_count: usize,
     ) -> (AttemptSpan, HeaderValue) {
         let p = &self.0;
-        let name = method_name(method);
-        let mut attrs = Vec::with_capacity(9);
-        attrs.push(("http.request.method", AttrValue::Static(name)));
-        attrs.push(("server.address", AttrValue::Owned(authority.host().into())));
-        if let Some(port) = authority.port_u16() {
-            attrs.push(("server.port", AttrValue::Int(i64::from(port))));
-        }
-        attrs.push(("network.protocol.version", AttrValue::Static("1.1")));
-        attrs.push(("gateway.upstream", AttrValue::Shared(upstream.clone())));
-        if resend_count > 0 {
-            attrs.push((
-                "http.request.resend_count",
-                AttrValue::Int(i64::try_from(resend_count).unwrap_or(i64::MAX)),
-            ));
-        }
         let span_id = new_span_id();
+        let mut span = SpanBuf::start(
+            Kind::Client,
+            SpanIds {
+                trace_id: &p.trace_id,
+                span_id: &span_id,
+                parent: Some(&p.span_id),
+                parent_remote: false,
+                trace_state: p.trace_state.as_deref(),
+            },
+        );
+        let name = method_name(method);
+        span.name(&[name]);
+        span.str("http.request.method", name);
+        span.str("server.address", authority.host());
+        if let Some(port) = authority.port_u16() {
+            span.int("server.port", i64::from(port));
+        }
+        span.str("network.protocol.version", "1.1");
+        span.str("gateway.upstream", upstream);
+        if resend_count > 0 {
+            span.int(
+                "http.request.resend_count",
+                i64::try_from(resend_count).unwrap_or(i64::MAX),
+            );
+        }
         let header = traceparent(&p.trace_id, &span_id);
         (
             AttemptSpan {
-                span: SpanRecord {
-                    trace_id: p.trace_id,
-                    span_id,
-                    parent_span_id: p.span_id,
-                    parent_remote: false,
-                    trace_state: p.trace_state.clone(),
-                    kind: Kind::Client,
-                    name: SpanName::Static(name),
-                    start: now_nanos(),
-                    end: 0,
-                    attrs,
-                    events: Vec::new(),
-                    status: SpanStatus::Unset,
-                },
+                span: Some(span),
                 pipeline: p.pipeline.clone(),
-                done: false,
             },
             header,
         )
@@ -423,39 +425,30 @@ impl SpanParent {
 impl AttemptSpan {
     /// The attempt got a response head.
     pub fn status(mut self, status: u16) {
-        self.span.set(
-            "http.response.status_code",
-            AttrValue::Int(i64::from(status)),
-        );
-        if status >= 500 {
-            self.span
-                .set("error.type", AttrValue::Owned(status.to_string().into()));
-            self.span.status = SpanStatus::Error("".into());
+        if let Some(mut span) = self.span.take() {
+            span.int("http.response.status_code", i64::from(status));
+            let error = (status >= 500).then(|| {
+                span.status_text("error.type", status);
+                ""
+            });
+            self.pipeline.push(&span.end(error));
         }
-        self.end();
     }
 
     /// The attempt failed without a response (`kind` is `error.type`).
     pub fn failed(mut self, kind: &'static str, description: String) {
-        self.span.set("error.type", AttrValue::Static(kind));
-        self.span.status = SpanStatus::Error(description.into());
-        self.end();
-    }
-
-    fn end(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
+        if let Some(mut span) = self.span.take() {
+            span.str("error.type", kind);
+            self.pipeline.push(&span.end(Some(&description)));
         }
-        self.pipeline.push(self.span.take_ended());
     }
 }
 
 impl Drop for AttemptSpan {
     fn drop(&mut self) {
-        if !self.done {
-            self.span.set("error.type", AttrValue::Static("cancelled"));
-            self.span.status = SpanStatus::Error("request cancelled".into());
-            self.end();
+        if let Some(mut span) = self.span.take() {
+            span.str("error.type", "cancelled");
+            self.pipeline.push(&span.end(Some("request cancelled")));
         }
     }
 }
@@ -511,22 +504,31 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
 
 /// `00-{trace}-{span}-01`.
 fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> HeaderValue {
-    let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    push_hex(&mut s, trace);
-    s.push('-');
-    push_hex(&mut s, span);
-    s.push_str("-01");
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let mut s = [0u8; 55];
+    s[..3].copy_from_slice(b"00-");
+    hex_into(&mut s[3..35], trace);
+    s[35] = b'-';
+    hex_into(&mut s[36..52], span);
+    s[52..].copy_from_slice(b"-01");
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Appends `bytes` in lower-case hex (ids: no formatter on the request path).
-fn push_hex(s: &mut String, bytes: &[u8]) {
+/// Writes `bytes` in lower-case hex into `out` (twice as long): ids, with
+/// no formatter on the request path.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
+}
+
+/// Appends `bytes` in lower-case hex.
+#[cfg(test)]
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(&mut out, bytes);
+    s.push_str(std::str::from_utf8(&out).unwrap_or_default());
 }
 
 /// Semantic-convention method name (`_OTHER` for unknown methods).
