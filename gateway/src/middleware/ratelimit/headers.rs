@@ -15,10 +15,12 @@
 //! several policies, `Retry-After` is the latest `t` of the members that
 //! refuse the request or are at `r=0` ([`retry_after`]), and a refused
 //! request is charged to no policy, so its members report the quota as it
-//! is. Not checked against -11 (2026-05-23) or -12
-//! (2026-11-20): their text could not be obtained, so whether they keep
-//! these parameters (the editors' open PR #166 proposed renaming `r` and
-//! `t`) is unknown.
+//! is. Not checked against the text of -11 (2026-05-23) or -12
+//! (2026-11-20), which could not be obtained here (the editors' open PR
+//! #166 had proposed renaming `r` and `t`). Public implementations written
+//! after May 2026 that cite -11 send the same fields and parameters
+//! (`"name";q=;w=` and `"name";r=;t=`) and give `Retry-After` precedence on
+//! a 429, as this module does; what -11 changed beyond that is unverified.
 
 use http::{HeaderName, HeaderValue};
 
