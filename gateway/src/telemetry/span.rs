@@ -103,9 +103,17 @@ impl SpanBuf {
     /// A text attribute (cut at [`MAX_VALUE_LEN`] bytes).
     pub fn str(&mut self, key: &'static str, value: &str) {
         let value = truncate(value).as_bytes();
-        // `KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }`,
-        // lengths known up front: one reservation, nothing moves.
+        // `AnyValue { string_value = 1 }`.
         let any = 1 + otlp::varint_len(value.len() as u64) + value.len();
+        let b = self.key_value(key, any);
+        b.push(1 << 3 | 2);
+        otlp::len_bytes(b, value);
+    }
+
+    /// Starts an attribute, `KeyValue { key = 1, value = 2 }`, whose
+    /// `AnyValue` is `any` bytes long (lengths known up front: one
+    /// reservation, nothing moves); the caller writes the `AnyValue`.
+    fn key_value(&mut self, key: &'static str, any: usize) -> &mut Vec<u8> {
         let kv = 1
             + otlp::varint_len(key.len() as u64)
             + key.len()
@@ -120,8 +128,7 @@ impl SpanBuf {
         otlp::len_bytes(b, key.as_bytes());
         b.push(2 << 3 | 2);
         otlp::varint(b, any as u64);
-        b.push(1 << 3 | 2);
-        otlp::len_bytes(b, value);
+        b
     }
 
     /// A text attribute from bytes that may not be UTF-8 (a header value):
@@ -134,17 +141,9 @@ impl SpanBuf {
 
     /// An integer attribute.
     pub fn int(&mut self, key: &'static str, value: i64) {
-        // `KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }`.
+        // `AnyValue { int_value = 3 }`.
         let any = 1 + otlp::varint_len(value as u64);
-        let kv = 1 + otlp::varint_len(key.len() as u64) + key.len() + 1 + 1 + any;
-        let b = &mut self.0;
-        b.reserve(1 + otlp::varint_len(kv as u64) + kv);
-        b.push(9 << 3 | 2);
-        otlp::varint(b, kv as u64);
-        b.push(1 << 3 | 2);
-        otlp::len_bytes(b, key.as_bytes());
-        b.push(2 << 3 | 2);
-        b.push(any as u8);
+        let b = self.key_value(key, any);
         b.push(3 << 3);
         otlp::varint(b, value as u64);
     }
