@@ -204,7 +204,12 @@ pub fn route_stack(
             upstream.clone(),
             rewrite,
             via,
-            metrics.map(|m| m.upstream(&upstream.name)),
+            metrics.map(|m| {
+                (
+                    m.upstream(&upstream.name),
+                    m.attempt_counters(&upstream.name),
+                )
+            }),
         ));
     RouteStack {
         service: BoxCloneSyncService::new(svc),

@@ -321,6 +321,25 @@ async fn refused_and_timed_out_upstreams_say_which() {
     let got = get(&c, gw.proxy_addr, "/delay/3000").await;
     assert_eq!(got.status(), 504);
     assert_eq!(proxy_error(&got), "http_response_timeout");
+    // Each attempt is counted under its upstream and outcome.
+    let attempts = |t: &str, up: &str, outcome: &str| {
+        sample(
+            t,
+            &format!("gateway_upstream_attempts_total{{upstream=\"{up}\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    let text = poll_until("both attempts counted", || async {
+        let t = metrics_text(&c, gw.admin_addr).await;
+        (attempts(&t, "slow", "timeout") == Some(1.0)).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        attempts(&text, "refused", "connect_failed"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(attempts(&text, "refused", "2xx"), Some(0.0), "{text}");
+    assert_eq!(attempts(&text, "slow", "2xx"), Some(0.0), "{text}");
 }
 
 #[tokio::test]
@@ -428,6 +447,11 @@ async fn a_fresh_gateway_shows_its_known_series_at_zero() {
     for r in ["success", "failure"] {
         zero(&format!("gateway_config_reloads_total{{result=\"{r}\"}}"));
     }
+    for o in gateway::telemetry::metrics::ATTEMPT_OUTCOMES {
+        zero(&format!(
+            "gateway_upstream_attempts_total{{upstream=\"mock\",outcome=\"{o}\"}}"
+        ));
+    }
     // Only label values the config names: no limiter series for the
     // route without limits, no cache series for the route without cache,
     // no JWT series without auth.
@@ -451,5 +475,12 @@ async fn a_fresh_gateway_shows_its_known_series_at_zero() {
             "gateway_ratelimit_decisions_total{route=\"limited\",decision=\"limited\"}"
         ),
         Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_upstream_attempts_total{upstream=\"mock\",outcome=\"2xx\"}"
+        ),
+        Some(1.0)
     );
 }

@@ -378,6 +378,14 @@ fn upstreams() -> Value {
             ],
         ),
         panel(
+            "Upstream attempts by outcome (status class, or why no response came)",
+            "ops",
+            vec![q(
+                format!("sum by (upstream, outcome) (rate(gateway_upstream_attempts_total{sel}[{RI}])) > 0"),
+                "{{upstream}} {{outcome}}",
+            )],
+        ),
+        panel(
             "Endpoint in-flight and idle connections",
             "none",
             vec![

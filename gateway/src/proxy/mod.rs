@@ -22,10 +22,12 @@ use tower_service::Service;
 use crate::body::Body;
 use crate::context::RequestContext;
 use crate::error::{Blame, BoxError, GatewayError};
+use crate::telemetry::metrics::ATTEMPT_OUTCOMES;
 use crate::telemetry::trace::AttemptSpan;
 use crate::telemetry::{SpanParent, UpstreamInfo, TRACEPARENT};
 use crate::upstream::h1::{self, Exchange, UpstreamError};
 use crate::upstream::{InflightGuard, Upstream};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
@@ -112,23 +114,29 @@ struct Inner {
     rewrite: Rewrite,
     via: Via,
     latency: Option<Histogram>,
+    /// One counter per [`ATTEMPT_OUTCOMES`] (metrics on).
+    attempts: Option<Arc<[Counter]>>,
 }
 
 impl Proxy {
     /// A proxy to `upstream`, rewriting paths with `rewrite` and naming
-    /// itself `via` in the `Via` header.
+    /// itself `via` in the `Via` header; with metrics on, `telemetry` is
+    /// the pool's upstream latency histogram and attempt counters
+    /// ([`crate::telemetry::Metrics::attempt_counters`]).
     pub fn new(
         upstream: Arc<Upstream>,
         rewrite: Rewrite,
         via: Via,
-        latency: Option<Histogram>,
+        telemetry: Option<(Histogram, Arc<[Counter]>)>,
     ) -> Self {
+        let (latency, attempts) = telemetry.unzip();
         Self {
             inner: Arc::new(Inner {
                 upstream,
                 rewrite,
                 via,
                 latency,
+                attempts,
             }),
         }
     }
@@ -276,6 +284,22 @@ impl Inner {
         if let Some(ok) = verdict {
             endpoint.record(ok);
         }
+        if let Some(counters) = &self.attempts {
+            let outcome = match &exchange {
+                Ok(Exchange::Response(r)) => usize::from(r.status().as_u16() / 100).clamp(1, 5) - 1,
+                Ok(Exchange::Upgrade(..)) => 0,
+                Err(e) => {
+                    let kind = error_type(e.as_ref());
+                    ATTEMPT_OUTCOMES
+                        .iter()
+                        .position(|o| *o == kind)
+                        .unwrap_or(ATTEMPT_OUTCOMES.len() - 1)
+                }
+            };
+            if let Some(c) = counters.get(outcome) {
+                c.inc();
+            }
+        }
         if let Some(span) = attempt {
             match &exchange {
                 Ok(Exchange::Response(r)) => span.status(r.status().as_u16()),
@@ -323,7 +347,8 @@ impl Inner {
     }
 }
 
-/// `error.type` of an attempt that got no response.
+/// `error.type` of an attempt that got no response (one of
+/// [`ATTEMPT_OUTCOMES`]).
 fn error_type(e: &(dyn std::error::Error + 'static)) -> &'static str {
     match e.downcast_ref::<UpstreamError>() {
         Some(UpstreamError::Connect(_)) => "connect_failed",
@@ -345,6 +370,32 @@ mod tests {
 
     fn pq(s: &str) -> PathAndQuery {
         PathAndQuery::try_from(s).unwrap()
+    }
+
+    /// Every `error.type` of a failed attempt has its own attempt counter
+    /// (else it would be counted as `_OTHER`).
+    #[test]
+    fn every_attempt_error_type_is_a_counted_outcome() {
+        let io = || std::io::Error::other("x");
+        let errors: Vec<BoxError> = vec![
+            Box::new(UpstreamError::Connect(io())),
+            Box::new(UpstreamError::ConnectTimeout),
+            Box::new(UpstreamError::NotSent(io())),
+            Box::new(UpstreamError::Closed),
+            Box::new(UpstreamError::Io(io())),
+            Box::new(UpstreamError::Protocol("p")),
+            Box::new(UpstreamError::WriteTimeout),
+            Box::new(UpstreamError::HeadTimeout),
+            Box::new(UpstreamError::BodyTimeout),
+            "something else".into(),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &errors {
+            let kind = error_type(e.as_ref());
+            assert!(ATTEMPT_OUTCOMES.contains(&kind), "{kind} has no counter");
+            seen.insert(kind);
+        }
+        assert_eq!(seen.len(), 9, "{seen:?}");
     }
 
     #[test]

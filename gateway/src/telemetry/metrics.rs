@@ -144,6 +144,36 @@ pub struct DecisionLabels {
     pub decision: Fixed,
 }
 
+/// `{upstream, outcome}` of an upstream attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Upstream pool name.
+    pub upstream: Arc<str>,
+    /// One of [`ATTEMPT_OUTCOMES`].
+    pub outcome: Fixed,
+}
+
+/// What an upstream attempt can come to: its response's status class, or
+/// why no response came (the `error.type` of its CLIENT span). Every pool
+/// has a series for each, at 0 from the config load.
+pub const ATTEMPT_OUTCOMES: [&str; 15] = [
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "connect_failed",
+    "connect_timeout",
+    "connection_closed",
+    "io_error",
+    "protocol_error",
+    "timeout",
+    "write_timeout",
+    "body_timeout",
+    "client_error",
+    "_OTHER",
+];
+
 /// `{result}` of a config reload.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -189,6 +219,8 @@ pub struct Metrics {
     /// Header-rule values dropped because they resolved to an invalid
     /// header value, by route and side (`request`, `response`).
     pub header_rule_drops: Family<DecisionLabels, Counter>,
+    /// Upstream attempts by upstream and outcome.
+    upstream_attempts: Family<OutcomeLabels, Counter>,
     /// Retries by upstream.
     pub retries: Family<UpstreamLabels, Counter>,
     /// Retries refused because the budget was spent.
@@ -266,6 +298,7 @@ impl Metrics {
             jwt_rejections: Family::default(),
             body_errors: Family::default(),
             header_rule_drops: Family::default(),
+            upstream_attempts: Family::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             config_reloads: Family::default(),
@@ -330,6 +363,11 @@ impl Metrics {
             "gateway_header_rule_values_dropped",
             "Header rule values dropped because a placeholder resolved to an invalid header value, by route and side (request, response)",
             m.header_rule_drops.clone(),
+        );
+        registry.register(
+            "gateway_upstream_attempts",
+            "Upstream attempts, by upstream and outcome (the response's status class, or why no response came)",
+            m.upstream_attempts.clone(),
         );
         registry.register(
             "gateway_retries",
@@ -413,6 +451,20 @@ impl Metrics {
         self.upstream_duration.get_or_create_owned(&UpstreamLabels {
             upstream: name.clone(),
         })
+    }
+
+    /// The attempt counters of pool `name`, one per [`ATTEMPT_OUTCOMES`]
+    /// in its order, created (at 0) now.
+    pub fn attempt_counters(&self, name: &Arc<str>) -> Arc<[Counter]> {
+        ATTEMPT_OUTCOMES
+            .iter()
+            .map(|o| {
+                self.upstream_attempts.get_or_create_owned(&OutcomeLabels {
+                    upstream: name.clone(),
+                    outcome: Fixed(o),
+                })
+            })
+            .collect()
     }
 
     /// The open-tunnel gauge of route `name`.
