@@ -11,13 +11,12 @@
 //!
 //! Spans are written by the gateway itself as OTLP protobuf ([`SpanBuf`];
 //! see [`super::span`] for why not with the OpenTelemetry SDK), following
-//! the HTTP semantic conventions. Ended spans go to bounded batches whose
-//! thread exports them
-//! with [`ExportClient`]: the gateway's cold-path client ([`crate::client`],
-//! https or loopback http, bounded by the export timeout) run on a small
-//! current-thread runtime of its own. The request path only pushes into the
-//! queue: with the collector down, spans are dropped and counted, requests
-//! do not wait.
+//! the HTTP semantic conventions. Ended spans go to bounded batches that
+//! one thread exports with [`ExportClient`]: the gateway's cold-path client
+//! ([`crate::client`], https or loopback http, bounded by the export
+//! timeout) run on a small current-thread runtime of its own. The request
+//! path only appends to its thread's batch: with the collector down, spans
+//! are dropped and counted, requests do not wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
