@@ -28,15 +28,20 @@ pub fn accept_or_generate(headers: &HeaderMap) -> HeaderValue {
 
 /// A fresh random id: 32 lowercase hex digits.
 pub fn generate() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut buf = [0u8; 32];
-    for b in buf.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
+    hex_into(&mut buf, &fastrand::u128(..).to_be_bytes());
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Writes `bytes` in lower-case hex into `out` (twice as long): request,
+/// trace and span ids, with no formatter on the request path.
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
 }
 
 #[cfg(test)]

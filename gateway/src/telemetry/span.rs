@@ -49,6 +49,10 @@ pub enum Kind {
 /// boundary.
 pub const MAX_VALUE_LEN: usize = 1024;
 
+/// The bytes reserved per span when a batch starts (a proxied request's
+/// SERVER span is about 400, its CLIENT span about 200).
+const TYPICAL_SPAN: usize = 384;
+
 /// The ids that place a span in its trace.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanIds<'a> {
@@ -72,7 +76,7 @@ pub struct SpanBuf(Vec<u8>);
 impl SpanBuf {
     /// A span starting now.
     pub fn start(kind: Kind, ids: SpanIds<'_>) -> Self {
-        let mut b = Vec::with_capacity(384);
+        let mut b = Vec::with_capacity(TYPICAL_SPAN);
         otlp::bytes(&mut b, 1, ids.trace_id);
         otlp::bytes(&mut b, 2, ids.span_id);
         otlp::string(&mut b, 3, ids.trace_state.unwrap_or_default());
@@ -184,20 +188,14 @@ impl SpanBuf {
         self.str(key, std::str::from_utf8(&buf[..n]).unwrap_or_default());
     }
 
-    /// A status code as text (`error.type` of a 5xx), without allocating.
+    /// A status code as text (`error.type` of a 5xx): `http`'s static
+    /// text of the code, no formatting (codes outside 100-999, which no
+    /// parsed response has, are formatted).
     pub fn status_text(&mut self, key: &'static str, status: u16) {
-        let mut buf = [0u8; 5];
-        let mut n = 0;
-        let mut v = status;
-        loop {
-            buf[4 - n] = b'0' + (v % 10) as u8;
-            n += 1;
-            v /= 10;
-            if v == 0 || n == 5 {
-                break;
-            }
+        match http::StatusCode::from_u16(status) {
+            Ok(code) => self.str(key, code.as_str()),
+            Err(_) => self.str(key, &status.to_string()),
         }
-        self.str(key, std::str::from_utf8(&buf[5 - n..]).unwrap_or_default());
     }
 
     /// An event now, with one attribute (the middleware decisions).
@@ -382,9 +380,11 @@ impl Pipeline {
                 return;
             }
             if batch.buf.is_empty() {
+                // A typical span's size per span, not the first span's: its
+                // path and headers are the client's, up to several KiB.
                 batch
                     .buf
-                    .reserve(self.head_room + (span.len() + 3) * self.max_batch.min(1024));
+                    .reserve(self.head_room + TYPICAL_SPAN * self.max_batch.min(1024));
                 batch.buf.resize(self.head_room, 0);
             }
             otlp::tag(&mut batch.buf, 2, 2);

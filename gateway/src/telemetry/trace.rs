@@ -30,6 +30,7 @@ use super::span::{new_span_id, new_trace_id, BatchSettings, Kind, Pipeline, Span
 use super::TRACEPARENT;
 use crate::client::{BackgroundRuntime, ClientSettings, ColdClient};
 use crate::config::TracingConfig;
+use crate::request_id::hex_into;
 
 /// `tracestate` (W3C Trace Context).
 pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
@@ -512,24 +513,6 @@ fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> HeaderValue {
     HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Writes `bytes` in lower-case hex into `out` (twice as long): ids, with
-/// no formatter on the request path.
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
-    }
-}
-
-/// Appends `bytes` in lower-case hex.
-#[cfg(test)]
-fn push_hex(s: &mut String, bytes: &[u8]) {
-    let mut out = vec![0u8; bytes.len() * 2];
-    hex_into(&mut out, bytes);
-    s.push_str(std::str::from_utf8(&out).unwrap_or_default());
-}
-
 /// Semantic-convention method name (`_OTHER` for unknown methods).
 fn method_name(m: &Method) -> &'static str {
     match *m {
@@ -665,9 +648,9 @@ mod tests {
             traceparent(&t, &s).to_str().unwrap(),
             "00-4bf92f3577b34da6a3ce929d0e0736ae-00f067aa0ba902b7-01"
         );
-        let mut h = String::new();
-        push_hex(&mut h, &[0x00, 0x0f, 0xa0, 0xff]);
-        assert_eq!(h, "000fa0ff");
+        let mut h = [0u8; 8];
+        hex_into(&mut h, &[0x00, 0x0f, 0xa0, 0xff]);
+        assert_eq!(&h, b"000fa0ff");
     }
 
     #[test]
