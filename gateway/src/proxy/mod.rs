@@ -286,15 +286,9 @@ impl Inner {
         }
         if let Some(counters) = &self.attempts {
             let outcome = match &exchange {
-                Ok(Exchange::Response(r)) => usize::from(r.status().as_u16() / 100).clamp(1, 5) - 1,
-                Ok(Exchange::Upgrade(..)) => 0,
-                Err(e) => {
-                    let kind = error_type(e.as_ref());
-                    ATTEMPT_OUTCOMES
-                        .iter()
-                        .position(|o| *o == kind)
-                        .unwrap_or(ATTEMPT_OUTCOMES.len() - 1)
-                }
+                Ok(Exchange::Response(r)) => status_outcome(r.status().as_u16()),
+                Ok(Exchange::Upgrade(..)) => status_outcome(101),
+                Err(e) => outcome_index(error_type(e.as_ref())),
             };
             if let Some(c) = counters.get(outcome) {
                 c.inc();
@@ -347,6 +341,24 @@ impl Inner {
     }
 }
 
+/// The [`ATTEMPT_OUTCOMES`] index of a response with `status`: its class
+/// (`1xx`..`5xx`); the upstream's 600-999, which no class names, are
+/// `_OTHER`.
+fn status_outcome(status: u16) -> usize {
+    match status / 100 {
+        class @ 1..=5 => usize::from(class) - 1,
+        _ => outcome_index("_OTHER"),
+    }
+}
+
+/// The [`ATTEMPT_OUTCOMES`] index of `kind` (`_OTHER` if not listed).
+fn outcome_index(kind: &str) -> usize {
+    ATTEMPT_OUTCOMES
+        .iter()
+        .position(|o| *o == kind)
+        .unwrap_or(ATTEMPT_OUTCOMES.len() - 1)
+}
+
 /// `error.type` of an attempt that got no response (one of
 /// [`ATTEMPT_OUTCOMES`]).
 fn error_type(e: &(dyn std::error::Error + 'static)) -> &'static str {
@@ -370,6 +382,18 @@ mod tests {
 
     fn pq(s: &str) -> PathAndQuery {
         PathAndQuery::try_from(s).unwrap()
+    }
+
+    /// Responses count under their status class; a status no class names
+    /// (the upstream's 600-999) is `_OTHER`, not `5xx`.
+    #[test]
+    fn response_statuses_count_under_their_class() {
+        let name = |s| ATTEMPT_OUTCOMES[status_outcome(s)];
+        assert_eq!(
+            [100, 101, 200, 304, 404, 503, 599].map(name),
+            ["1xx", "1xx", "2xx", "3xx", "4xx", "5xx", "5xx"]
+        );
+        assert_eq!([600, 999].map(name), ["_OTHER", "_OTHER"]);
     }
 
     /// Every `error.type` of a failed attempt has its own attempt counter
