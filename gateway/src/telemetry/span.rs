@@ -106,33 +106,7 @@ impl SpanBuf {
 
     /// A text attribute (cut at [`MAX_VALUE_LEN`] bytes).
     pub fn str(&mut self, key: &'static str, value: &str) {
-        let value = truncate(value).as_bytes();
-        // `AnyValue { string_value = 1 }`.
-        let any = 1 + otlp::varint_len(value.len() as u64) + value.len();
-        let b = self.key_value(key, any);
-        b.push(1 << 3 | 2);
-        otlp::len_bytes(b, value);
-    }
-
-    /// Starts an attribute, `KeyValue { key = 1, value = 2 }`, whose
-    /// `AnyValue` is `any` bytes long (lengths known up front: one
-    /// reservation, nothing moves); the caller writes the `AnyValue`.
-    fn key_value(&mut self, key: &'static str, any: usize) -> &mut Vec<u8> {
-        let kv = 1
-            + otlp::varint_len(key.len() as u64)
-            + key.len()
-            + 1
-            + otlp::varint_len(any as u64)
-            + any;
-        let b = &mut self.0;
-        b.reserve(1 + otlp::varint_len(kv as u64) + kv);
-        b.push(9 << 3 | 2);
-        otlp::varint(b, kv as u64);
-        b.push(1 << 3 | 2);
-        otlp::len_bytes(b, key.as_bytes());
-        b.push(2 << 3 | 2);
-        otlp::varint(b, any as u64);
-        b
+        str_key_value(&mut self.0, 9, key, value);
     }
 
     /// A text attribute from bytes that may not be UTF-8 (a header value):
@@ -147,7 +121,7 @@ impl SpanBuf {
     pub fn int(&mut self, key: &'static str, value: i64) {
         // `AnyValue { int_value = 3 }`.
         let any = 1 + otlp::varint_len(value as u64);
-        let b = self.key_value(key, any);
+        let b = key_value(&mut self.0, 9, key, any);
         b.push(3 << 3);
         otlp::varint(b, value as u64);
     }
@@ -204,13 +178,7 @@ impl SpanBuf {
         otlp::message(&mut self.0, 11, |b| {
             otlp::fixed64(b, 1, time);
             otlp::string(b, 2, name);
-            otlp::message(b, 3, |b| {
-                otlp::string(b, 1, key);
-                otlp::message(b, 2, |b| {
-                    otlp::tag(b, 1, 2);
-                    otlp::len_bytes(b, value.as_bytes());
-                });
-            });
+            str_key_value(b, 3, key, value);
         });
     }
 
@@ -227,6 +195,33 @@ impl SpanBuf {
         });
         self.0
     }
+}
+
+/// A text attribute as message `field` (a span's or an event's
+/// `KeyValue`), its value cut at [`MAX_VALUE_LEN`] bytes.
+fn str_key_value(b: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    let value = truncate(value).as_bytes();
+    // `AnyValue { string_value = 1 }`.
+    let any = 1 + otlp::varint_len(value.len() as u64) + value.len();
+    let b = key_value(b, field, key, any);
+    b.push(1 << 3 | 2);
+    otlp::len_bytes(b, value);
+}
+
+/// Starts `KeyValue { key = 1, value = 2 }` as message `field`, its
+/// `AnyValue` `any` bytes long (lengths known up front: one reservation,
+/// nothing moves); the caller writes the `AnyValue`.
+fn key_value<'b>(b: &'b mut Vec<u8>, field: u32, key: &str, any: usize) -> &'b mut Vec<u8> {
+    let kv =
+        1 + otlp::varint_len(key.len() as u64) + key.len() + 1 + otlp::varint_len(any as u64) + any;
+    b.reserve(2 + otlp::varint_len(kv as u64) + kv);
+    otlp::tag(b, field, 2);
+    otlp::varint(b, kv as u64);
+    b.push(1 << 3 | 2);
+    otlp::len_bytes(b, key.as_bytes());
+    b.push(2 << 3 | 2);
+    otlp::varint(b, any as u64);
+    b
 }
 
 /// `s` cut to at most [`MAX_VALUE_LEN`] bytes, at a character boundary.
