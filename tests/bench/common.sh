@@ -45,3 +45,34 @@ http {
 }
 NGINX
 }
+
+# bench_setup: builds the release binaries, sets BIN, WORK (a temporary
+# directory) and PIDS (processes to stop), and stops them and removes WORK
+# on exit. Start background processes with `... & PIDS+=($!)`.
+bench_setup() {
+  cargo build --release -q -p gateway -p e2e --bins
+  BIN=target/release
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# gateway_toml LISTEN_PORT ADMIN_PORT UPSTREAM_PORT [EXTRA_TOML]: the
+# benchmarks' gateway, one route to one upstream, plus EXTRA_TOML.
+gateway_toml() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+[upstreams.up]
+endpoints = ["127.0.0.1:$3"]
+[[routes]]
+name = "all"
+prefix = "/"
+upstream = "up"
+${4:-}
+TOML
+}
+
+# trace_toml SINK_PORT RATIO: tracing at RATIO to a mock-upstream sink.
+trace_toml() { printf '[telemetry.tracing]\nenabled = true\nendpoint = "http://127.0.0.1:%s/upload"\nsample_ratio = %s\nscheduled_delay = "1s"\n' "$1" "$2"; }

@@ -31,12 +31,7 @@ done
 need wrk wrk
 need perf linux-perf
 
-cargo build --release -q -p gateway -p e2e --bins
-BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+bench_setup
 
 UP=$(free_port) SINK=$(free_port)
 "$BIN/mock-upstream" --listen "127.0.0.1:$UP" --workers 2 >/dev/null 2>&1 & PIDS+=($!)
@@ -48,19 +43,8 @@ echo "wrk -t1 -c$CONNS -d${DURATION}s $URLPATH; one gateway worker; perf at $FRE
 for name in on trace; do
   port=$(free_port)
   extra=""
-  [ "$name" = trace ] && extra=$(printf '[telemetry.tracing]\nenabled = true\nendpoint = "http://127.0.0.1:%s/upload"\nsample_ratio = 1.0\nscheduled_delay = "1s"\n' "$SINK")
-  cat > "$WORK/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$(free_port)"
-[upstreams.up]
-endpoints = ["127.0.0.1:$UP"]
-[[routes]]
-name = "all"
-prefix = "/"
-upstream = "up"
-$extra
-TOML
+  [ "$name" = trace ] && extra=$(trace_toml "$SINK" 1.0)
+  gateway_toml "$port" "$(free_port)" "$UP" "$extra" > "$WORK/$name.toml"
   RUST_LOG=warn "$BIN/gateway" serve --config "$WORK/$name.toml" --workers 1 >/dev/null 2>&1 & gw=$!
   PIDS+=("$gw")
   wait_port "$port"

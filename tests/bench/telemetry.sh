@@ -32,12 +32,7 @@ done
 . tests/bench/common.sh
 need wrk wrk
 
-cargo build --release -q -p gateway -p e2e --bins
-BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+bench_setup
 
 UP=$(free_port) SINK=$(free_port)
 "$BIN/mock-upstream" --listen "127.0.0.1:$UP" --workers 2 >/dev/null 2>&1 & PIDS+=($!)
@@ -48,27 +43,15 @@ declare -A PORT PID
 start() { # name extra-toml
   local port admin
   port=$(free_port); admin=$(free_port)
-  cat > "$WORK/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin"
-[upstreams.up]
-endpoints = ["127.0.0.1:$UP"]
-[[routes]]
-name = "all"
-prefix = "/"
-upstream = "up"
-$2
-TOML
+  gateway_toml "$port" "$admin" "$UP" "$2" > "$WORK/$1.toml"
   RUST_LOG=warn "$BIN/gateway" serve --config "$WORK/$1.toml" --workers 1 >/dev/null 2>&1 & PIDS+=($!)
   PID[$1]=$!; PORT[$1]=$port
   wait_port "$port"
 }
-trace_toml() { printf '[telemetry.tracing]\nenabled = true\nendpoint = "http://127.0.0.1:%s/upload"\nsample_ratio = %s\nscheduled_delay = "1s"\n' "$SINK" "$1"; }
 start on ""
 start off "$(printf '[telemetry]\nmetrics = false\n[telemetry.access_log]\nenabled = false\n')"
-start trace "$(trace_toml 1.0)"
-start trace1 "$(trace_toml 0.01)"
+start trace "$(trace_toml "$SINK" 1.0)"
+start trace1 "$(trace_toml "$SINK" 0.01)"
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
